@@ -1,0 +1,1 @@
+"""listseg: custom list segments as a service. This folder is the `listseg` package."""
