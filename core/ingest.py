@@ -1,0 +1,240 @@
+"""One upload: bytes -> parser -> resolver -> bitmap -> one commit, with its report.
+
+`feed(chunk)` any number of times, then `finish()` returns the report; `abort(reason)` or a crash
+changes nothing but the upload's own record. The segment's live version is only ever replaced by the
+single write transaction at the end of a successful upload.
+"""
+import os
+import time
+
+from pyroaring import BitMap
+
+from listseg.core import parser
+from listseg.core.errors import InvalidArgument, ListsegError, NotFound, TooLarge
+from listseg.core.store import UNKNOWN, Database, dumps, loads, u32, u64
+
+MODES = ("create", "replace", "append", "remove")
+ACTIVE_STATES = ("receiving", "processing")
+ERRORS_IN_REPORT = 100          # invalid rows listed in the report itself
+REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadErrors)
+BATCH_ROWS = 1 << 20            # rows resolved at a time: large batches look up in better key order
+
+
+class Upload:
+    def __init__(self, account, mode, name=None, segment=None, dry_run=False, strict=False,
+                 file_name="", max_bytes=None, now=time.time):
+        if mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}", field="mode")
+        if (mode == "create") != (name is not None) or (mode != "create") != (segment is not None):
+            raise InvalidArgument("create takes a name; replace, append and remove take a segment")
+        self.account = account
+        self.database = account.database
+        self.segments = account.segments
+        self.mode, self.dry_run, self.strict = mode, dry_run, strict
+        self.max_bytes = max_bytes if max_bytes is not None else account.engine.max_upload_bytes
+        self.now = now
+        self.parser = parser.Parser(parser.UPLOAD)
+        self.members = BitMap()
+        self.counts = {"rows": 0, "qualified": 0, "unknown": 0, "invalid": 0, "duplicates": 0}
+        self.bytes = 0
+        self.rejects = []            # (line, reason), capped at REJECTS_KEPT
+        self.state = "receiving"
+        self.record = self.database.write(lambda txn: self._start(txn, name, segment, file_name))
+        self.id = self.record["id"]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _start(self, txn, name, segment, file_name):
+        """Check the target and write the upload's record (and a create's new segment)."""
+        now = self.now()
+        if self.mode == "create":
+            if self.dry_run:
+                rec = {"id": None, "name": name}
+                if txn.get(self.database.db.segnames, self.account.prefix + name.strip().encode()):
+                    self.segments.create(txn, name)          # raises AlreadyExists
+            else:
+                rec = self.segments.create(txn, name, now=now)
+        else:
+            rec = self.segments.record(txn, self.segments.find_id(txn, segment))
+            if not self.dry_run:
+                self.segments.check_free(rec)
+        upload = {"id": self.account.allocate(txn, "next_upload"), "segment": rec["id"],
+                  "segment_name": rec["name"], "mode": self.mode, "dry_run": self.dry_run,
+                  "strict": self.strict, "file_name": file_name, "state": "receiving", "reason": "",
+                  "created": now, "finished": None, "owner": process_token(os.getpid()), "report": None}
+        self._save(txn, upload)
+        return upload
+
+    def _save(self, txn, upload):
+        txn.put(self.database.db.uploads, self.account.prefix + u64(upload["id"]), dumps(upload))
+
+    def feed(self, chunk):
+        if self.state != "receiving":
+            raise InvalidArgument(f"upload {self.id} is {self.state}")
+        self.bytes += len(chunk)
+        if self.bytes > self.max_bytes:
+            self.abort(f"file too large: over {self.max_bytes} bytes")
+            raise TooLarge(f"upload is over the {self.max_bytes}-byte limit", limit=self.max_bytes)
+        try:
+            self.parser.feed(chunk)
+        except parser.BadHeader:
+            return                      # reported by finish(); the rest of the stream is ignored
+        if self.parser.pending_rows >= BATCH_ROWS:
+            self._resolve()
+
+    def _resolve(self):
+        batch = self.parser.take()
+        with self.database.read() as txn:
+            uids = self.account.profiles.resolve(txn, batch)
+        unknown = uids.count(UNKNOWN)
+        before = len(self.members)
+        self.members.update(uids)
+        self.members.discard(UNKNOWN)
+        qualified = len(self.members) - before
+        c = self.counts
+        c["rows"] += batch.valid + batch.invalid
+        c["unknown"] += unknown
+        c["qualified"] += qualified
+        c["duplicates"] += batch.valid - unknown - qualified
+        c["invalid"] += batch.invalid
+        room = REJECTS_KEPT - len(self.rejects)
+        if room > 0 and batch.invalid:
+            self.rejects.extend(self.parser.errors(batch)[:room])
+
+    def finish(self):
+        """Process what is left, then commit (or fail). Returns the report."""
+        if self.state != "receiving":
+            raise InvalidArgument(f"upload {self.id} is {self.state}")
+        self.state = "processing"
+        try:
+            self.parser.finish()
+            self._resolve()
+        except parser.BadHeader:
+            return self._fail("bad header: the first row must name the columns Type,Identity")
+        if self.strict and self.counts["invalid"]:
+            line, reason = self.rejects[0]
+            return self._fail(f"strict: {self.counts['invalid']} invalid rows, the first at line {line}: {reason}")
+        if self.counts["qualified"] == 0:
+            return self._fail("no row names a known profile")
+        try:
+            return self.database.write(self._commit)
+        except ListsegError as e:      # e.g. a consumer attached while we were receiving
+            return self._fail(str(e))
+
+    def _commit(self, txn):
+        now = self.now()
+        upload = self._current(txn)
+        seg = self.segments.record(txn, upload["segment"]) if upload["segment"] is not None else None
+        if self.mode == "create":
+            new = self.members
+        else:
+            if not self.dry_run:
+                self.segments.check_free(seg)
+            _, live = self.segments.bitmap(txn, seg["id"])
+            new = {"replace": lambda: self.members, "append": lambda: live | self.members,
+                   "remove": lambda: live - self.members}[self.mode]()
+        report = self._report(len(new))
+        if not self.dry_run:
+            version = self.segments.commit(txn, seg, BitMap(new), now)
+            seg["last_upload"] = self.id
+            self.segments.save(txn, seg)
+            report["version"] = version
+        upload.update(state="succeeded", finished=now, report=report)
+        self._save(txn, upload)
+        self._save_rejects(txn)
+        self.state = "succeeded"
+        return upload
+
+    def _current(self, txn):
+        return loads(txn.get(self.database.db.uploads, self.account.prefix + u64(self.id)))
+
+    def _report(self, size):
+        return dict(self.counts, size=size, bytes=self.bytes,
+                    errors=[{"line": line, "reason": reason} for line, reason in self.rejects[:ERRORS_IN_REPORT]])
+
+    def _save_rejects(self, txn):
+        base = self.account.prefix + u64(self.id)
+        for i, (line, reason) in enumerate(self.rejects):
+            txn.put(self.database.db.rejects, base + u32(i), u64(line) + reason.encode())
+
+    def abort(self, reason="cancelled"):
+        """Fail the upload: the segment keeps its live version."""
+        if self.state in ("succeeded", "failed"):
+            return self.record
+        return self._fail(reason)
+
+    def _fail(self, reason):
+        def run(txn):
+            upload = self._current(txn)
+            _, live = (self.segments.bitmap(txn, upload["segment"])
+                       if upload["segment"] is not None else (0, BitMap()))
+            upload.update(state="failed", reason=reason, finished=self.now(), report=self._report(len(live)))
+            self._save(txn, upload)
+            self._save_rejects(txn)
+            note_failure(self.segments, txn, upload)
+            return upload
+        self.state = "failed"
+        return self.database.write(run)
+
+
+def note_failure(segments, txn, upload):
+    """Point the segment's last upload at a failed one; a failed create leaves state failed."""
+    if upload["dry_run"] or upload["segment"] is None:
+        return
+    try:
+        seg = segments.record(txn, upload["segment"])
+    except ListsegError:
+        return                          # deleted meanwhile
+    if seg["state"] == "processing":
+        seg["state"] = "failed"
+    seg["last_upload"] = upload["id"]
+    segments.save(txn, seg)
+
+
+def get_upload(account, upload_id):
+    with account.database.read() as txn:
+        rec = loads(txn.get(account.database.db.uploads, account.prefix + u64(upload_id)))
+    if rec is None:
+        raise NotFound(f"no upload {upload_id}", upload=upload_id)
+    return rec
+
+
+def upload_errors(account, upload_id, start=0, limit=1000):
+    """[(line, reason)] of an upload's rejected rows from position start, and the next position."""
+    get_upload(account, upload_id)
+    base = account.prefix + u64(upload_id)
+    with account.database.read() as txn:
+        items = txn.scan(account.database.db.rejects, base + u32(start), base + u32(0xFFFFFFFF), limit)
+    out = [(int.from_bytes(v[:8], "big"), v[8:].decode()) for _, v in items]
+    return out, (start + len(out) if len(out) == limit else None)
+
+
+def recover(account):
+    """Mark uploads whose process has died as failed (reason: interrupted)."""
+
+    def run(txn):
+        fixed = 0
+        for key, raw in list(Database.scan(txn, account.database.db.uploads, account.prefix)):
+            upload = loads(raw)
+            if upload["state"] in ACTIVE_STATES and not owner_alive(upload["owner"]):
+                upload.update(state="failed", reason="interrupted", finished=time.time())
+                txn.put(account.database.db.uploads, key, dumps(upload))
+                note_failure(account.segments, txn, upload)
+                fixed += 1
+        return fixed
+    return account.database.write(run)
+
+
+def process_token(pid):
+    """pid plus the process's start time, so a recycled pid is not mistaken for the old process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            start = f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid}:{start}"
+
+
+def owner_alive(owner):
+    pid = int(owner.split(":", 1)[0])
+    return process_token(pid) == owner
+

@@ -1,0 +1,281 @@
+"""Segments of one account: records, immutable bitmap versions, the current-version pointer, history,
+consumers, and every read query (membership, size, reachability, paging, sampling, export).
+
+A version is written once and never changed; a commit writes the new version and moves the pointer in
+one LMDB transaction, so a reader sees either the old or the new version, never a mix. Superseded
+versions stay readable for `retention_s` so a reader paging through a pinned version can finish.
+"""
+import random
+import threading
+import time
+from array import array
+from collections import OrderedDict
+
+from pyroaring import FrozenBitMap
+
+from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, VersionGone
+from listseg.core.ids import CHANNELS
+from listseg.core.store import UNKNOWN, Database, dumps, loads, u32
+
+CONSUMER_KINDS = ("campaign", "journey")
+MAX_NAME = 200
+EXPORT_HEADER = b"Type,Identity\n"
+
+
+class BitmapCache:
+    """Deserialized versions, keyed by (account, segment, version). Versions are immutable, so an
+    entry never goes stale; it only ages out."""
+
+    def __init__(self, capacity=32):
+        self.capacity = capacity
+        self._items = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, load):
+        with self._lock:
+            bm = self._items.get(key)
+            if bm is not None:
+                self._items.move_to_end(key)
+                return bm
+        bm = load()
+        with self._lock:
+            self._items[key] = bm
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return bm
+
+
+def check_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgument("a segment name must not be empty", field="name")
+    name = name.strip()
+    if len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise InvalidArgument(f"a segment name is at most {MAX_NAME} printable characters", field="name")
+    return name
+
+
+class Segments:
+    def __init__(self, database, account, profiles, cache, retention_s):
+        self.database = database
+        self.db = database.db
+        self.account = account
+        self.prefix = account.prefix
+        self.profiles = profiles
+        self.cache = cache
+        self.retention_s = retention_s
+
+    # -- records ----------------------------------------------------------------------------
+    def find_id(self, txn, segment):
+        """The id of a segment named by id (int) or name (str); NotFound otherwise."""
+        if isinstance(segment, int):
+            if txn.get(self.db.segments, self.prefix + u32(segment)) is not None:
+                return segment
+        else:
+            raw = txn.get(self.db.segnames, self.prefix + str(segment).encode())
+            if raw is not None:
+                return int.from_bytes(raw, "big")
+            if str(segment).isdigit():
+                return self.find_id(txn, int(segment))
+        raise NotFound(f"no segment {segment!r}", segment=segment)
+
+    def record(self, txn, seg_id):
+        rec = loads(txn.get(self.db.segments, self.prefix + u32(seg_id)))
+        if rec is None:
+            raise NotFound(f"no segment {seg_id}", segment=seg_id)
+        return rec
+
+    def head(self, txn, seg_id):
+        raw = txn.get(self.db.heads, self.prefix + u32(seg_id))
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def bitmap(self, txn, seg_id, version=None):
+        """(version, FrozenBitMap) of the current version, or of `version` while retained."""
+        if version is None:
+            version = self.head(txn, seg_id)
+        if version == 0:
+            return 0, FrozenBitMap()
+        key = self.prefix + u32(seg_id) + u32(version)
+
+        def load():
+            raw = txn.get(self.db.versions, key)
+            if raw is None:
+                raise VersionGone(f"version {version} of segment {seg_id} is no longer kept",
+                                  segment=seg_id, version=version)
+            return FrozenBitMap.deserialize(raw)
+
+        return version, self.cache.get((self.account.number, seg_id, version), load)
+
+    def create(self, txn, name, state="processing", now=None):
+        """A new segment record with no version yet (used by a create upload)."""
+        name = check_name(name)
+        if txn.get(self.db.segnames, self.prefix + name.encode()) is not None:
+            raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+        seg_id = self.account.allocate(txn, "next_segment")
+        now = now or time.time()
+        rec = {"id": seg_id, "name": name, "state": state, "created": now, "updated": now,
+               "consumers": [], "last_upload": None}
+        txn.put(self.db.segments, self.prefix + u32(seg_id), dumps(rec))
+        txn.put(self.db.segnames, self.prefix + name.encode(), u32(seg_id))
+        return rec
+
+    def save(self, txn, rec):
+        txn.put(self.db.segments, self.prefix + u32(rec["id"]), dumps(rec))
+
+    def check_free(self, rec):
+        """Refuse changes to a segment that campaigns or journeys are using."""
+        if rec["consumers"]:
+            raise InUse(rec["name"], rec["consumers"])
+
+    def commit(self, txn, rec, bm, now):
+        """Store bm as the segment's next version and move the pointer to it (in the caller's txn)."""
+        sid = self.prefix + u32(rec["id"])
+        old = self.head(txn, rec["id"])
+        version = old + 1
+        bm.run_optimize()
+        txn.put(self.db.versions, sid + u32(version), bm.serialize())
+        txn.put(self.db.history, sid + u32(version), dumps({"time": now, "size": len(bm)}))
+        txn.put(self.db.heads, sid, u32(version))
+        rec["state"] = "ready"
+        rec["updated"] = now
+        self.save(txn, rec)
+        self._prune(txn, rec["id"], version, now)
+        return version
+
+    def _prune(self, txn, seg_id, current, now):
+        """Drop versions superseded more than retention_s ago (history rows stay: they are the trend)."""
+        sid = self.prefix + u32(seg_id)
+        superseded_at = {}
+        for key, raw in Database.scan(txn, self.db.history, sid):
+            superseded_at[int.from_bytes(key[-4:], "big") - 1] = loads(raw)["time"]
+        for key, _ in list(Database.scan(txn, self.db.versions, sid)):
+            version = int.from_bytes(key[-4:], "big")
+            if version != current and now - superseded_at.get(version, now) > self.retention_s:
+                txn.delete(self.db.versions, key)
+
+    # -- API: segments ------------------------------------------------------------------------
+    def get(self, segment, sample=0):
+        """Everything the details page shows: record, size, version, reachability, trend, sample."""
+        with self.database.read() as txn:
+            seg_id = self.find_id(txn, segment)
+            rec = self.record(txn, seg_id)
+            version, bm = self.bitmap(txn, seg_id)
+            channels = self.profiles.channel_bitmaps(txn)
+            out = dict(rec, version=version, size=len(bm),
+                       reachability={name: bm.intersection_cardinality(channels[name]) for name in CHANNELS},
+                       trend=self._trend(txn, seg_id))
+            if sample:
+                out["sample"] = [p.to_dict() for p in self._sample(txn, bm, sample)]
+            return out
+
+    def _trend(self, txn, seg_id):
+        return [dict(loads(raw), version=int.from_bytes(key[-4:], "big"))
+                for key, raw in Database.scan(txn, self.db.history, self.prefix + u32(seg_id))]
+
+    def list(self):
+        """Every segment of the account with its size, in id order."""
+        out = []
+        with self.database.read() as txn:
+            for _, raw in Database.scan(txn, self.db.segments, self.prefix):
+                rec = loads(raw)
+                version, bm = self.bitmap(txn, rec["id"])
+                out.append(dict(rec, version=version, size=len(bm)))
+        return out
+
+    def delete(self, segment):
+        def run(txn):
+            seg_id = self.find_id(txn, segment)
+            rec = self.record(txn, seg_id)
+            self.check_free(rec)
+            sid = self.prefix + u32(seg_id)
+            for dbi in (self.db.versions, self.db.history):
+                for key, _ in list(Database.scan(txn, dbi, sid)):
+                    txn.delete(dbi, key)
+            txn.delete(self.db.heads, sid)
+            txn.delete(self.db.segments, sid)
+            txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
+            return rec
+        return self.database.write(run)
+
+    def attach(self, segment, kind, consumer_id, name=None):
+        return self._consumers(segment, kind, consumer_id, name, attach=True)
+
+    def detach(self, segment, kind, consumer_id):
+        return self._consumers(segment, kind, consumer_id, None, attach=False)
+
+    def _consumers(self, segment, kind, consumer_id, name, attach):
+        if kind not in CONSUMER_KINDS:
+            raise InvalidArgument(f"consumer kind must be one of {', '.join(CONSUMER_KINDS)}", field="kind")
+        if not str(consumer_id).strip():
+            raise InvalidArgument("consumer id must not be empty", field="id")
+
+        def run(txn):
+            rec = self.record(txn, self.find_id(txn, segment))
+            rest = [c for c in rec["consumers"] if (c["kind"], c["id"]) != (kind, str(consumer_id))]
+            if attach:
+                rest.append({"kind": kind, "id": str(consumer_id), "name": name or ""})
+            elif len(rest) == len(rec["consumers"]):
+                raise NotFound(f"{kind} {consumer_id} is not attached to {rec['name']!r}")
+            rec["consumers"] = rest
+            self.save(txn, rec)
+            return rec
+        return self.database.write(run)
+
+    # -- API: membership ---------------------------------------------------------------------
+    def is_member(self, segment, kind, key):
+        return self.check_members(segment, [(kind, key)])[1][0]
+
+    def check_members(self, segment, keys):
+        """(version, [bool]) for [(kind 'g'|'i', key)], all answered from one version."""
+        with self.database.read() as txn:
+            seg_id = self.find_id(txn, segment)
+            version, bm = self.bitmap(txn, seg_id)
+            uids = self.profiles.resolve_keys(txn, keys)
+        return version, [uid != UNKNOWN and uid in bm for uid in uids]
+
+    def members(self, segment, start=0, count=10_000, version=None, shard_index=0, shard_count=1):
+        """A page of member uids in uid order, from one version.
+
+        The members are split into shard_count contiguous rank ranges; this pages through range
+        shard_index, from rank `start` within it. Returns (version, uids array, next start or None)."""
+        if not 0 <= shard_index < shard_count:
+            raise InvalidArgument("shard_index must be in [0, shard_count)", field="shard_index")
+        with self.database.read() as txn:
+            seg_id = self.find_id(txn, segment)
+            version, bm = self.bitmap(txn, seg_id, version)
+        n = len(bm)
+        lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
+        first = lo + start
+        last = min(hi, first + count)
+        uids = bm[first:last].to_array() if first < last else array("I")
+        return version, uids, (start + len(uids) if last < hi else None)
+
+    def _sample(self, txn, bm, n):
+        """Up to n profiles picked at random ranks of bm."""
+        ranks = sorted(random.sample(range(len(bm)), min(n, len(bm))))
+        uids = [bm[r] for r in ranks]
+        return [self.profiles.get(txn, uid) for uid in uids if self.profiles.get(txn, uid)]
+
+    def sample(self, segment, n=10):
+        with self.database.read() as txn:
+            _, bm = self.bitmap(txn, self.find_id(txn, segment))
+            return self._sample(txn, bm, n)
+
+    def export(self, segment, page=65_536):
+        """The members as a re-uploadable CSV (`Type,Identity` then `g,<guid>`), in byte chunks,
+        all from the version current when the export starts."""
+        with self.database.read() as txn:
+            seg_id = self.find_id(txn, segment)
+            version, bm = self.bitmap(txn, seg_id)
+        yield EXPORT_HEADER
+        for first in range(0, len(bm), page):
+            uids = bm[first:first + page].to_array()
+            with self.database.read() as txn:
+                rows = self.profiles.guids(txn, uids)
+            yield "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
+
+
+def _csv(value):
+    if any(c in value for c in ',"\r\n') or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
