@@ -1,0 +1,44 @@
+# listseg — `make run` serves, `make test` tests; both set up whatever is missing first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SCALE  ?= 10000000
+PYX    := $(wildcard core/*.pyx)
+
+.PHONY: install test test-twin bench-core run clean sysdeps
+
+install: $(VENV)/.built
+
+# liblmdb's headers and library, for the compiled store (Debian's package; we run as root here).
+sysdeps:
+	@test -f /usr/include/lmdb.h || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq liblmdb-dev >/dev/null; \
+	  else echo "liblmdb-dev is missing: run 'sudo apt-get install liblmdb-dev'" >&2; exit 1; fi; }
+
+$(VENV)/.deps: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# An editable install: builds the extensions in place (core/*.so) and puts `listseg` on the path.
+$(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
+	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+# The whole suite against the pure-Python twins (no compiled code loaded).
+test-twin: install
+	LISTSEG_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests
+
+bench-core: install
+	$(BIN)/python benchmarks/bench_core.py --scale $(SCALE)
+
+run: install
+	@if [ -f clients/cli.py ]; then $(BIN)/listseg serve --data ./data; \
+	else echo "make run arrives with the gRPC service (issue 3); the engine is in listseg.core" >&2; exit 2; fi
+
+clean:
+	rm -rf build *.egg-info core/*.so core/*.c core/*.html .pytest_cache .hypothesis
+	rm -f $(VENV)/.built

@@ -1,0 +1,312 @@
+"""Profiles, segments and uploads through the engine (both store bindings)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from conftest import people, upload
+from listseg.core.engine import Engine
+from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, TooLarge, VersionGone
+from listseg.core.ids import InvalidProfile
+
+
+# -- profiles -----------------------------------------------------------------------------------
+def test_profiles_and_reachability(account):
+    assert account.profiles.upsert(people(8)) == 8
+    p = account.profiles.find(guid="g3")
+    assert (p.uid, p.identity, p.channels) == (3, "id3", ("email", "whatsapp", "webpush"))
+    assert account.profiles.find(identity="id5").guid == "g5"
+    assert account.profiles.find(guid="nobody") is None
+    with account.database.read() as txn:
+        ch = account.profiles.channel_bitmaps(txn)
+    assert list(ch["email"]) == [0, 3, 4, 7] and list(ch["sms"]) == [1, 5]
+
+
+def test_profile_update_moves_identity_and_channels(account):
+    account.profiles.upsert(people(4))
+    account.profiles.upsert([("g1", "new@x.com", ["email"]), ("g0", "id3", [])])
+    assert account.profiles.find(identity="id1") is None
+    assert account.profiles.find(identity="new@x.com").uid == 1
+    assert account.profiles.find(identity="id3").guid == "g0"          # identities are unique
+    assert account.profiles.find(guid="g3").identity is None
+    with account.database.read() as txn:
+        ch = account.profiles.channel_bitmaps(txn)
+    assert list(ch["email"]) == [1, 3] and list(ch["sms"]) == []
+
+
+def test_profile_delete(account):
+    account.profiles.upsert(people(4))
+    assert account.profiles.delete(["g1", "nobody"]) == 1
+    assert account.profiles.find(guid="g1") is None and account.profiles.find(identity="id1") is None
+    account.profiles.upsert([("g9", None, [])])
+    assert account.profiles.find(guid="g9").uid == 4                    # uids are never reused
+
+
+def test_profile_validation(account):
+    with pytest.raises(InvalidProfile):
+        account.profiles.upsert([("g1", None, ["fax"])])
+    with pytest.raises(InvalidProfile):
+        account.profiles.upsert([("", None, [])])
+    assert account.profiles.find(guid="g1") is None                    # nothing half-written
+
+
+def test_profile_import_csv(account):
+    data = b'guid,identity,channels\ng1,a@x.com,"email;sms"\ng2,,\n,x,email\ng3,b,fax\n'
+    report = account.profiles.import_csv([data[:10], data[10:]])
+    assert (report["rows"], report["upserted"], report["invalid"]) == (4, 2, 2)
+    assert report["errors"][0] == (4, "empty guid")
+    assert account.profiles.find(identity="a@x.com").channels == ("email", "sms")
+
+
+# -- uploads ------------------------------------------------------------------------------------
+def test_report_accounts_for_every_row(account):
+    account.profiles.upsert(people(10))
+    data = b"Type,Identity\ng,g1\ni,id1\ng,g2\ng,g2\ng,nobody\ng,nobody\nx,1\ng,\n\ni,id3\n"
+    up = upload(account, data, name="s1")
+    r = up["report"]
+    assert up["state"] == "succeeded"
+    assert (r["rows"], r["qualified"], r["unknown"], r["invalid"], r["duplicates"]) == (9, 3, 2, 2, 2)
+    assert r["rows"] == r["qualified"] + r["unknown"] + r["invalid"] + r["duplicates"]
+    assert r["size"] == 3 and r["errors"] == [{"line": 8, "reason": "bad type"}, {"line": 9, "reason": "empty identity"}]
+    assert account.upload_errors(up["id"]) == ([(8, "bad type"), (9, "empty identity")], None)
+    seg = account.segments.get("s1")
+    assert (seg["size"], seg["version"], seg["state"], seg["last_upload"]) == (3, 1, "ready", up["id"])
+
+
+def test_modes_replace_append_remove(account):
+    account.profiles.upsert(people(10))
+    upload(account, b"g,g1\ng,g2\ng,g3\n", name="s")
+    assert upload(account, b"g,g4\ng,g1\n", "append", segment="s")["report"]["size"] == 4
+    assert upload(account, b"g,g1\ng,g9\n", "remove", segment="s")["report"]["size"] == 3
+    assert upload(account, b"g,g7\n", "replace", segment="s")["report"]["size"] == 1
+    assert list(account.segments.members("s")[1]) == [7]
+    assert [t["size"] for t in account.segments.get("s")["trend"]] == [3, 4, 3, 1]
+
+
+def test_failures_keep_the_live_version(account):
+    account.profiles.upsert(people(10))
+    upload(account, b"g,g1\ng,g2\n", name="s")
+    failures = {
+        b"Name,Email\ng,g3\n": "bad header",
+        b"g,nobody\nx,y\n": "no row names a known profile",
+        b"": "no row names a known profile",
+    }
+    for data, reason in failures.items():
+        up = upload(account, data, "replace", segment="s")
+        assert up["state"] == "failed" and up["reason"].startswith(reason)
+        assert up["report"]["size"] == 2
+    strict = upload(account, b"g,g3\nx,y\n", "replace", segment="s", strict=True)
+    assert strict["state"] == "failed" and "line 2: bad type" in strict["reason"]
+    seg = account.segments.get("s")
+    assert (seg["size"], seg["version"], seg["last_upload"]) == (2, 1, strict["id"])
+
+
+def test_abort_and_size_limit_change_nothing(engine):
+    account = engine.account()
+    account.profiles.upsert(people(10))
+    upload(account, b"g,g1\n", name="s")
+    up = account.upload("replace", segment="s")
+    up.feed(b"g,g2\ng,g3\n")
+    assert up.abort("client cancelled")["state"] == "failed"
+    engine.max_upload_bytes = 20
+    up = account.upload("replace", segment="s")
+    up.feed(b"g,g2\n")
+    with pytest.raises(TooLarge):
+        up.feed(b"g,g3\n" * 10)
+    assert account.get_upload(up.id)["reason"].startswith("file too large")
+    assert list(account.segments.members("s")[1]) == [1]
+
+
+def test_failed_create_leaves_a_failed_segment(account):
+    account.profiles.upsert(people(3))
+    up = upload(account, b"g,nobody\n", name="s")
+    assert up["state"] == "failed"
+    assert account.segments.get("s")["state"] == "failed"
+    assert upload(account, b"g,g1\n", "replace", segment="s")["state"] == "succeeded"
+    assert account.segments.get("s")["state"] == "ready"
+
+
+def test_dry_run_changes_nothing(account):
+    account.profiles.upsert(people(10))
+    upload(account, b"g,g1\n", name="s")
+    up = upload(account, b"g,g2\ng,g3\n", "append", segment="s", dry_run=True)
+    assert up["state"] == "succeeded" and up["report"]["size"] == 3
+    assert upload(account, b"g,g2\n", name="new", dry_run=True)["report"]["size"] == 1
+    assert [s["name"] for s in account.segments.list()] == ["s"]
+    assert account.segments.get("s")["size"] == 1
+
+
+def test_names_and_modes_are_checked(account):
+    account.profiles.upsert(people(3))
+    upload(account, b"g,g1\n", name="s")
+    with pytest.raises(AlreadyExists):
+        account.upload("create", name="s")
+    with pytest.raises(InvalidArgument):
+        account.upload("create", name="  ")
+    with pytest.raises(InvalidArgument):
+        account.upload("replace", name="s")
+    with pytest.raises(NotFound):
+        account.upload("replace", segment="nope")
+
+
+def test_consumers_block_changes_and_are_named(account):
+    account.profiles.upsert(people(3))
+    upload(account, b"g,g1\n", name="s")
+    account.segments.attach("s", "campaign", "c-42", "Black Friday")
+    account.segments.attach("s", "journey", "j-7")
+    for mode in ("replace", "append", "remove"):
+        with pytest.raises(InUse) as e:
+            account.upload(mode, segment="s")
+        assert "campaign c-42" in str(e.value) and "journey j-7" in str(e.value)
+    with pytest.raises(InUse):
+        account.segments.delete("s")
+    assert [c["id"] for c in account.segments.get("s")["consumers"]] == ["c-42", "j-7"]
+    account.segments.detach("s", "campaign", "c-42")
+    account.segments.detach("s", "journey", "j-7")
+    assert upload(account, b"g,g2\n", "replace", segment="s")["state"] == "succeeded"
+    account.segments.delete("s")
+    with pytest.raises(NotFound):
+        account.segments.get("s")
+
+
+def test_consumer_attached_mid_upload_fails_it(account):
+    account.profiles.upsert(people(3))
+    upload(account, b"g,g1\n", name="s")
+    up = account.upload("replace", segment="s")
+    up.feed(b"g,g2\n")
+    account.segments.attach("s", "campaign", "c1")
+    result = up.finish()
+    assert result["state"] == "failed" and "campaign c1" in result["reason"]
+    assert list(account.segments.members("s")[1]) == [1]
+
+
+def test_membership_queries(account):
+    account.profiles.upsert(people(10))
+    upload(account, b"g,g1\ni,id3\ng,g4\n", name="s")
+    assert account.segments.is_member("s", "g", "g3") and account.segments.is_member("s", "i", "id1")
+    assert not account.segments.is_member("s", "g", "g2") and not account.segments.is_member("s", "g", "zz")
+    version, answers = account.segments.check_members("s", [("g", "g4"), ("i", "id5"), ("g", " g1 ")])
+    assert (version, answers) == (1, [True, False, True])
+    seg = account.segments.get("s", sample=2)
+    assert seg["reachability"] == {"email": 2, "sms": 1, "push": 1, "whatsapp": 1, "webpush": 1}
+    assert len(seg["sample"]) == 2 and {p["guid"] for p in seg["sample"]} <= {"g1", "g3", "g4"}
+    assert b"".join(account.segments.export("s")) == b"Type,Identity\ng,g1\ng,g3\ng,g4\n"
+
+
+def test_export_reuploads_as_is(account):
+    account.profiles.upsert([("a,b", None, []), ('q"t', None, []), ("plain", None, [])])
+    upload(account, b'g,"a,b"\ng,"q""t"\ng,plain\n', name="s")
+    exported = b"".join(account.segments.export("s"))
+    assert upload(account, exported, name="copy")["report"]["size"] == 3
+
+
+def test_sharded_paging_covers_every_member_once(account):
+    account.profiles.upsert(people(1000))
+    upload(account, b"".join(b"g,g%d\n" % k for k in range(0, 1000, 3)), name="s")
+    seen = []
+    for shard in range(4):
+        start = 0
+        while start is not None:
+            _, uids, start = account.segments.members("s", start, 17, shard_index=shard, shard_count=4)
+            seen.extend(uids)
+    assert seen == list(range(0, 1000, 3))
+
+
+def test_pinned_version_survives_replace_then_expires(engine):
+    account = engine.account()
+    account.profiles.upsert(people(100))
+    upload(account, b"".join(b"g,g%d\n" % k for k in range(50)), name="s")
+    version, first, start = account.segments.members("s", 0, 10)
+    upload(account, b"g,g99\n", "replace", segment="s")
+    _, rest, _ = account.segments.members("s", start, 100, version=version)
+    assert list(first) + list(rest) == list(range(50))                # one consistent snapshot
+    engine.retention_s = account.segments.retention_s = -1
+    engine.cache._items.clear()
+    upload(account, b"g,g98\n", "replace", segment="s")
+    with pytest.raises(VersionGone):
+        account.segments.members("s", 0, 10, version=version)
+
+
+def test_accounts_are_isolated(engine):
+    a, b = engine.account("a"), engine.account("b")
+    a.profiles.upsert(people(5))
+    b.profiles.upsert([("g1", None, [])])
+    upload(a, b"g,g1\ng,g2\n", name="s")
+    with pytest.raises(NotFound):
+        b.segments.get("s")
+    assert upload(b, b"g,g2\ng,g1\n", name="s")["report"]["size"] == 1  # b only knows g1
+    assert a.segments.get("s")["size"] == 2
+
+
+def test_readers_see_only_whole_versions(account):
+    """A reader checking membership in a loop while the segment is replaced 50 times sees, every time,
+    exactly one of the committed lists: all of list A or all of list B, never a mix."""
+    account.profiles.upsert(people(2000))
+    list_a = [f"g{k}" for k in range(0, 1000)]
+    list_b = [f"g{k}" for k in range(1000, 2000)]
+    files = ["".join(f"g,{g}\n" for g in lst).encode() for lst in (list_a, list_b)]
+    upload(account, files[0], name="s")
+    probe = [("g", g) for g in list_a[::50] + list_b[::50]]
+    half = len(probe) // 2
+    stop = threading.Event()
+    bad = []
+
+    def reader():
+        while not stop.is_set():
+            _, answers = account.segments.check_members("s", probe)
+            if answers not in ([True] * half + [False] * half, [False] * half + [True] * half):
+                bad.append(answers)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(50):
+        assert upload(account, files[(i + 1) % 2], "replace", segment="s", chunk=977)["state"] == "succeeded"
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not bad
+    assert account.segments.get("s")["version"] == 51
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import sys, os
+    from listseg.core.engine import Engine
+    e = Engine(sys.argv[1], map_size=1 << 30)
+    a = e.account()
+    up = a.upload("replace", segment="s")
+    up.feed(b"g,g3\\n" * 1000)
+    print("fed", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_crash_mid_upload_keeps_last_version(tmp_path):
+    path = str(tmp_path / "data")
+    with Engine(path, map_size=1 << 30) as e:
+        a = e.account()
+        a.profiles.upsert(people(10))
+        upload(a, b"g,g1\ng,g2\n", name="s")
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"fed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Engine(path, map_size=1 << 30) as e:                          # opens cleanly, recovers
+        a = e.account()
+        uploads = [a.get_upload(i) for i in (1, 2)]
+        assert uploads[1]["state"] == "failed" and uploads[1]["reason"] == "interrupted"
+        assert list(a.segments.members("s")[1]) == [1, 2]
+        assert upload(a, b"g,g5\n", "replace", segment="s")["state"] == "succeeded"
+
+
+def test_one_million_rows_smoke(account):
+    account.profiles.upsert((f"{k:032x}", None, []) for k in range(200_000))
+    rows = b"".join(b"g,%032x\n" % (k % 250_000) for k in range(1_000_000))
+    r = upload(account, b"Type,Identity\n" + rows, name="big", chunk=1 << 20)["report"]
+    assert (r["rows"], r["qualified"], r["unknown"], r["duplicates"]) == (1_000_000, 200_000, 200_000, 600_000)
+    assert account.segments.get("big")["size"] == 200_000

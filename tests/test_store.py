@@ -1,0 +1,93 @@
+"""The LMDB bindings: the compiled store and its py-lmdb twin behave alike and share a file format."""
+import os
+from array import array
+
+import pytest
+
+from listseg.core import _store_py, store
+from listseg.core.parser import parse_all
+from listseg.core.store import UNKNOWN, Database, next_key
+
+
+def test_get_put_delete_scan(tmp_path, store_cls):
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    d = db.db.segments
+    db.write(lambda t: [t.put(d, b"k%03d" % i, b"v%d" % i) for i in range(50)])
+    with db.read() as t:
+        assert t.get(d, b"k007") == b"v7"
+        assert t.get(d, b"nope") is None
+        assert [k for k, _ in Database.scan(t, d, b"k01")] == [b"k01%d" % i for i in range(10)]
+        assert len(list(Database.scan(t, d, b"k", page=7))) == 50
+    assert db.write(lambda t: t.delete(d, b"k007")) is True
+    assert db.write(lambda t: t.delete(d, b"k007")) is False
+    db.close()
+
+
+def test_failed_write_changes_nothing(tmp_path, store_cls):
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    d = db.db.segments
+
+    def boom(t):
+        t.put(d, b"a", b"1")
+        raise RuntimeError("halfway")
+    with pytest.raises(RuntimeError):
+        db.write(boom)
+    with db.read() as t:
+        assert t.get(d, b"a") is None
+    db.close()
+
+
+def test_resolve_in_any_order(tmp_path, store_cls):
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    pre = b"\x00\x00\x00\x07"
+    keys = [os.urandom(16).hex().encode() for _ in range(3000)]
+
+    def fill(t):
+        for uid, k in enumerate(keys):
+            t.put(db.db.guid, pre + k, uid.to_bytes(4, "little"))
+        t.put(db.db.ident, pre + b"jane", (5).to_bytes(4, "little"))
+        t.put(db.db.guid, b"\x00\x00\x00\x08" + b"other-account", (9).to_bytes(4, "little"))
+    db.write(fill)
+    lines = [b"g," + k for k in reversed(keys)] + [b"i,jane", b"g,jane", b"g,missing", b"g,other-account"]
+    _, batch = parse_all(b"\n".join(lines))
+    with db.read() as t:
+        uids = array("I")
+        uids.frombytes(t.resolve(db.db.guid, db.db.ident, pre, batch.kinds, batch.fields, batch.ends))
+    assert list(uids) == list(range(2999, -1, -1)) + [5, UNKNOWN, UNKNOWN, UNKNOWN]
+    db.close()
+
+
+def test_twins_share_the_file_format(tmp_path):
+    if not store.COMPILED:
+        pytest.skip("compiled store not built")
+    from listseg.core._store import Store as Compiled
+    path = str(tmp_path)
+    for writer, reader in ((Compiled, _store_py.Store), (_store_py.Store, Compiled)):
+        db = Database(path, map_size=1 << 26, store_cls=writer)
+        db.write(lambda t: t.put(db.db.heads, b"key", writer.__module__.encode()))
+        db.close()
+        db = Database(path, map_size=1 << 26, store_cls=reader)
+        with db.read() as t:
+            assert t.get(db.db.heads, b"key") == writer.__module__.encode()
+        db.close()
+
+
+def test_map_full_is_a_clean_error_and_loses_nothing(tmp_path, store_cls):
+    db = Database(str(tmp_path), map_size=1 << 20, store_cls=store_cls)
+    db.write(lambda t: t.put(db.db.versions, b"kept", b"x" * 1000))
+    with pytest.raises(store.MapFullError):
+        db.write(lambda t: [t.put(db.db.versions, b"big%d" % i, os.urandom(4000)) for i in range(1000)])
+    with db.read() as t:
+        assert t.get(db.db.versions, b"kept") == b"x" * 1000
+        assert t.get(db.db.versions, b"big0") is None
+    db.close()
+
+
+def test_next_key():
+    assert next_key(b"ab") == b"ac"
+    assert next_key(b"a\xff") == b"b"
+
+
+@pytest.mark.skipif(bool(os.environ.get("LISTSEG_NO_EXTENSIONS")), reason="twin-only run")
+def test_compiled_store_loaded():
+    assert store.COMPILED, "listseg.core._store did not load; run `make install`"
