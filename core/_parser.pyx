@@ -286,14 +286,37 @@ cdef class Scanner:
         self.prev_cr = c == 13
         return 0
 
+    cdef size_t _plain_run(self, const uint8_t *p, size_t avail) noexcept nogil:
+        """Append the run of ordinary bytes at p to the current (unquoted, started) field; return
+        its length. The fast path: most of a file is such runs."""
+        cdef size_t k = 0, q, room
+        cdef int f = self.cf
+        cdef uint8_t c
+        while k < avail:
+            c = p[k]
+            if c == 44 or c == 10 or c == 13 or c == 0:
+                break
+            k += 1
+        if f < MAX_COLS and k:
+            room = <size_t>self.max_field - self.flen[f] if self.flen[f] < <size_t>self.max_field else 0
+            memcpy(self.rowbuf + f * self.max_field + self.flen[f], p, k if k < room else room)
+            q = k
+            while q > 0 and is_ws(p[q - 1]):
+                q -= 1
+            if q:
+                self.flast[f] = self.flen[f] + q
+            self.flen[f] += k
+        return k
+
     def feed(self, const uint8_t[::1] data):
-        cdef size_t i, n = data.shape[0]
+        cdef size_t i = 0, n = data.shape[0]
         cdef uint8_t c
         cdef int st
         if self.header_error:
             return
-        for i in range(n):
+        while i < n:
             c = data[i]
+            i += 1
             if self.prev_cr:
                 self.prev_cr = False
                 if c == 10:                          # the LF of a CRLF: already counted
@@ -320,8 +343,10 @@ cdef class Scanner:
                     self._next_field()
                 elif c == 10 or c == 13:
                     self._line_end(c)
-                else:
+                elif c == 0:
                     self._content(c)
+                else:
+                    i += self._plain_run(&data[i - 1], n - i + 1) - 1
             elif st == QUOTED:
                 if c == 34:
                     self.state = QUOTE_IN_QUOTED

@@ -47,9 +47,14 @@ cdef extern from "lmdb.h" nogil:
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
     char *mdb_strerror(int err)
 
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void *addr) nogil
+
 from listseg.core._store_py import StoreError, MapFullError, UNKNOWN
 
 cdef uint32_t C_UNKNOWN = 0xFFFFFFFF
+cdef enum:
+    AHEAD = 16                                      # rows to prefetch ahead in resolve
 
 
 cdef int check(int rc) except -1:
@@ -267,6 +272,14 @@ cdef class Txn:
             rc = radix_sort(keys, rows, n)
             if rc == 0:
                 for j in range(n):
+                    # In key order the rows' bytes are scattered over the batch: fetch ahead,
+                    # the end offsets 2*AHEAD rows ahead and the key bytes AHEAD rows ahead.
+                    if j + 2 * AHEAD < n:
+                        prefetch(&ends[rows[j + 2 * AHEAD] - 1] if rows[j + 2 * AHEAD] else &ends[0])
+                    if j + AHEAD < n:
+                        r = rows[j + AHEAD]
+                        prefetch(&fields[ends[r - 1] if r else 0])
+                        prefetch(&uids[r])
                     r = rows[j]
                     start = ends[r - 1] if r else 0
                     flen = ends[r] - start
@@ -291,10 +304,11 @@ cdef class Txn:
 
 
 cdef int radix_sort(uint64_t *keys, uint32_t *rows, size_t n) noexcept nogil:
-    """LSD radix sort of (key, row) pairs by key, in place, 16 bits a pass; -1 when out of memory."""
+    """LSD radix sort of (key, row) pairs by key, in place, a byte a pass (256 buckets stay in cache,
+    65536 did not: measured 3x slower); passes where every key has the same byte are skipped."""
     cdef uint64_t *k2 = <uint64_t *>malloc(n * sizeof(uint64_t))
     cdef uint32_t *r2 = <uint32_t *>malloc(n * sizeof(uint32_t))
-    cdef size_t *count = <size_t *>malloc(65536 * sizeof(size_t))
+    cdef size_t count[256]
     cdef uint64_t *src_k = keys
     cdef uint32_t *src_r = rows
     cdef uint64_t *dst_k = k2
@@ -304,25 +318,24 @@ cdef int radix_sort(uint64_t *keys, uint32_t *rows, size_t n) noexcept nogil:
     cdef size_t i, total, c
     cdef int shift, pass_
     cdef unsigned int d
-    if k2 == NULL or r2 == NULL or count == NULL:
+    if k2 == NULL or r2 == NULL:
         free(k2)
         free(r2)
-        free(count)
         return -1
-    for pass_ in range(4):
-        shift = pass_ * 16
-        memset(count, 0, 65536 * sizeof(size_t))
+    for pass_ in range(8):
+        shift = pass_ * 8
+        memset(count, 0, sizeof(count))
         for i in range(n):
-            count[(src_k[i] >> shift) & 0xFFFF] += 1
-        if count[(src_k[0] >> shift) & 0xFFFF] == n:
+            count[(src_k[i] >> shift) & 0xFF] += 1
+        if count[(src_k[0] >> shift) & 0xFF] == n:
             continue                                # every key has this digit: nothing to move
         total = 0
-        for d in range(65536):
+        for d in range(256):
             c = count[d]
             count[d] = total
             total += c
         for i in range(n):
-            d = (src_k[i] >> shift) & 0xFFFF
+            d = (src_k[i] >> shift) & 0xFF
             dst_k[count[d]] = src_k[i]
             dst_r[count[d]] = src_r[i]
             count[d] += 1
@@ -333,5 +346,4 @@ cdef int radix_sort(uint64_t *keys, uint32_t *rows, size_t n) noexcept nogil:
         memcpy(rows, src_r, n * sizeof(uint32_t))
     free(k2)
     free(r2)
-    free(count)
     return 0
