@@ -24,6 +24,7 @@ cdef extern from "lmdb.h" nogil:
     ctypedef enum MDB_cursor_op:
         MDB_GET_CURRENT
         MDB_NEXT
+        MDB_SET_KEY
         MDB_SET_RANGE
     int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND
     int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST
@@ -242,6 +243,7 @@ cdef class Txn:
         cdef uint32_t *rows
         cdef uint32_t *uids
         cdef char keybuf[1024]
+        cdef MDB_cursor *curs[2]
         if ends.shape[0] != n:
             raise ValueError("kinds and ends differ in length")
         self._live()
@@ -252,11 +254,20 @@ cdef class Txn:
         if plen + 4 > <size_t>max_key:
             raise ValueError("prefix too long")
         memcpy(keybuf, PyBytes_AS_STRING(prefix), plen)
+        # cursors, not mdb_get: a positioned cursor skips the root-to-leaf walk when the next key
+        # falls in the page it is on, which sorted batches make the common case
+        check(mdb_cursor_open(self.txn, guid_dbi, &curs[0]))
+        rc = mdb_cursor_open(self.txn, ident_dbi, &curs[1])
+        if rc:
+            mdb_cursor_close(curs[0])
+            check(rc)
         keys = <uint64_t *>malloc(n * sizeof(uint64_t))
         rows = <uint32_t *>malloc(n * sizeof(uint32_t))
         if keys == NULL or rows == NULL:
             free(keys)
             free(rows)
+            mdb_cursor_close(curs[0])
+            mdb_cursor_close(curs[1])
             raise MemoryError()
         with nogil:
             # sort key: the kind in the top bit, then the key's first bytes, big-endian
@@ -289,7 +300,7 @@ cdef class Txn:
                     memcpy(keybuf + plen, &fields[start], flen)
                     k.mv_size = plen + flen
                     k.mv_data = keybuf
-                    rc = mdb_get(self.txn, ident_dbi if kinds[r] == 105 else guid_dbi, &k, &v)
+                    rc = mdb_cursor_get(curs[kinds[r] == 105], &k, &v, MDB_SET_KEY)
                     if rc == 0 and v.mv_size == 4:
                         memcpy(&uids[r], v.mv_data, 4)
                     elif rc != 0 and rc != MDB_NOTFOUND:
@@ -297,6 +308,8 @@ cdef class Txn:
                     rc = 0
         free(keys)
         free(rows)
+        mdb_cursor_close(curs[0])
+        mdb_cursor_close(curs[1])
         if rc == -1:
             raise MemoryError()
         check(rc)
