@@ -17,6 +17,7 @@ sysdeps:
 
 $(VENV)/.deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check pip==25.3   # a pip that builds editable installs (PEP 660)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
