@@ -4,10 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SCALE  ?= 10000000
 PYX    := $(wildcard core/*.pyx)
+PROTO  := proto/listseg/v1/listseg.proto
+STUBS  := v1/listseg_pb2.py
 
 .PHONY: install test test-twin bench-core run clean sysdeps
 
-install: $(VENV)/.built
+install: $(VENV)/.built $(STUBS)
 
 # liblmdb's headers and library, for the compiled store (Debian's package; we run as root here).
 sysdeps:
@@ -26,6 +28,12 @@ $(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
+# Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package).
+$(STUBS): $(PROTO) $(VENV)/.deps
+	rm -rf build/gen && mkdir -p build/gen
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
+	cp build/gen/listseg/v1/*.py build/gen/listseg/v1/*.pyi v1/
+
 test: install
 	$(BIN)/python -m pytest -q tests
 
@@ -41,5 +49,5 @@ run: install
 	else echo "make run arrives with the gRPC service (issue 3); the engine is in listseg.core" >&2; exit 2; fi
 
 clean:
-	rm -rf build *.egg-info core/*.so core/*.c core/*.html .pytest_cache .hypothesis
+	rm -rf build *.egg-info core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis
 	rm -f $(VENV)/.built

@@ -1,4 +1,4 @@
-"""Build listseg: this folder is the `listseg` package (core/, server/, clients/).
+"""Build listseg: this folder is the `listseg` package (core/, server/, clients/, generated v1/).
 
 Cython extensions are optional at run time (each has a pure-Python twin) but `make install` builds
 them. LISTSEG_DEBUG=1 builds them with assertions, line tracing and no optimisation.
@@ -28,7 +28,7 @@ setup(
     description="Custom list segments as a service",
     python_requires=">=3.11",
     package_dir={"listseg": "."},
-    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients"],
+    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1"],
     package_data={"listseg.core": ["*.pyi"]},
     ext_modules=extensions(),
 )

@@ -40,3 +40,11 @@ class VersionGone(ListsegError):
 
 class TooLarge(ListsegError):
     reason = "UPLOAD_TOO_LARGE"
+
+
+class Unauthenticated(ListsegError):
+    """Missing or wrong credentials. Deliberately says nothing of which part was wrong."""
+    reason = "UNAUTHENTICATED"
+
+    def __init__(self):
+        super().__init__("missing or invalid credentials (x-account-id, x-passcode)")

@@ -81,6 +81,10 @@ class Upload:
         if self.parser.pending_rows >= BATCH_ROWS:
             self._resolve()
 
+    def progress(self):
+        """Bytes received and rows parsed so far (safe to read from another thread)."""
+        return {"bytes": self.bytes, "rows": self.counts["rows"] + self.parser.pending_rows}
+
     def _resolve(self):
         batch = self.parser.take()
         with self.database.read() as txn:

@@ -1,0 +1,171 @@
+"""Building and running the gRPC server: services, health, reflection, TLS, workers, SIGTERM drain."""
+import ipaddress
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from listseg.core.accounts import Credentials
+from listseg.core.engine import Engine
+from listseg.server import servicers
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+log = logging.getLogger("listseg.server")
+
+SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Segments", "Membership", "Profiles")]
+MAX_MESSAGE = 4 << 20            # a 2 MiB data message plus framing; bigger ones are refused by grpc
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line on stderr."""
+
+    def format(self, record):
+        out = {"time": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging():
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("listseg")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def is_loopback(host):
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def split_address(address):
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"listen address must be HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+class Server:
+    """A running server: `port`, `stop(grace)`, and the pieces tests may want."""
+
+    def __init__(self, engine, address="127.0.0.1:0", max_workers=32, tls=None, reuse_port=False,
+                 webhooks=None):
+        self.engine = engine
+        self.credentials = Credentials(engine)
+        host, _ = split_address(address)
+        if not self.credentials.required() and not is_loopback(host):
+            raise PermissionError(
+                f"no account exists, so the server runs without credentials and listens only on a loopback "
+                f"address; create one with `listseg accounts create NAME` to listen on {host}")
+        self.services = servicers.Services(engine, self.credentials, webhooks)
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                   ("grpc.max_send_message_length", 64 << 20),
+                   ("grpc.so_reuseport", 1 if reuse_port else 0)]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc"),
+                                options=options)
+        pb_grpc.add_SegmentsServicer_to_server(servicers.SegmentsServicer(self.services), self.grpc)
+        pb_grpc.add_MembershipServicer_to_server(servicers.MembershipServicer(self.services), self.grpc)
+        pb_grpc.add_ProfilesServicer_to_server(servicers.ProfilesServicer(self.services), self.grpc)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(SERVICE_NAMES + [reflection.SERVICE_NAME, health.SERVICE_NAME],
+                                            self.grpc)
+        if tls:
+            cert, key = tls
+            creds = grpc.ssl_server_credentials([(open(key, "rb").read(), open(cert, "rb").read())])
+            self.port = self.grpc.add_secure_port(address, creds)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+
+    def start(self):
+        self.grpc.start()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def _set_health(self, status):
+        for name in ["", *SERVICE_NAMES]:
+            self.health.set(name, status)
+
+    def stop(self, grace=None):
+        """Refuse new calls, let calls in flight (uploads) finish for up to `grace` seconds."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc.stop(grace).wait()
+        self.services.webhooks.close()
+
+
+def create_server(engine, address="127.0.0.1:0", **kwargs):
+    """Start a server on address (port 0: any free port); returns (server, port)."""
+    server = Server(engine, address, **kwargs).start()
+    return server, server.port
+
+
+def serve(data, listen, workers=1, grace=30.0, tls=None, map_size=None):
+    """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds."""
+    setup_logging()
+    if workers > 1:
+        if split_address(listen)[1] == 0:
+            raise ValueError("--workers > 1 needs a fixed port")
+        return _serve_workers(data, listen, workers, grace, tls, map_size)
+    return _serve_one(data, listen, grace, tls, map_size, reuse_port=False)
+
+
+def _serve_one(data, listen, grace, tls, map_size, reuse_port):
+    kwargs = {"map_size": map_size} if map_size else {}
+    engine = Engine(data, **kwargs)                  # opened here: after the fork, in each worker
+    server = Server(engine, listen, tls=tls, reuse_port=reuse_port).start()
+    log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),
+                                          "pid": os.getpid()}})
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("draining", extra={"fields": {"grace_s": grace}})
+    server.stop(grace)
+    engine.close()
+    log.info("stopped")
+    return 0
+
+
+def _serve_workers(data, listen, workers, grace, tls, map_size):
+    ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
+    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, map_size), daemon=False)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.is_set() and all(p.is_alive() for p in procs):
+        done.wait(0.5)
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join()
+    return 0 if done.is_set() else 1
+
+
+def _worker(data, listen, grace, tls, map_size):
+    setup_logging()
+    sys.exit(_serve_one(data, listen, grace, tls, map_size, reuse_port=True))

@@ -1,0 +1,254 @@
+"""Thin gRPC servicers over the engine: check the request, call the core, convert the answer.
+
+Every method is wrapped by `errors.rpc`, which authenticates the caller (passing the Account) and
+turns any exception into a status with an ErrorInfo.
+"""
+import logging
+import threading
+import time
+from array import array
+
+from google.protobuf import empty_pb2
+
+from listseg.core.errors import InvalidArgument, NotFound, TooLarge
+from listseg.server import convert, webhook
+from listseg.server.errors import rpc
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+log = logging.getLogger("listseg.server")
+
+MAX_DATA_MESSAGE = 2 << 20        # bytes of CSV in one UploadList message
+MAX_CHECK = 100_000               # identities in one CheckMembers call
+WATCH_INTERVAL_S = 0.5
+
+
+class Services:
+    """State shared by the servicers: the engine, the credentials check, the live uploads."""
+
+    def __init__(self, engine, credentials, webhooks=None):
+        self.engine = engine
+        self.credentials = credentials
+        self.webhooks = webhooks or webhook.Notifier()
+        self.live = {}                # (account number, upload id) -> core Upload, for WatchUpload
+        self.live_lock = threading.Lock()
+
+    def auth(self, context):
+        if not self.credentials.required():
+            return self.engine.account()
+        md = dict(context.invocation_metadata())
+        return self.credentials.authenticate(md.get("x-account-id"), md.get("x-passcode"))
+
+
+class SegmentsServicer(pb_grpc.SegmentsServicer):
+    def __init__(self, services):
+        self.s = services
+        self.auth = services.auth
+
+    @rpc
+    def UploadList(self, account, requests, context):
+        first = next(requests, None)
+        if first is None or first.WhichOneof("payload") != "spec":
+            raise InvalidArgument("the first message of UploadList must be the spec", field="spec")
+        spec = first.spec
+        if spec.mode not in convert.MODES:
+            raise InvalidArgument("spec.mode must be CREATE, REPLACE, APPEND or REMOVE", field="spec.mode")
+        mode = convert.MODES[spec.mode]
+        if spec.webhook_url:
+            webhook.check_url(spec.webhook_url)
+        create = mode == "create"
+        up = account.upload(mode, name=spec.name if create else None,
+                            segment=None if create else convert.segment_ref(spec.segment),
+                            dry_run=spec.dry_run, strict=spec.strict, file_name=spec.file_name)
+        key = (account.number, up.id)
+        with self.s.live_lock:
+            self.s.live[key] = up
+        try:
+            result = self._receive(up, requests, context)
+        finally:
+            with self.s.live_lock:
+                self.s.live.pop(key, None)
+        log.info("upload ended", extra={"fields": {"account": account.name, "upload": up.id,
+                                                   "state": result["state"], "reason": result["reason"]}})
+        if spec.webhook_url:
+            self.s.webhooks.notify(spec.webhook_url, result)
+        return convert.upload(result)
+
+    @staticmethod
+    def _receive(up, requests, context):
+        """Feed the stream to the upload; anything but a clean end of stream fails it."""
+        try:
+            for msg in requests:
+                kind = msg.WhichOneof("payload")
+                if kind == "spec":
+                    raise InvalidArgument("UploadList takes one spec, first", field="spec")
+                if len(msg.data) > MAX_DATA_MESSAGE:
+                    raise TooLarge(f"a data message is at most {MAX_DATA_MESSAGE} bytes", limit=MAX_DATA_MESSAGE)
+                if msg.data:
+                    up.feed(msg.data)
+            if not context.is_active():
+                raise InvalidArgument("the client cancelled the upload")
+        except BaseException as exc:
+            up.abort(_abort_reason(exc))
+            raise
+        return up.finish()
+
+    @rpc
+    def GetUpload(self, account, request, context):
+        return convert.upload(account.get_upload(request.id))
+
+    @rpc
+    def WatchUpload(self, account, request, context):
+        key = (account.number, request.id)
+        while context.is_active():
+            with self.s.live_lock:
+                up = self.s.live.get(key)
+            if up is not None:
+                progress = up.progress()
+                yield pb.UploadProgress(state=convert.UPLOAD_STATES[up.state], bytes=progress["bytes"],
+                                        rows=progress["rows"])
+            else:
+                rec = account.get_upload(request.id)
+                if rec["state"] in ("succeeded", "failed"):
+                    report = rec.get("report") or {}
+                    yield pb.UploadProgress(state=convert.UPLOAD_STATES[rec["state"]],
+                                            bytes=report.get("bytes", 0), rows=report.get("rows", 0),
+                                            upload=convert.upload(rec))
+                    return
+                yield pb.UploadProgress(state=convert.UPLOAD_STATES[rec["state"]])
+            time.sleep(WATCH_INTERVAL_S)
+
+    @rpc
+    def ListUploadErrors(self, account, request, context):
+        state = convert.read_page_token(request.page_token, u=request.id) or {"u": request.id, "p": 0}
+        rows, nxt = account.upload_errors(request.id, state["p"], convert.page_size(request.page_size, 1000, 10_000))
+        return pb.ListUploadErrorsResponse(
+            errors=[pb.RowError(line=line, reason=reason) for line, reason in rows],
+            next_page_token=convert.page_token({"u": request.id, "p": nxt}) if nxt is not None else "")
+
+    @rpc
+    def GetSegment(self, account, request, context):
+        if not 0 <= request.sample_size <= 100:
+            raise InvalidArgument("sample_size is 0 to 100", field="sample_size")
+        seg = account.segments.get(convert.segment_ref(request.segment), sample=request.sample_size)
+        last = account.get_upload(seg["last_upload"]) if seg["last_upload"] else None
+        return convert.segment(seg, last)
+
+    @rpc
+    def ListSegments(self, account, request, context):
+        size = convert.page_size(request.page_size, 100, 1000)
+        start = (convert.read_page_token(request.page_token) or {"o": 0}).get("o", 0)
+        segs = account.segments.list()
+        page = segs[start:start + size]
+        more = start + size < len(segs)
+        return pb.ListSegmentsResponse(
+            segments=[convert.segment(s) for s in page],
+            next_page_token=convert.page_token({"o": start + size}) if more else "")
+
+    @rpc
+    def DeleteSegment(self, account, request, context):
+        account.segments.delete(convert.segment_ref(request.segment))
+        return empty_pb2.Empty()
+
+    @rpc
+    def SampleMembers(self, account, request, context):
+        if not 0 <= request.count <= 100:
+            raise InvalidArgument("count is 0 to 100", field="count")
+        sample = account.segments.sample(convert.segment_ref(request.segment), request.count or 10)
+        return pb.SampleMembersResponse(profiles=[convert.profile(p.to_dict()) for p in sample])
+
+    @rpc
+    def ExportMembers(self, account, request, context):
+        for chunk in account.segments.export(convert.segment_ref(request.segment)):
+            yield pb.ExportMembersResponse(data=chunk)
+
+    @rpc
+    def AttachConsumer(self, account, request, context):
+        ref = convert.segment_ref(request.segment)
+        account.segments.attach(ref, convert.consumer_kind(request.kind), request.id, request.name)
+        return convert.segment(account.segments.get(ref))
+
+    @rpc
+    def DetachConsumer(self, account, request, context):
+        ref = convert.segment_ref(request.segment)
+        account.segments.detach(ref, convert.consumer_kind(request.kind), request.id)
+        return convert.segment(account.segments.get(ref))
+
+
+class MembershipServicer(pb_grpc.MembershipServicer):
+    def __init__(self, services):
+        self.auth = services.auth
+
+    @rpc
+    def IsMember(self, account, request, context):
+        kind = convert.identity_type(request.type)
+        version, answers = account.segments.check_members(convert.segment_ref(request.segment),
+                                                          [(kind, request.identity)])
+        return pb.IsMemberResponse(member=answers[0], version=version)
+
+    @rpc
+    def CheckMembers(self, account, request, context):
+        kind = convert.identity_type(request.type)
+        if len(request.identities) > MAX_CHECK:
+            raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities")
+        version, answers = account.segments.check_members(
+            convert.segment_ref(request.segment), [(kind, i) for i in request.identities])
+        return pb.CheckMembersResponse(members=answers, version=version)
+
+    @rpc
+    def ListMembers(self, account, request, context):
+        count = convert.page_size(request.page_size, 100_000, 1_000_000)
+        shards = request.shard_count or 1
+        if request.shard_index >= shards:
+            raise InvalidArgument("shard_index must be below shard_count", field="shard_index")
+        ref = convert.segment_ref(request.segment)
+        with account.database.read() as txn:
+            seg_id = account.segments.find_id(txn, ref)
+        state = convert.read_page_token(request.page_token, s=seg_id, i=request.shard_index, n=shards)
+        version, uids, nxt = account.segments.members(
+            seg_id, state["p"] if state else 0, count, state["v"] if state else None,
+            request.shard_index, shards)
+        with account.database.read() as txn:
+            rows = account.profiles.guids(txn, uids)
+        guids = "".join(f"{guid}\n" for _, guid, _ in rows).encode()
+        kept = uids if len(rows) == len(uids) else [uid for uid, _, _ in rows]
+        token = (convert.page_token({"s": seg_id, "v": version, "p": nxt, "i": request.shard_index, "n": shards})
+                 if nxt is not None else "")
+        return pb.ListMembersResponse(guids=guids, uids=_packed(kept), count=len(rows), version=version,
+                                      next_page_token=token)
+
+
+class ProfilesServicer(pb_grpc.ProfilesServicer):
+    def __init__(self, services):
+        self.auth = services.auth
+
+    @rpc
+    def UpsertProfiles(self, account, requests, context):
+        report = account.profiles.import_csv(msg.data for msg in requests)
+        return pb.UpsertProfilesResponse(
+            rows=report["rows"], upserted=report["upserted"], invalid=report["invalid"],
+            errors=[pb.RowError(line=line, reason=reason) for line, reason in report["errors"]])
+
+    @rpc
+    def DeleteProfiles(self, account, request, context):
+        return pb.DeleteProfilesResponse(deleted=account.profiles.delete(list(request.guids)))
+
+    @rpc
+    def GetProfile(self, account, request, context):
+        kind = convert.identity_type(request.type)
+        found = account.profiles.find(**{"guid" if kind == "g" else "identity": request.identity})
+        if found is None:
+            raise NotFound("no such profile")
+        return convert.profile(found.to_dict())
+
+
+def _packed(uids):
+    return (uids if isinstance(uids, array) else array("I", uids)).tobytes()
+
+
+def _abort_reason(exc):
+    if isinstance(exc, TooLarge):
+        return f"file too large: {exc}"
+    if isinstance(exc, InvalidArgument):
+        return str(exc)
+    return "the upload stream broke"

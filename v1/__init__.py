@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (make generates them from proto/listseg/v1/)."""
