@@ -31,4 +31,5 @@ setup(
     packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1"],
     package_data={"listseg.core": ["*.pyi"]},
     ext_modules=extensions(),
+    entry_points={"console_scripts": ["listseg=listseg.clients.cli:main"]},
 )

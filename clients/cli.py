@@ -1,0 +1,287 @@
+"""`listseg`: the command line. Data on stdout (JSON with --json), messages and progress on stderr.
+
+Exit codes: 0 ok; 1 the operation failed, the server refused it, or the answer is negative; 2 usage.
+`is-member` exits 0 for a member, 1 for not a member and 2 for any error.
+"""
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- output shapes (the CLI's JSON contract) ------------------------------------------------------
+def upload_json(up):
+    from listseg.v1 import listseg_pb2 as pb
+    r = up.report
+    return {"upload": up.id, "segment": up.segment, "segment_name": up.segment_name,
+            "state": pb.UploadState.Name(up.state).removeprefix("UPLOAD_STATE_").lower(),
+            "reason": up.reason, "dry_run": up.dry_run, "rows": r.rows, "qualified": r.qualified,
+            "unknown": r.unknown, "invalid": r.invalid, "duplicates": r.duplicates, "size": r.size,
+            "version": r.version, "errors": [{"line": e.line, "reason": e.reason} for e in r.errors]}
+
+
+def profile_json(p):
+    return {"guid": p.guid, "identity": p.identity or None, "channels": list(p.channels)}
+
+
+def segment_json(seg, full=False):
+    from listseg.v1 import listseg_pb2 as pb
+    out = {"id": str(seg.id), "name": seg.name,
+           "state": pb.SegmentState.Name(seg.state).removeprefix("SEGMENT_STATE_").lower(),
+           "size": seg.size, "version": seg.version,
+           "consumers": [{"kind": pb.ConsumerKind.Name(c.kind).removeprefix("CONSUMER_KIND_").lower(),
+                          "id": c.id, "name": c.name} for c in seg.consumers],
+           "created": seg.create_time.ToJsonString(), "updated": seg.update_time.ToJsonString()}
+    if full:
+        out["reachability"] = dict(sorted(seg.reachability.items()))
+        out["trend"] = [{"time": t.time.ToJsonString(), "size": t.size} for t in seg.trend]
+        out["sample"] = [profile_json(p) for p in seg.sample]
+        out["last_upload"] = upload_json(seg.last_upload) if seg.HasField("last_upload") else None
+    return out
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_upload(args, client):
+    targets = [(k, getattr(args, k)) for k in ("name", "replace", "append", "remove") if getattr(args, k)]
+    if len(targets) != 1:
+        raise UsageError("upload needs exactly one of --name, --replace, --append, --remove")
+    size = os.path.getsize(args.file)
+    bar = _progress(size, args.file)
+    try:
+        up = client.upload(args.file, dry_run=args.dry_run, strict=args.strict, webhook_url=args.webhook or "",
+                           progress=bar.update if bar else None, **dict(targets))
+    finally:
+        if bar:
+            bar.close()
+    out = upload_json(up)
+    return out, (EXIT_OK if out["state"] == "succeeded" else EXIT_FAILED), _upload_text(out)
+
+
+def _upload_text(o):
+    head = f"upload {o['upload']} {o['state']}" + (f": {o['reason']}" if o["reason"] else "")
+    lines = [head, f"segment {o['segment_name']} ({o['segment'] or 'dry run'}): {o['size']} members",
+             f"rows {o['rows']}: qualified {o['qualified']}, unknown {o['unknown']}, "
+             f"invalid {o['invalid']}, duplicates {o['duplicates']}"]
+    lines += [f"  line {e['line']}: {e['reason']}" for e in o["errors"][:10]]
+    return "\n".join(lines)
+
+
+def cmd_profiles_import(args, client):
+    r = client.import_profiles(args.file)
+    out = {"rows": r.rows, "upserted": r.upserted, "invalid": r.invalid,
+           "errors": [{"line": e.line, "reason": e.reason} for e in r.errors]}
+    return out, EXIT_OK, f"rows {r.rows}: upserted {r.upserted}, invalid {r.invalid}"
+
+
+def cmd_segments(args, client):
+    out = [segment_json(s) for s in client.list_segments()]
+    text = "\n".join(f"{s['id']:>6}  {s['name']:<30} {s['state']:<10} {s['size']:>12}  "
+                     f"{len(s['consumers'])} consumers" for s in out) or "no segments"
+    return out, EXIT_OK, text
+
+
+def cmd_show(args, client):
+    out = segment_json(client.get_segment(args.segment, sample=args.sample), full=True)
+    text = "\n".join([f"{out['name']} (id {out['id']}, {out['state']}, version {out['version']}): "
+                      f"{out['size']} members",
+                      "reachability: " + ", ".join(f"{k} {v}" for k, v in out["reachability"].items()),
+                      "consumers: " + (", ".join(f"{c['kind']} {c['id']}" for c in out["consumers"]) or "none"),
+                      "trend: " + ", ".join(f"{t['time']} {t['size']}" for t in out["trend"][-10:]),
+                      "sample: " + ", ".join(p["guid"] for p in out["sample"])])
+    return out, EXIT_OK, text
+
+
+def cmd_is_member(args, client):
+    if (args.guid is None) == (args.identity is None):
+        raise UsageError("is-member needs exactly one of --guid, --identity")
+    member = client.is_member(args.segment, guid=args.guid, identity=args.identity)
+    return member, (EXIT_OK if member else EXIT_FAILED), "true" if member else "false"
+
+
+def cmd_members(args, client):
+    if args.output and args.output != "-":
+        with open(args.output, "wb") as f:
+            client.export(args.segment, f)
+        return {"output": args.output}, EXIT_OK, None
+    client.export(args.segment, sys.stdout.buffer)
+    sys.stdout.flush()
+    return None, EXIT_OK, None
+
+
+def _consumer(args):
+    if bool(args.campaign) == bool(args.journey):
+        raise UsageError("give exactly one of --campaign ID, --journey ID")
+    return ("campaign", args.campaign) if args.campaign else ("journey", args.journey)
+
+
+def cmd_attach(args, client):
+    kind, cid = _consumer(args)
+    out = segment_json(client.attach(args.segment, kind, cid, args.consumer_name or ""))
+    return out, EXIT_OK, f"{kind} {cid} attached to {out['name']}"
+
+
+def cmd_detach(args, client):
+    kind, cid = _consumer(args)
+    out = segment_json(client.detach(args.segment, kind, cid))
+    return out, EXIT_OK, f"{kind} {cid} detached from {out['name']}"
+
+
+def cmd_delete(args, client):
+    client.delete_segment(args.segment)
+    return {"deleted": args.segment}, EXIT_OK, f"deleted {args.segment}"
+
+
+def cmd_upload_errors(args, client):
+    rows = client.upload_errors(args.upload)
+    return ([{"line": line, "reason": reason} for line, reason in rows], EXIT_OK,
+            "\n".join(f"line {line}: {reason}" for line, reason in rows) or "no rejected rows")
+
+
+def cmd_serve(args, _client):
+    from listseg.server.app import serve
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    try:
+        return None, serve(args.data, args.listen, args.workers, args.grace, tls), None
+    except (PermissionError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_accounts_create(args, _client):
+    from listseg.core.accounts import Credentials
+    from listseg.core.engine import Engine
+    with Engine(args.data) as engine:
+        account_id, passcode = Credentials(engine).create(args.account_name)
+    return ({"account": account_id, "passcode": passcode, "name": args.account_name}, EXIT_OK,
+            f"account {account_id}\npasscode {passcode}\n(the passcode is shown once; it is stored hashed)")
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+def _common(parser, suppress):
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("--server", default=d(os.environ.get("LISTSEG_SERVER", "127.0.0.1:50051")),
+                        help="HOST:PORT of the listseg server (env LISTSEG_SERVER)")
+    parser.add_argument("--account", default=d(os.environ.get("LISTSEG_ACCOUNT")), help="env LISTSEG_ACCOUNT")
+    parser.add_argument("--passcode", default=d(os.environ.get("LISTSEG_PASSCODE")), help="env LISTSEG_PASSCODE")
+    parser.add_argument("--tls-ca", default=d(None), help="CA certificate to trust (PEM) for a TLS server")
+    parser.add_argument("--json", action="store_true", default=d(False), help="machine output on stdout")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="listseg", description="Custom list segments: upload, query, serve.")
+    _common(ap, suppress=False)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p, suppress=True)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = command("upload", cmd_upload, "upload a Type,Identity CSV as a new segment or into one")
+    p.add_argument("file")
+    p.add_argument("--name", help="create a segment with this name")
+    p.add_argument("--replace", metavar="SEG", help="replace the members of SEG (id or name)")
+    p.add_argument("--append", metavar="SEG", help="add the file's members to SEG")
+    p.add_argument("--remove", metavar="SEG", help="remove the file's members from SEG")
+    p.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    p.add_argument("--strict", action="store_true", help="fail on any invalid row")
+    p.add_argument("--webhook", metavar="URL", help="POST the result (JSON) here when processing ends")
+
+    profiles = sub.add_parser("profiles", help="user profiles").add_subparsers(dest="sub", required=True)
+    p = profiles.add_parser("import", help="upsert profiles from a guid,identity,channels CSV")
+    _common(p, suppress=True)
+    p.set_defaults(fn=cmd_profiles_import)
+    p.add_argument("file")
+
+    command("segments", cmd_segments, "list segments")
+    p = command("show", cmd_show, "a segment's details")
+    p.add_argument("segment", metavar="SEG")
+    p.add_argument("--sample", type=int, default=10, help="sample users to show (0-100)")
+    p = command("is-member", cmd_is_member, "is a user in a segment? exit 0 yes, 1 no, 2 error")
+    p.add_argument("segment", metavar="SEG")
+    p.add_argument("--guid")
+    p.add_argument("--identity")
+    p = command("members", cmd_members, "download every member as a re-uploadable CSV")
+    p.add_argument("segment", metavar="SEG")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    for name, fn in (("attach", cmd_attach), ("detach", cmd_detach)):
+        p = command(name, fn, f"{name} a campaign or journey {'to' if name == 'attach' else 'from'} a segment")
+        p.add_argument("segment", metavar="SEG")
+        p.add_argument("--campaign", metavar="ID")
+        p.add_argument("--journey", metavar="ID")
+        if name == "attach":
+            p.add_argument("--consumer-name", help="a label for the campaign or journey")
+    p = command("delete", cmd_delete, "delete a segment")
+    p.add_argument("segment", metavar="SEG")
+    p = command("upload-errors", cmd_upload_errors, "every rejected row of an upload")
+    p.add_argument("upload", type=int, metavar="UPLOAD_ID")
+
+    p = command("serve", cmd_serve, "run the server")
+    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default 127.0.0.1:50051)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM (default 30)")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+
+    accounts = sub.add_parser("accounts", help="accounts and passcodes").add_subparsers(dest="sub", required=True)
+    p = accounts.add_parser("create", help="create an account; prints its id and passcode")
+    _common(p, suppress=True)
+    p.set_defaults(fn=cmd_accounts_create)
+    p.add_argument("account_name", metavar="NAME")
+    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    from listseg.clients.client import Client, ListsegError
+    client = None
+    try:
+        if args.fn not in (cmd_serve, cmd_accounts_create):
+            client = Client(args.server, args.account, args.passcode, tls_ca=args.tls_ca)
+        out, code, text = args.fn(args, client)
+    except UsageError as e:
+        print(f"listseg: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ListsegError as e:
+        print(f"listseg: {e} ({e.reason or e.code.name})", file=sys.stderr)
+        return EXIT_USAGE if args.fn is cmd_is_member else EXIT_FAILED
+    except (OSError, ValueError) as e:
+        print(f"listseg: {e}", file=sys.stderr)
+        return EXIT_USAGE if args.fn is cmd_is_member else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if client:
+            client.close()
+    if args.json and out is not None:
+        print(json.dumps(out, indent=None if not sys.stdout.isatty() else 2))
+    elif text:
+        print(text)
+    return code
+
+
+def _progress(total, name):
+    """A tqdm bar on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(name), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,239 @@
+"""The Python client: typed methods for every RPC, a deadline on every call, errors as exceptions.
+
+    from listseg import Client
+    with Client("127.0.0.1:50051") as c:
+        up = c.upload("vip.csv", name="vip")
+        c.is_member("vip", guid="a1e2...")
+
+It imports only the generated stubs, never the engine.
+"""
+import io
+import os
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CHUNK = 1 << 20                      # bytes per UploadList data message (the server takes up to 2 MiB)
+MODES = {"name": pb.UPLOAD_MODE_CREATE, "replace": pb.UPLOAD_MODE_REPLACE,
+         "append": pb.UPLOAD_MODE_APPEND, "remove": pb.UPLOAD_MODE_REMOVE}
+KINDS = {"campaign": pb.CONSUMER_KIND_CAMPAIGN, "journey": pb.CONSUMER_KIND_JOURNEY}
+
+
+class ListsegError(Exception):
+    """An error from the server: `code` (grpc.StatusCode), `reason` (stable), `metadata`."""
+
+    def __init__(self, code, message, reason="", metadata=None):
+        super().__init__(message)
+        self.code, self.reason, self.metadata = code, reason, dict(metadata or {})
+
+    @classmethod
+    def from_rpc(cls, err):
+        reason, metadata = "", {}
+        status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+        for detail in status.details if status else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, info.metadata
+        return cls(err.code(), err.details() or str(err.code()), reason, metadata)
+
+
+def _calls(fn):
+    """Run fn, turning grpc.RpcError into ListsegError."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as err:
+            raise ListsegError.from_rpc(err) from None
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+class Client:
+    def __init__(self, target=None, account=None, passcode=None, tls_ca=None, timeout=30.0,
+                 upload_timeout=6 * 3600.0):
+        self.target = target or os.environ.get("LISTSEG_SERVER") or DEFAULT_TARGET
+        account = account or os.environ.get("LISTSEG_ACCOUNT")
+        passcode = passcode or os.environ.get("LISTSEG_PASSCODE")
+        self.metadata = (("x-account-id", account), ("x-passcode", passcode)) if account else ()
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if tls_ca:
+            with open(tls_ca, "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel(self.target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options=options)
+        self.timeout, self.upload_timeout = timeout, upload_timeout
+        self.segments = pb_grpc.SegmentsStub(self.channel)
+        self.membership = pb_grpc.MembershipStub(self.channel)
+        self.profiles = pb_grpc.ProfilesStub(self.channel)
+
+    def close(self):
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _kw(self, timeout=None):
+        return {"timeout": timeout or self.timeout, "metadata": self.metadata}
+
+    # -- uploads ---------------------------------------------------------------------------
+    @_calls
+    def upload(self, source, name=None, replace=None, append=None, remove=None, dry_run=False,
+               strict=False, webhook_url="", progress=None):
+        """Stream a CSV (path, bytes or binary file) as a create (name=) or a replace / append /
+        remove of a segment. Returns the Upload when processing has ended. `progress(n_bytes)` is
+        called as bytes go out."""
+        given = {k: v for k, v in (("name", name), ("replace", replace), ("append", append),
+                                   ("remove", remove)) if v is not None}
+        if len(given) != 1:
+            raise ValueError("give exactly one of name, replace, append, remove")
+        (mode, target), = given.items()
+        file_name = source if isinstance(source, str) else getattr(source, "name", "")
+        spec = pb.UploadSpec(mode=MODES[mode], dry_run=dry_run, strict=strict, webhook_url=webhook_url,
+                             file_name=os.path.basename(str(file_name)),
+                             **({"name": target} if mode == "name" else {"segment": str(target)}))
+
+        def messages():
+            yield pb.UploadListRequest(spec=spec)
+            f = open(source, "rb") if isinstance(source, str) else (
+                io.BytesIO(source) if isinstance(source, bytes) else source)
+            try:
+                while chunk := f.read(CHUNK):
+                    yield pb.UploadListRequest(data=chunk)
+                    if progress:
+                        progress(len(chunk))
+            finally:
+                if isinstance(source, str):
+                    f.close()
+        return self.segments.UploadList(messages(), **self._kw(self.upload_timeout))
+
+    @_calls
+    def get_upload(self, upload_id):
+        return self.segments.GetUpload(pb.GetUploadRequest(id=upload_id), **self._kw())
+
+    @_calls
+    def watch_upload(self, upload_id, timeout=None):
+        return list(self.segments.WatchUpload(pb.WatchUploadRequest(id=upload_id),
+                                              **self._kw(timeout or self.upload_timeout)))
+
+    @_calls
+    def upload_errors(self, upload_id, page_size=1000):
+        """Every rejected row of an upload: [(line, reason)]."""
+        out, token = [], ""
+        while True:
+            resp = self.segments.ListUploadErrors(
+                pb.ListUploadErrorsRequest(id=upload_id, page_size=page_size, page_token=token), **self._kw())
+            out.extend((e.line, e.reason) for e in resp.errors)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    # -- segments --------------------------------------------------------------------------
+    @_calls
+    def get_segment(self, segment, sample=0):
+        return self.segments.GetSegment(pb.GetSegmentRequest(segment=str(segment), sample_size=sample),
+                                        **self._kw())
+
+    @_calls
+    def list_segments(self):
+        out, token = [], ""
+        while True:
+            resp = self.segments.ListSegments(pb.ListSegmentsRequest(page_token=token), **self._kw())
+            out.extend(resp.segments)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    @_calls
+    def delete_segment(self, segment):
+        self.segments.DeleteSegment(pb.DeleteSegmentRequest(segment=str(segment)), **self._kw())
+
+    @_calls
+    def sample(self, segment, count=10):
+        return list(self.segments.SampleMembers(
+            pb.SampleMembersRequest(segment=str(segment), count=count), **self._kw()).profiles)
+
+    @_calls
+    def export(self, segment, out=None):
+        """Write the members CSV to `out` (a binary file; default: return bytes)."""
+        sink = out or io.BytesIO()
+        for msg in self.segments.ExportMembers(pb.ExportMembersRequest(segment=str(segment)),
+                                               **self._kw(self.upload_timeout)):
+            sink.write(msg.data)
+        return None if out else sink.getvalue()
+
+    @_calls
+    def attach(self, segment, kind, consumer_id, name=""):
+        return self.segments.AttachConsumer(pb.AttachConsumerRequest(
+            segment=str(segment), kind=KINDS[kind], id=consumer_id, name=name), **self._kw())
+
+    @_calls
+    def detach(self, segment, kind, consumer_id):
+        return self.segments.DetachConsumer(pb.DetachConsumerRequest(
+            segment=str(segment), kind=KINDS[kind], id=consumer_id), **self._kw())
+
+    # -- membership ------------------------------------------------------------------------
+    @_calls
+    def is_member(self, segment, guid=None, identity=None):
+        kind, value = _identity(guid, identity)
+        return self.membership.IsMember(pb.IsMemberRequest(segment=str(segment), type=kind, identity=value),
+                                        **self._kw()).member
+
+    @_calls
+    def check_members(self, segment, identities, type="g"):
+        """(version, [bool]) for a batch of guids (type "g") or identities (type "i")."""
+        resp = self.membership.CheckMembers(pb.CheckMembersRequest(
+            segment=str(segment), type=_TYPES[type], identities=identities), **self._kw())
+        return resp.version, list(resp.members)
+
+    @_calls
+    def list_members(self, segment, page_size=100_000, shard_index=0, shard_count=1):
+        """Yield pages (ListMembersResponse) of one consistent version of the segment."""
+        token = ""
+        while True:
+            resp = self.membership.ListMembers(pb.ListMembersRequest(
+                segment=str(segment), page_size=page_size, page_token=token, shard_index=shard_index,
+                shard_count=shard_count), **self._kw())
+            yield resp
+            token = resp.next_page_token
+            if not token:
+                return
+
+    # -- profiles --------------------------------------------------------------------------
+    @_calls
+    def import_profiles(self, source):
+        """Upsert profiles from a `guid,identity,channels` CSV (path or bytes)."""
+        def messages():
+            f = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)
+            with f:
+                while chunk := f.read(CHUNK):
+                    yield pb.UpsertProfilesRequest(data=chunk)
+        return self.profiles.UpsertProfiles(messages(), **self._kw(self.upload_timeout))
+
+    @_calls
+    def delete_profiles(self, guids):
+        return self.profiles.DeleteProfiles(pb.DeleteProfilesRequest(guids=guids), **self._kw()).deleted
+
+    @_calls
+    def get_profile(self, guid=None, identity=None):
+        kind, value = _identity(guid, identity)
+        return self.profiles.GetProfile(pb.GetProfileRequest(type=kind, identity=value), **self._kw())
+
+
+_TYPES = {"g": pb.IDENTITY_TYPE_GUID, "i": pb.IDENTITY_TYPE_IDENTITY}
+
+
+def _identity(guid, identity):
+    if (guid is None) == (identity is None):
+        raise ValueError("give exactly one of guid, identity")
+    return (pb.IDENTITY_TYPE_GUID, guid) if guid is not None else (pb.IDENTITY_TYPE_IDENTITY, identity)
+
