@@ -44,9 +44,9 @@ test-twin: install
 bench-core: install
 	$(BIN)/python benchmarks/bench_core.py --scale $(SCALE)
 
+# Serve on 127.0.0.1:50051 with LMDB in ./data (override: make run ARGS="--listen 127.0.0.1:6000").
 run: install
-	@if [ -f clients/cli.py ]; then $(BIN)/listseg serve --data ./data; \
-	else echo "make run arrives with the gRPC service (issue 3); the engine is in listseg.core" >&2; exit 2; fi
+	$(BIN)/listseg serve --data ./data $(ARGS)
 
 clean:
 	rm -rf build *.egg-info core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis

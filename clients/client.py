@@ -7,6 +7,8 @@
 
 It imports only the generated stubs, never the engine.
 """
+import functools
+import inspect
 import io
 import os
 
@@ -44,14 +46,23 @@ class ListsegError(Exception):
 
 
 def _calls(fn):
-    """Run fn, turning grpc.RpcError into ListsegError."""
-    def wrapper(*args, **kwargs):
+    """Run fn (a function or a generator), turning grpc.RpcError into ListsegError."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def pages(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except grpc.RpcError as err:
+                raise ListsegError.from_rpc(err) from None
+        return pages
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as err:
             raise ListsegError.from_rpc(err) from None
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    return wrapper
+    return call
 
 
 class Client:

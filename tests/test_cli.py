@@ -1,0 +1,125 @@
+"""The `listseg` CLI contract: JSON keys, exit codes, one-line errors (against a real server)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from listseg.clients.cli import main
+from listseg.core.engine import Engine
+from listseg.server.app import create_server
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+@pytest.fixture
+def server(tmp_path):
+    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    srv, port = create_server(engine)
+    yield f"127.0.0.1:{port}"
+    srv.stop(0)
+    engine.close()
+
+
+@pytest.fixture
+def cli(server, capsys):
+    def run(*args):
+        code = main(["--server", server, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def ex(name):
+    return os.path.join(EXAMPLES, name)
+
+
+def test_walkthrough_json_contract(cli):
+    code, out, _ = cli("--json", "profiles", "import", ex("profiles.csv"))
+    assert (code, json.loads(out)) == (0, {"rows": 6, "upserted": 6, "invalid": 0, "errors": []})
+
+    code, out, _ = cli("upload", ex("vip.csv"), "--name", "vip", "--json")
+    up = json.loads(out)
+    assert code == 0
+    assert {"upload", "segment", "state", "reason", "rows", "qualified", "unknown", "invalid", "duplicates",
+            "size", "errors"} <= set(up)
+    assert (up["state"], up["rows"], up["qualified"], up["unknown"], up["invalid"], up["duplicates"], up["size"]) == \
+        ("succeeded", 6, 3, 1, 1, 1, 3)
+    assert up["errors"] == [{"line": 7, "reason": "bad type"}]
+
+    code, out, _ = cli("--json", "segments")
+    segs = json.loads(out)
+    assert code == 0 and [(s["id"], s["name"], s["state"], s["size"]) for s in segs] == [(up["segment"], "vip", "ready", 3)]
+
+    code, out, _ = cli("show", "vip", "--json")
+    show = json.loads(out)
+    assert {"id", "name", "state", "size", "version", "reachability", "trend", "consumers", "sample",
+            "last_upload"} <= set(show)
+    assert show["reachability"] == {"email": 3, "push": 1, "sms": 2, "webpush": 0, "whatsapp": 1}
+    assert len(show["trend"]) == 1 and show["trend"][0]["size"] == 3 and len(show["sample"]) == 3
+    assert show["last_upload"]["upload"] == up["upload"]
+
+    assert cli("is-member", "vip", "--identity", "jane@example.com")[:2] == (0, "true\n")
+    assert cli("is-member", "vip", "--identity", "leo@example.com")[:2] == (1, "false\n")
+    assert cli("is-member", "nope", "--guid", "x")[0] == 2
+
+    code, out, _ = cli("members", "vip")
+    assert code == 0 and out.splitlines()[0] == "Type,Identity" and len(out.splitlines()) == 4
+
+    assert cli("attach", "vip", "--campaign", "spring-sale")[0] == 0
+    code, out, err = cli("upload", ex("vip-v2.csv"), "--replace", "vip")
+    assert code == 1 and "campaign spring-sale" in err and "Traceback" not in err and err.count("\n") == 1
+    assert cli("detach", "vip", "--campaign", "spring-sale")[0] == 0
+    code, out, _ = cli("upload", ex("vip-v2.csv"), "--replace", "vip", "--json")
+    assert code == 0 and json.loads(out)["size"] == 3
+
+
+def test_failed_upload_exits_1(cli, tmp_path):
+    cli("profiles", "import", ex("profiles.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"Name,Email\ng,x\n")
+    code, out, _ = cli("upload", str(bad), "--name", "b", "--json")
+    assert code == 1 and json.loads(out)["state"] == "failed" and json.loads(out)["reason"].startswith("bad header")
+
+
+def test_usage_errors_exit_2(cli):
+    assert cli("upload", ex("vip.csv"))[0] == 2                           # no target
+    assert cli("upload", ex("vip.csv"), "--name", "a", "--replace", "b")[0] == 2
+    assert cli("is-member", "vip")[0] == 2
+    assert cli("attach", "vip")[0] == 2
+    assert cli("frobnicate")[0] == 2
+
+
+def test_members_to_file_and_reupload(cli, tmp_path):
+    cli("profiles", "import", ex("profiles.csv"))
+    cli("upload", ex("vip.csv"), "--name", "vip")
+    out_file = tmp_path / "members.csv"
+    assert cli("members", "vip", "-o", str(out_file))[0] == 0
+    code, out, _ = cli("upload", str(out_file), "--name", "copy", "--json")
+    assert code == 0 and json.loads(out)["size"] == 3
+
+
+def test_accounts_create_then_credentials_required(tmp_path, capsys):
+    data = str(tmp_path / "acct")
+    assert main(["accounts", "create", "Shop", "--data", data, "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["account"].startswith("acct-") and len(created["passcode"]) >= 24
+    engine = Engine(data, map_size=1 << 26)
+    srv, port = create_server(engine)
+    try:
+        target = f"127.0.0.1:{port}"
+        assert main(["segments", "--server", target]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert main(["segments", "--server", target, "--account", created["account"],
+                     "--passcode", created["passcode"], "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    finally:
+        srv.stop(0)
+        engine.close()
+
+
+def test_installed_entry_point():
+    exe = os.path.join(os.path.dirname(sys.executable), "listseg")
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "upload" in result.stdout

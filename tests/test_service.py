@@ -1,0 +1,294 @@
+"""The gRPC service end to end: a real server on an ephemeral loopback port, the real client."""
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from listseg import Client, ListsegError
+from listseg.core.accounts import Credentials
+from listseg.core.engine import Engine
+from listseg.server.app import Server, create_server
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+PROFILES = b"guid,identity,channels\n" + b"".join(
+    b"g%d,user%d@x.com,%s\n" % (k, k, [b"email", b"sms;push", b""][k % 3]) for k in range(300))
+
+
+@pytest.fixture
+def served(tmp_path):
+    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    server, port = create_server(engine)
+    yield engine, server, f"127.0.0.1:{port}"
+    server.stop(0)
+    engine.close()
+
+
+@pytest.fixture
+def client(served):
+    with Client(served[2], timeout=10) as c:
+        c.import_profiles(PROFILES)
+        yield c
+
+
+def csv(*guids):
+    return b"Type,Identity\n" + b"".join(b"g,%s\n" % g.encode() for g in guids)
+
+
+def test_upload_show_query_export(client):
+    up = client.upload(csv("g1", "g2", "g2", "nobody") + b"i,user3@x.com\nbad,row\n", name="vip")
+    assert up.state == pb.UPLOAD_STATE_SUCCEEDED
+    r = up.report
+    assert (r.rows, r.qualified, r.unknown, r.invalid, r.duplicates, r.size) == (6, 3, 1, 1, 1, 3)
+    assert [(e.line, e.reason) for e in r.errors] == [(7, "bad type")]
+    seg = client.get_segment("vip", sample=2)
+    assert (seg.size, seg.version, seg.state) == (3, 1, pb.SEGMENT_STATE_READY)
+    assert dict(seg.reachability) == {"email": 1, "sms": 1, "push": 1, "whatsapp": 0, "webpush": 0}
+    assert len(seg.sample) == 2 and seg.last_upload.id == up.id and len(seg.trend) == 1
+    assert client.get_segment(str(seg.id)).name == "vip"                    # by id too
+    assert client.is_member("vip", guid="g1") and client.is_member("vip", identity="user3@x.com")
+    assert not client.is_member("vip", guid="g4")
+    assert client.check_members("vip", ["g1", "g4", "g3", "zz"]) == (1, [True, False, True, False])
+    assert client.export("vip") == b"Type,Identity\ng,g1\ng,g2\ng,g3\n"
+    assert [s.name for s in client.list_segments()] == ["vip"]
+    assert client.upload_errors(up.id) == [(7, "bad type")]
+    assert client.get_upload(up.id).state == pb.UPLOAD_STATE_SUCCEEDED
+    assert client.get_profile(guid="g4").identity == "user4@x.com"
+    assert len(client.sample("vip", 5)) == 3
+
+
+def test_watch_upload_ends_with_the_upload(client):
+    up = client.upload(csv("g1"), name="w")
+    progress = client.watch_upload(up.id, timeout=5)
+    assert progress[-1].upload.id == up.id and progress[-1].state == pb.UPLOAD_STATE_SUCCEEDED
+
+
+def test_errors_carry_status_and_reason(client):
+    client.upload(csv("g1"), name="vip")
+    cases = [
+        (lambda: client.get_segment("nope"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+        (lambda: client.upload(csv("g1"), name="vip"), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+        (lambda: client.upload(csv("g1"), replace="nope"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+        (lambda: client.upload(csv("g1"), name=""), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        (lambda: client.check_members("vip", ["x"], type="q") if False else client.membership.IsMember(
+            pb.IsMemberRequest(segment="vip", identity="g1"), timeout=5), grpc.StatusCode.INVALID_ARGUMENT, None),
+        (lambda: client.get_profile(guid="nobody"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    ]
+    for call, code, reason in cases:
+        with pytest.raises((ListsegError, grpc.RpcError)) as e:
+            call()
+        err = e.value if isinstance(e.value, ListsegError) else ListsegError.from_rpc(e.value)
+        assert err.code == code
+        if reason:
+            assert err.reason == reason
+
+
+def test_in_use_is_failed_precondition_naming_consumers(client):
+    client.upload(csv("g1"), name="vip")
+    client.attach("vip", "campaign", "c-1", "Spring")
+    for kw in ({"replace": "vip"}, {"append": "vip"}, {"remove": "vip"}):
+        with pytest.raises(ListsegError) as e:
+            client.upload(csv("g2"), **kw)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.reason == "SEGMENT_IN_USE"
+        assert "campaign c-1" in e.value.metadata["consumers"]
+    with pytest.raises(ListsegError) as e:
+        client.delete_segment("vip")
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    client.detach("vip", "campaign", "c-1")
+    assert client.upload(csv("g2"), replace="vip").report.size == 1
+    client.delete_segment("vip")
+    assert client.list_segments() == []
+
+
+def test_upload_stream_misuse(served, client):
+    stub = pb_grpc.SegmentsStub(client.channel)
+    names = iter(f"s{k}" for k in range(100))
+
+    def spec(mode=pb.UPLOAD_MODE_CREATE):
+        return pb.UploadListRequest(spec=pb.UploadSpec(mode=mode, name=next(names)))
+    data = pb.UploadListRequest(data=b"g,g1\n")
+    for messages, code in (([], grpc.StatusCode.INVALID_ARGUMENT),
+                           ([data, spec()], grpc.StatusCode.INVALID_ARGUMENT),
+                           ([spec(), data, spec()], grpc.StatusCode.INVALID_ARGUMENT),
+                           ([spec(mode=7)], grpc.StatusCode.INVALID_ARGUMENT),
+                           ([spec(), pb.UploadListRequest(data=b"x" * (3 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED),
+                           ([spec(), pb.UploadListRequest(data=b"x" * (5 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED)):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.UploadList(iter(messages), timeout=10)
+        assert e.value.code() == code, messages[:1]
+    # the creates that had begun left failed segments with no members, nothing else
+    assert {(s.state, s.size) for s in client.list_segments()} <= {(pb.SEGMENT_STATE_FAILED, 0)}
+    assert all(client.get_upload(u).state == pb.UPLOAD_STATE_FAILED for u in range(1, 4))
+
+
+def test_cancelled_upload_changes_nothing(client):
+    client.upload(csv("g1"), name="vip")
+    stub = pb_grpc.SegmentsStub(client.channel)
+    sent = threading.Event()
+
+    def messages():
+        yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="vip"))
+        yield pb.UploadListRequest(data=csv("g2", "g3"))
+        sent.set()
+        time.sleep(30)                                 # never finishes: the client cancels
+    future = stub.UploadList.future(messages(), timeout=30)
+    sent.wait(5)
+    time.sleep(0.3)
+    future.cancel()
+    deadline = time.time() + 5
+    while time.time() < deadline and client.get_upload(2).state != pb.UPLOAD_STATE_FAILED:
+        time.sleep(0.05)
+    assert client.get_upload(2).state == pb.UPLOAD_STATE_FAILED
+    assert client.export("vip") == b"Type,Identity\ng,g1\n"
+
+
+def test_list_members_pinned_and_sharded(client):
+    client.upload(csv(*[f"g{k}" for k in range(0, 300, 2)]), name="s")
+    pages = client.list_members("s", page_size=40)
+    first = next(pages)
+    client.upload(csv("g1"), replace="s")                      # replaced while paging
+    rest = list(pages)
+    guids = b"".join(p.guids for p in [first] + rest).split()
+    assert guids == [b"g%d" % k for k in range(0, 300, 2)]
+    assert {p.version for p in [first] + rest} == {1}
+    seen = []
+    for shard in range(3):
+        for page in client.list_members("s", page_size=7, shard_index=shard, shard_count=3):
+            seen += page.guids.split()
+    assert seen == [b"g1"]
+    with pytest.raises(ListsegError) as e:
+        next(client.list_members("s", shard_index=3, shard_count=3))
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection(served):
+    channel = grpc.insecure_channel(served[2])
+    resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="listseg.v1.Segments"),
+                                                     timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                            timeout=5))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"listseg.v1.Segments", "listseg.v1.Membership", "listseg.v1.Profiles"} <= names
+    channel.close()
+
+
+def test_accounts_auth_and_isolation(served):
+    engine, _, target = served
+    creds = Credentials(engine)
+    a_id, a_pass = creds.create("Shop A")
+    b_id, b_pass = creds.create("Shop B")
+    with Client(target, a_id, a_pass) as a, Client(target, b_id, b_pass) as b:
+        a.import_profiles(PROFILES)
+        a.upload(csv("g1", "g2"), name="vip")
+        with pytest.raises(ListsegError) as e:
+            b.get_segment("vip")
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+        assert b.list_segments() == []
+        assert a.get_segment("vip").size == 2
+    for account, passcode in ((None, None), (a_id, "wrong"), ("acct-nobody", a_pass), (a_id, None)):
+        with Client(target, account, passcode) as c:
+            with pytest.raises(ListsegError) as e:
+                c.list_segments()
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert str(e.value) == "missing or invalid credentials (x-account-id, x-passcode)"
+
+
+def test_dev_mode_refuses_a_public_address(tmp_path):
+    engine = Engine(str(tmp_path / "d"), map_size=1 << 26)
+    with pytest.raises(PermissionError):
+        Server(engine, "0.0.0.0:0")
+    Credentials(engine).create("someone")
+    Server(engine, "0.0.0.0:0").stop(0)                     # with an account it may
+    engine.close()
+
+
+def test_webhook_receives_the_report(served, client):
+    got = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    up = client.upload(csv("g1"), name="hooked", webhook_url=f"http://127.0.0.1:{httpd.server_port}/done")
+    deadline = time.time() + 5
+    while not got and time.time() < deadline:
+        time.sleep(0.05)
+    httpd.shutdown()
+    assert got and got[0]["upload"]["id"] == up.id and got[0]["upload"]["state"] == "succeeded"
+    with pytest.raises(ListsegError) as e:
+        client.upload(csv("g1"), name="x", webhook_url="ftp://example.com/")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_sigterm_drains_an_upload_in_flight(tmp_path):
+    """SIGTERM while an upload streams: the server stops taking calls but the upload completes."""
+    data = str(tmp_path / "data")
+    with Engine(data) as e:
+        e.account().profiles.upsert([(f"g{k}", None, []) for k in range(10)])
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
+                             "--listen", f"127.0.0.1:{port}", "--grace", "20"], stderr=subprocess.PIPE)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as c:
+            _wait_healthy(c.channel)
+            signalled = threading.Event()
+
+            def slow():
+                yield b"Type,Identity\ng,g1\n"
+                proc.send_signal(signal.SIGTERM)
+                signalled.set()
+                time.sleep(1.0)
+                yield b"g,g2\n"
+
+            class Chunks:
+                def __init__(self):
+                    self.parts = slow()
+
+                def read(self, n):
+                    return next(self.parts, b"")
+            up = c.upload(Chunks(), name="drained")
+            assert signalled.is_set() and up.state == pb.UPLOAD_STATE_SUCCEEDED and up.report.size == 2
+        assert proc.wait(30) == 0
+        logs = proc.stderr.read().decode()
+        assert '"msg": "draining"' in logs and '"msg": "stopped"' in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(channel, timeout=20):
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise TimeoutError("server did not become healthy")
+
+
