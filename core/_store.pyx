@@ -7,7 +7,7 @@ environment twice in a process). The hot loop is `Txn.resolve`: a batch of keys,
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 cdef extern from "lmdb.h" nogil:
@@ -26,7 +26,7 @@ cdef extern from "lmdb.h" nogil:
         MDB_NEXT
         MDB_SET_KEY
         MDB_SET_RANGE
-    int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND
+    int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND, MDB_RESERVE
     int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST
     int mdb_env_create(MDB_env **env)
     int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, unsigned int mode)
@@ -46,10 +46,36 @@ cdef extern from "lmdb.h" nogil:
     int mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **cursor)
     void mdb_cursor_close(MDB_cursor *cursor)
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
+    int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags)
     char *mdb_strerror(int err)
 
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void *addr) nogil
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* 64-bit hash of a short string, 8 bytes a step; collisions only cost a memcmp */
+    static inline uint64_t listseg_hash(const unsigned char *p, size_t n) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL), w;
+        for (; n >= 8; p += 8, n -= 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 31;
+        }
+        if (n) {
+            w = 0;
+            memcpy(&w, p, n);
+            h = (h ^ w) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 31;
+        }
+        h ^= h >> 33;
+        h *= 0xc4ceb9fe1a85ec53ULL;
+        return h ^ (h >> 33);
+    }
+    """
+    uint64_t listseg_hash(const uint8_t *p, size_t n) nogil
 
 from listseg.core._store_py import StoreError, MapFullError, UNKNOWN
 
@@ -231,9 +257,11 @@ cdef class Txn:
         return out
 
     def resolve(self, MDB_dbi guid_dbi, MDB_dbi ident_dbi, bytes prefix,
-                const uint8_t[::1] kinds, const uint8_t[::1] fields, const uint64_t[::1] ends):
-        """uids (native uint32 bytes, UNKNOWN where absent) of rows (kinds[r], field r) under prefix."""
-        cdef size_t n = kinds.shape[0], r, j, start, flen
+                const uint8_t[::1] kinds, const uint8_t[::1] fields, const uint64_t[::1] ends,
+                size_t nvals=1, size_t col=0):
+        """uids (native uint32 bytes, UNKNOWN where absent) of rows (kinds[r], value col of row r)
+        under prefix; a batch has nvals values per row (ends holds n * nvals end offsets)."""
+        cdef size_t n = kinds.shape[0], r, j, i, start, flen
         cdef size_t plen = len(prefix)
         cdef int max_key = self.store.max_key_size
         cdef int rc = 0
@@ -244,8 +272,8 @@ cdef class Txn:
         cdef uint32_t *uids
         cdef char keybuf[1024]
         cdef MDB_cursor *curs[2]
-        if ends.shape[0] != n:
-            raise ValueError("kinds and ends differ in length")
+        if col >= nvals or <size_t>ends.shape[0] != n * nvals:
+            raise ValueError("ends must hold nvals values per kind, col < nvals")
         self._live()
         out = PyBytes_FromStringAndSize(NULL, n * 4)
         uids = <uint32_t *>PyBytes_AS_STRING(out)
@@ -272,8 +300,9 @@ cdef class Txn:
         with nogil:
             # sort key: the kind in the top bit, then the key's first bytes, big-endian
             for r in range(n):
-                start = ends[r - 1] if r else 0
-                flen = ends[r] - start
+                i = r * nvals + col
+                start = ends[i - 1] if i else 0
+                flen = ends[i] - start
                 sk = 0
                 for j in range(8):
                     sk = (sk << 8) | (fields[start + j] if j < flen else 0)
@@ -286,14 +315,17 @@ cdef class Txn:
                     # In key order the rows' bytes are scattered over the batch: fetch ahead,
                     # the end offsets 2*AHEAD rows ahead and the key bytes AHEAD rows ahead.
                     if j + 2 * AHEAD < n:
-                        prefetch(&ends[rows[j + 2 * AHEAD] - 1] if rows[j + 2 * AHEAD] else &ends[0])
+                        i = rows[j + 2 * AHEAD] * nvals + col
+                        prefetch(&ends[i - 1] if i else &ends[0])
                     if j + AHEAD < n:
                         r = rows[j + AHEAD]
-                        prefetch(&fields[ends[r - 1] if r else 0])
+                        i = r * nvals + col
+                        prefetch(&fields[ends[i - 1] if i else 0])
                         prefetch(&uids[r])
                     r = rows[j]
-                    start = ends[r - 1] if r else 0
-                    flen = ends[r] - start
+                    i = r * nvals + col
+                    start = ends[i - 1] if i else 0
+                    flen = ends[i] - start
                     uids[r] = C_UNKNOWN
                     if plen + flen > <size_t>max_key or flen == 0:
                         continue
@@ -314,6 +346,352 @@ cdef class Txn:
             raise MemoryError()
         check(rc)
         return out
+
+
+    def groups(self, const uint8_t[::1] fields, const uint64_t[::1] ends, size_t nvals=1, size_t col=0):
+        """(gids, firsts), native uint32 bytes: gids[r] numbers row r's value in column col among the
+        batch's distinct values, in order of first appearance; firsts[g] is the first row with value g.
+        Needs no transaction: it is here because ids.py reaches compiled code through its Txn."""
+        cdef size_t n, ng = 0
+        cdef int rc
+        cdef uint32_t *firsts
+        cdef uint32_t *out
+        if nvals == 0 or col >= nvals or <size_t>ends.shape[0] % nvals:
+            raise ValueError("ends must hold nvals values per row, col < nvals")
+        n = <size_t>ends.shape[0] // nvals
+        gids = PyBytes_FromStringAndSize(NULL, n * 4)
+        if n == 0:
+            return gids, b""
+        out = <uint32_t *>PyBytes_AS_STRING(gids)
+        firsts = <uint32_t *>malloc(n * sizeof(uint32_t))
+        if firsts == NULL:
+            raise MemoryError()
+        with nogil:
+            rc = group_rows(&fields[0] if fields.shape[0] else NULL, &ends[0], n, nvals, col, False,
+                            out, firsts, &ng)
+        try:
+            if rc:
+                raise MemoryError()
+            return gids, PyBytes_FromStringAndSize(<char *>firsts, ng * 4)
+        finally:
+            free(firsts)
+
+    def put_new_profiles(self, MDB_dbi guid_dbi, MDB_dbi ident_dbi, MDB_dbi profile_dbi, bytes prefix,
+                         const uint8_t[::1] fields, const uint64_t[::1] ends, size_t nvals,
+                         const uint32_t[::1] guid_uids, const uint32_t[::1] ident_uids,
+                         const uint32_t[::1] chan_gids, const uint8_t[::1] chan_bits, uint32_t next_uid):
+        """Write the brand-new profiles of a batch of (guid, identity, channels, ...) rows, and plan the
+        rest, with the result of writing every row in order.
+
+        guid_uids, ident_uids: resolve() of columns 0 and 1. Row r's channel bits are
+        chan_bits[chan_gids[r]]; 0xFF skips the row (the caller reports it). The first occurrence of
+        each guid not stored yet takes next_uid, next_uid + 1, ... in row order. A row whose guid is
+        new and not repeated, and whose identity is empty or new and not repeated, touches nothing any
+        other row touches: it is written here (guid -> uid, identity -> uid, uid -> profile record, in
+        key order). The caller writes the other rows one at a time, in row order.
+
+        Returns (slow_rows, slow_uids, adds, next_uid): the other rows and, for each, the uid its guid
+        takes if still unknown when the row comes up (UNKNOWN if stored), native uint32 bytes; adds[b]
+        the uids written here with channel bit b, ascending, for b in 0..7; the next free uid."""
+        cdef size_t n = guid_uids.shape[0], plen = len(prefix), ntab = chan_bits.shape[0]
+        cdef size_t r, i, k, b, start, flen, ilen, nfast = 0, nslow = 0, nident = 0, ng = 0
+        cdef size_t max_key = <size_t>self.store.max_key_size
+        cdef uint32_t g, ig, uid, cg
+        cdef uint8_t bits
+        cdef int rc = 0
+        cdef unsigned int flags
+        cdef MDB_cursor *cur
+        cdef const uint8_t *fp
+        cdef const uint64_t *ep
+        cdef const uint8_t *pp = <const uint8_t *>PyBytes_AS_STRING(prefix)
+        cdef uint32_t *mem
+        cdef uint64_t *keys
+        cdef uint32_t *srows
+        cdef uint32_t *suids
+        cdef uint32_t *fill
+        cdef size_t counts[8]
+        if nvals < 3 or <size_t>ends.shape[0] != n * nvals or <size_t>ident_uids.shape[0] != n \
+                or <size_t>chan_gids.shape[0] != n:
+            raise ValueError("need n rows of nvals >= 3 values, and n uids and channel groups")
+        self._live()
+        if not self.write:
+            raise StoreError("put_new_profiles needs a write transaction")
+        if plen + 4 > max_key:
+            raise ValueError("prefix too long")
+        if n == 0:
+            return b"", b"", [b""] * 8, next_uid
+        fp = &fields[0] if fields.shape[0] else NULL
+        ep = &ends[0]
+        # per-row scratch: guid groups, firsts, counts, new uids; identity groups, firsts, counts;
+        # fast rows and uids; rows with an identity and their uids; sort order; sort keys
+        mem = <uint32_t *>calloc(12 * n, sizeof(uint32_t))
+        keys = <uint64_t *>malloc(n * sizeof(uint64_t))
+        if mem == NULL or keys == NULL:
+            free(mem)
+            free(keys)
+            raise MemoryError()
+        cdef uint32_t *ggid = mem
+        cdef uint32_t *gfirst = mem + n
+        cdef uint32_t *gcount = mem + 2 * n
+        cdef uint32_t *gnew = mem + 3 * n
+        cdef uint32_t *igid = mem + 4 * n
+        cdef uint32_t *ifirst = mem + 5 * n
+        cdef uint32_t *icount = mem + 6 * n
+        cdef uint32_t *fast_rows = mem + 7 * n
+        cdef uint32_t *fast_uids = mem + 8 * n
+        cdef uint32_t *id_rows = mem + 9 * n
+        cdef uint32_t *id_uids = mem + 10 * n
+        cdef uint32_t *order = mem + 11 * n
+        try:
+            slow_rows = PyBytes_FromStringAndSize(NULL, n * 4)
+            slow_uids = PyBytes_FromStringAndSize(NULL, n * 4)
+            srows = <uint32_t *>PyBytes_AS_STRING(slow_rows)
+            suids = <uint32_t *>PyBytes_AS_STRING(slow_uids)
+            with nogil:
+                rc = group_rows(fp, ep, n, nvals, 0, False, ggid, gfirst, &ng)
+                if rc == 0:
+                    rc = group_rows(fp, ep, n, nvals, 1, True, igid, ifirst, &ng)
+                # count each guid and identity over the rows that will be written
+                for r in range(n):
+                    if rc:
+                        break
+                    cg = chan_gids[r]
+                    if cg >= ntab:
+                        rc = -2
+                        break
+                    if chan_bits[cg] == 0xFF:
+                        continue
+                    i = r * nvals
+                    start = ep[i - 1] if i else 0
+                    flen = ep[i] - start
+                    ilen = ep[i + 1] - ep[i]
+                    if flen == 0 or plen + flen > max_key or plen + ilen > max_key:
+                        rc = -3
+                        break
+                    gcount[ggid[r]] += 1
+                    if igid[r] != C_UNKNOWN:
+                        icount[igid[r]] += 1
+                    gnew[ggid[r]] = C_UNKNOWN
+                # uids in row order; split fast rows from slow ones
+                for r in range(n):
+                    if rc:
+                        break
+                    if chan_bits[chan_gids[r]] == 0xFF:
+                        continue
+                    g = ggid[r]
+                    ig = igid[r]
+                    if guid_uids[r] == C_UNKNOWN and gnew[g] == C_UNKNOWN:
+                        if next_uid == C_UNKNOWN:
+                            rc = -4
+                            break
+                        gnew[g] = next_uid
+                        next_uid += 1
+                    uid = gnew[g] if guid_uids[r] == C_UNKNOWN else C_UNKNOWN
+                    if (guid_uids[r] == C_UNKNOWN and gcount[g] == 1
+                            and (ig == C_UNKNOWN or (ident_uids[r] == C_UNKNOWN and icount[ig] == 1))):
+                        fast_rows[nfast] = <uint32_t>r
+                        fast_uids[nfast] = uid
+                        nfast += 1
+                        if ig != C_UNKNOWN:
+                            id_rows[nident] = <uint32_t>r
+                            id_uids[nident] = uid
+                            nident += 1
+                    else:
+                        srows[nslow] = <uint32_t>r
+                        suids[nslow] = uid
+                        nslow += 1
+                # profile records: uids ascend, so append when they come after every stored key
+                if rc == 0 and nfast:
+                    rc = mdb_cursor_open(self.txn, profile_dbi, &cur)
+                    if rc == 0:
+                        flags = MDB_APPEND | MDB_RESERVE
+                        for k in range(nfast):
+                            r = fast_rows[k]
+                            uid = fast_uids[k]
+                            i = r * nvals
+                            start = ep[i - 1] if i else 0
+                            flen = ep[i] - start
+                            ilen = ep[i + 1] - ep[i]
+                            rc = put_profile(cur, pp, plen, uid,
+                                             chan_bits[chan_gids[r]], fp + start, flen, fp + ep[i], ilen,
+                                             &flags)
+                            if rc:
+                                break
+                        mdb_cursor_close(cur)
+                if rc == 0 and nfast:
+                    rc = put_uids_sorted(self.txn, guid_dbi, pp, plen, fp, ep, nvals, 0,
+                                         fast_rows, fast_uids, nfast, keys, order)
+                if rc == 0 and nident:
+                    rc = put_uids_sorted(self.txn, ident_dbi, pp, plen, fp, ep, nvals, 1,
+                                         id_rows, id_uids, nident, keys, order)
+            if rc == -1:
+                raise MemoryError()
+            if rc == -2:
+                raise ValueError("a channel group is outside chan_bits")
+            if rc == -3:
+                raise ValueError("empty guid or key too long")
+            if rc == -4:
+                raise StoreError("no uids left")
+            check(rc)
+            memset(counts, 0, sizeof(counts))
+            for k in range(nfast):
+                bits = chan_bits[chan_gids[fast_rows[k]]]
+                for b in range(8):
+                    counts[b] += (bits >> b) & 1
+            adds = []
+            for b in range(8):
+                out = PyBytes_FromStringAndSize(NULL, counts[b] * 4)
+                fill = <uint32_t *>PyBytes_AS_STRING(out)
+                i = 0
+                if counts[b]:
+                    for k in range(nfast):
+                        if (chan_bits[chan_gids[fast_rows[k]]] >> b) & 1:
+                            fill[i] = fast_uids[k]
+                            i += 1
+                adds.append(out)
+            return slow_rows[:nslow * 4], slow_uids[:nslow * 4], adds, next_uid
+        finally:
+            free(mem)
+            free(keys)
+
+
+cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
+                     const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
+                     unsigned int *flags) noexcept nogil:
+    """prefix + uid (big-endian) -> ids.py's record: bits, guid length (uint16 LE), guid, identity.
+    MDB_APPEND in flags until a key is not past the last stored one (another account's keys follow)."""
+    cdef uint8_t keybuf[520]
+    cdef uint8_t *rec
+    cdef MDB_val kv, dv
+    cdef int rc
+    if glen > 0xFFFF:
+        return -3
+    memcpy(keybuf, prefix, plen)
+    keybuf[plen] = <uint8_t>(uid >> 24)
+    keybuf[plen + 1] = <uint8_t>(uid >> 16)
+    keybuf[plen + 2] = <uint8_t>(uid >> 8)
+    keybuf[plen + 3] = <uint8_t>uid
+    kv.mv_size = plen + 4
+    kv.mv_data = keybuf
+    dv.mv_size = 3 + glen + ilen
+    rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
+    if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
+        flags[0] &= ~MDB_APPEND
+        dv.mv_size = 3 + glen + ilen
+        rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
+    if rc:
+        return rc
+    rec = <uint8_t *>dv.mv_data
+    rec[0] = bits
+    rec[1] = <uint8_t>glen
+    rec[2] = <uint8_t>(glen >> 8)
+    memcpy(rec + 3, guid, glen)
+    if ilen:
+        memcpy(rec + 3 + glen, ident, ilen)
+    return 0
+
+
+cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_t plen,
+                         const uint8_t *fields, const uint64_t *ends, size_t nvals, size_t col,
+                         const uint32_t *rows, const uint32_t *uids, size_t m,
+                         uint64_t *keys, uint32_t *order) noexcept nogil:
+    """prefix + value col of rows[k] -> uids[k] (uint32 LE), for k < m, in key order: sorted puts
+    find the next key's page under the cursor instead of walking down from the root."""
+    cdef uint8_t keybuf[520]
+    cdef uint8_t val[4]
+    cdef size_t k, j, i, start, flen
+    cdef uint64_t sk
+    cdef uint32_t uid
+    cdef MDB_cursor *cur
+    cdef MDB_val kv, dv
+    cdef int rc
+    for k in range(m):
+        i = rows[k] * nvals + col
+        start = ends[i - 1] if i else 0
+        flen = ends[i] - start
+        sk = 0
+        for j in range(8):
+            sk = (sk << 8) | (fields[start + j] if j < flen else 0)
+        keys[k] = sk
+        order[k] = <uint32_t>k
+    rc = radix_sort(keys, order, m)
+    if rc:
+        return rc
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        return rc
+    memcpy(keybuf, prefix, plen)
+    kv.mv_data = keybuf
+    dv.mv_data = val
+    dv.mv_size = 4
+    for j in range(m):
+        k = order[j]
+        i = rows[k] * nvals + col
+        start = ends[i - 1] if i else 0
+        flen = ends[i] - start
+        memcpy(keybuf + plen, fields + start, flen)
+        kv.mv_size = plen + flen
+        uid = uids[k]
+        val[0] = <uint8_t>uid
+        val[1] = <uint8_t>(uid >> 8)
+        val[2] = <uint8_t>(uid >> 16)
+        val[3] = <uint8_t>(uid >> 24)
+        rc = mdb_cursor_put(cur, &kv, &dv, 0)
+        if rc:
+            break
+    mdb_cursor_close(cur)
+    return rc
+
+
+cdef int group_rows(const uint8_t *fields, const uint64_t *ends, size_t n, size_t nvals, size_t col,
+                    bint skip_empty, uint32_t *gids, uint32_t *firsts, size_t *ngroups) noexcept nogil:
+    """gids[r]: the group of row r's value in column col, groups numbered in order of first appearance
+    (C_UNKNOWN for empty values if skip_empty); firsts[g]: the group's first row. -1: out of memory.
+    Open addressing on a 64-bit hash; a matching hash is confirmed with memcmp."""
+    cdef size_t cap = 16, mask, r, i, start, flen, s, gi, gstart, ng = 0
+    cdef uint32_t g
+    cdef uint64_t h
+    cdef uint32_t *slots
+    cdef uint64_t *hashes
+    while cap < 2 * n:
+        cap <<= 1
+    mask = cap - 1
+    slots = <uint32_t *>calloc(cap, sizeof(uint32_t))          # group + 1; 0 = free
+    hashes = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
+    if slots == NULL or hashes == NULL:
+        free(slots)
+        free(hashes)
+        return -1
+    for r in range(n):
+        i = r * nvals + col
+        start = ends[i - 1] if i else 0
+        flen = ends[i] - start
+        if skip_empty and flen == 0:
+            gids[r] = C_UNKNOWN
+            continue
+        h = listseg_hash(fields + start, flen)
+        s = h & mask
+        while True:
+            g = slots[s]
+            if g == 0:
+                slots[s] = <uint32_t>(ng + 1)
+                hashes[ng] = h
+                firsts[ng] = <uint32_t>r
+                gids[r] = <uint32_t>ng
+                ng += 1
+                break
+            g -= 1
+            if hashes[g] == h:
+                gi = firsts[g] * nvals + col
+                gstart = ends[gi - 1] if gi else 0
+                if ends[gi] - gstart == flen and memcmp(fields + gstart, fields + start, flen) == 0:
+                    gids[r] = g
+                    break
+            s = (s + 1) & mask
+    free(slots)
+    free(hashes)
+    ngroups[0] = ng
+    return 0
 
 
 cdef int radix_sort(uint64_t *keys, uint32_t *rows, size_t n) noexcept nogil:

@@ -2,7 +2,9 @@
 
 Only one of the two may own a given environment in a process; `store.py` picks one per process.
 """
+import struct
 from array import array
+from collections import Counter
 
 import lmdb
 
@@ -99,17 +101,15 @@ class Txn:
                 out.append((key, value))
         return out
 
-    def resolve(self, guid_dbi, ident_dbi, prefix, kinds, fields, ends):
-        if len(ends) != len(kinds):
-            raise ValueError("kinds and ends differ in length")
+    def resolve(self, guid_dbi, ident_dbi, prefix, kinds, fields, ends, nvals=1, col=0):
+        if col >= nvals or len(ends) != len(kinds) * nvals:
+            raise ValueError("ends must hold nvals values per kind, col < nvals")
         txn = self._live()
         fields = bytes(fields)
         uids = array("I", [UNKNOWN]) * len(kinds)
-        start = 0
         wanted = []
-        for r, end in enumerate(ends):
-            wanted.append((kinds[r] == 105, fields[start:end], r))
-            start = end
+        for r in range(len(kinds)):
+            wanted.append((kinds[r] == 105, _value(fields, ends, r * nvals + col), r))
         wanted.sort()                                 # key order, as the compiled loop does
         max_key = self.store.max_key_size
         for is_ident, key, r in wanted:
@@ -119,3 +119,76 @@ class Txn:
             if value is not None and len(value) == 4:
                 uids[r] = int.from_bytes(value, "little")
         return uids.tobytes()
+
+    def groups(self, fields, ends, nvals=1, col=0):
+        if nvals == 0 or col >= nvals or len(ends) % nvals:
+            raise ValueError("ends must hold nvals values per row, col < nvals")
+        fields = bytes(fields)
+        seen = {}
+        gids = array("I")
+        for r in range(len(ends) // nvals):
+            gids.append(seen.setdefault(_value(fields, ends, r * nvals + col), len(seen)))
+        firsts = array("I", [0]) * len(seen)
+        for r in reversed(range(len(gids))):
+            firsts[gids[r]] = r
+        return gids.tobytes(), firsts.tobytes()
+
+    def put_new_profiles(self, guid_dbi, ident_dbi, profile_dbi, prefix, fields, ends, nvals,
+                         guid_uids, ident_uids, chan_gids, chan_bits, next_uid):
+        n = len(guid_uids)
+        if nvals < 3 or len(ends) != n * nvals or len(ident_uids) != n or len(chan_gids) != n:
+            raise ValueError("need n rows of nvals >= 3 values, and n uids and channel groups")
+        txn = self._live()
+        if not self.write:
+            raise StoreError("put_new_profiles needs a write transaction")
+        max_key = self.store.max_key_size
+        if len(prefix) + 4 > max_key:
+            raise ValueError("prefix too long")
+        fields = bytes(fields)
+        rows = []                                     # (row, guid, identity, bits) of rows to write
+        for r in range(n):
+            if chan_gids[r] >= len(chan_bits):
+                raise ValueError("a channel group is outside chan_bits")
+            bits = chan_bits[chan_gids[r]]
+            if bits == 0xFF:
+                continue
+            g = _value(fields, ends, r * nvals)
+            i = _value(fields, ends, r * nvals + 1)
+            if not g or len(prefix) + max(len(g), len(i)) > max_key:
+                raise ValueError("empty guid or key too long")
+            rows.append((r, g, i, bits))
+        gcount = Counter(g for _, g, _, _ in rows)
+        icount = Counter(i for _, _, i, _ in rows if i)
+        new = {}
+        fast, slow_rows, slow_uids = [], array("I"), array("I")
+        for r, g, i, bits in rows:
+            uid = UNKNOWN
+            if guid_uids[r] == UNKNOWN:
+                if g not in new:
+                    if next_uid == UNKNOWN:
+                        raise StoreError("no uids left")
+                    new[g] = next_uid
+                    next_uid += 1
+                uid = new[g]
+            if (guid_uids[r] == UNKNOWN and gcount[g] == 1
+                    and (not i or (ident_uids[r] == UNKNOWN and icount[i] == 1))):
+                fast.append((uid, g, i, bits))
+            else:
+                slow_rows.append(r)
+                slow_uids.append(uid)
+        adds = [array("I") for _ in range(8)]
+        for uid, g, i, bits in fast:
+            _wrap(txn.put, prefix + uid.to_bytes(4, "big"), struct.pack("<BH", bits, len(g)) + g + i,
+                  db=profile_dbi)
+            _wrap(txn.put, prefix + g, uid.to_bytes(4, "little"), db=guid_dbi)
+            if i:
+                _wrap(txn.put, prefix + i, uid.to_bytes(4, "little"), db=ident_dbi)
+            for b in range(8):
+                if bits >> b & 1:
+                    adds[b].append(uid)
+        return slow_rows.tobytes(), slow_uids.tobytes(), [a.tobytes() for a in adds], next_uid
+
+
+def _value(fields, ends, i):
+    """Value i of a packed batch (fields concatenated, ends their cumulative end offsets)."""
+    return fields[ends[i - 1] if i else 0:ends[i]]
