@@ -6,6 +6,7 @@ single write transaction at the end of a successful upload.
 """
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pyroaring import BitMap
 
@@ -17,7 +18,10 @@ MODES = ("create", "replace", "append", "remove")
 ACTIVE_STATES = ("receiving", "processing")
 ERRORS_IN_REPORT = 100          # invalid rows listed in the report itself
 REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadErrors)
-BATCH_ROWS = 1 << 20            # rows resolved at a time: large batches look up in better key order
+# Rows resolved at a time. Larger batches look up in better key order: against 10M profiles, resolving
+# 10M rows took 3.4 s in 1M-row batches and 2.6 s in 4M-row ones (no gain beyond). A 4M-row batch of
+# 32-byte guids holds about 200 MB while it is resolved.
+BATCH_ROWS = 1 << 22
 
 
 class Upload:
@@ -39,6 +43,8 @@ class Upload:
         self.bytes = 0
         self.rejects = []            # (line, reason), capped at REJECTS_KEPT
         self.state = "receiving"
+        self._resolver = None           # a thread, started with the first full batch
+        self._in_flight = None          # (batch, future of its uids)
         self.record = self.database.write(lambda txn: self._start(txn, name, segment, file_name))
         self.id = self.record["id"]
 
@@ -79,16 +85,40 @@ class Upload:
         except parser.BadHeader:
             return                      # reported by finish(); the rest of the stream is ignored
         if self.parser.pending_rows >= BATCH_ROWS:
-            self._resolve()
+            self._submit(self.parser.take())
 
     def progress(self):
         """Bytes received and rows parsed so far (safe to read from another thread)."""
-        return {"bytes": self.bytes, "rows": self.counts["rows"] + self.parser.pending_rows}
+        in_flight = self._in_flight[0] if self._in_flight else None
+        rows = in_flight.valid + in_flight.invalid if in_flight else 0
+        return {"bytes": self.bytes, "rows": self.counts["rows"] + rows + self.parser.pending_rows}
 
-    def _resolve(self):
-        batch = self.parser.take()
+    # A batch is resolved on the resolver thread (the C lookup releases the GIL) while the next one is
+    # parsed here; at most one batch is in flight, so memory stays bounded.
+    def _submit(self, batch):
+        self._collect()
+        if self._resolver is None:
+            self._resolver = ThreadPoolExecutor(1, thread_name_prefix=f"resolve-{self.id}")
+        self._in_flight = (batch, self._resolver.submit(self._lookup, batch))
+
+    def _lookup(self, batch):
         with self.database.read() as txn:
-            uids = self.account.profiles.resolve(txn, batch)
+            return self.account.profiles.resolve(txn, batch)
+
+    def _collect(self):
+        """Wait for the batch in flight, if any, and count it in."""
+        if self._in_flight is None:
+            return
+        batch, future = self._in_flight
+        self._in_flight = None
+        self._fold(batch, future.result())
+
+    def _stop_resolver(self):
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=True)
+            self._resolver = None
+
+    def _fold(self, batch, uids):
         unknown = uids.count(UNKNOWN)
         before = len(self.members)
         self.members.update(uids)
@@ -111,9 +141,12 @@ class Upload:
         self.state = "processing"
         try:
             self.parser.finish()
-            self._resolve()
+            self._submit(self.parser.take())
+            self._collect()
         except parser.BadHeader:
             return self._fail("bad header: the first row must name the columns Type,Identity")
+        finally:
+            self._stop_resolver()
         if self.strict and self.counts["invalid"]:
             line, reason = self.rejects[0]
             return self._fail(f"strict: {self.counts['invalid']} invalid rows, the first at line {line}: {reason}")
@@ -167,6 +200,8 @@ class Upload:
         return self._fail(reason)
 
     def _fail(self, reason):
+        self._in_flight = None
+        self._stop_resolver()
         def run(txn):
             upload = self._current(txn)
             _, live = (self.segments.bitmap(txn, upload["segment"])
