@@ -63,6 +63,10 @@ def test_upload_show_query_export(client):
     assert client.get_upload(up.id).state == pb.UPLOAD_STATE_SUCCEEDED
     assert client.get_profile(guid="g4").identity == "user4@x.com"
     assert len(client.sample("vip", 5)) == 3
+    assert client.delete_profiles(["g4", "nobody"]) == 1
+    with pytest.raises(ListsegError) as e:
+        client.get_profile(guid="g4")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_watch_upload_ends_with_the_upload(client):
@@ -237,6 +241,14 @@ def test_webhook_receives_the_report(served, client):
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_dead_webhook_never_fails_the_upload(served, client):
+    notifier = served[1].services.webhooks
+    notifier.backoff_s = 0.01
+    up = client.upload(csv("g1"), name="h", webhook_url=f"http://127.0.0.1:{_free_port()}/gone")
+    assert up.state == pb.UPLOAD_STATE_SUCCEEDED
+    assert notifier.notify(f"http://127.0.0.1:{_free_port()}/gone", {"id": 1}).result(10) is False
+
+
 def test_sigterm_drains_an_upload_in_flight(tmp_path):
     """SIGTERM while an upload streams: the server stops taking calls but the upload completes."""
     data = str(tmp_path / "data")
@@ -268,6 +280,30 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
         assert proc.wait(30) == 0
         logs = proc.stderr.read().decode()
         assert '"msg": "draining"' in logs and '"msg": "stopped"' in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_workers_share_the_port(tmp_path):
+    data = str(tmp_path / "data")
+    with Engine(data) as e:
+        e.account().profiles.upsert([(f"g{k}", None, []) for k in range(10)])
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
+                             "--listen", f"127.0.0.1:{port}", "--workers", "2"], stderr=subprocess.PIPE)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as c:
+            _wait_healthy(c.channel)
+            c.upload(csv("g1", "g2"), name="w")
+            for _ in range(20):                       # new connections land on either worker
+                with Client(f"127.0.0.1:{port}", timeout=10) as fresh:
+                    assert fresh.is_member("w", guid="g2")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        pids = {json.loads(line)["pid"] for line in proc.stderr.read().decode().splitlines()
+                if '"serving"' in line}
+        assert len(pids) == 2
     finally:
         if proc.poll() is None:
             proc.kill()
