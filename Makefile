@@ -7,7 +7,7 @@ PYX    := $(wildcard core/*.pyx)
 PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py
 
-.PHONY: install test test-twin bench-core run clean sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps bench-sysdeps
 
 install: $(VENV)/.built $(STUBS)
 
@@ -43,6 +43,22 @@ test-twin: install
 
 bench-core: install
 	$(BIN)/python benchmarks/bench_core.py --scale $(SCALE)
+
+# Side by side with Redis (Debian's redis-server, installed if absent) and a plain-Python script.
+$(VENV)/.bench-deps: benchmarks/requirements.txt $(VENV)/.deps
+	$(BIN)/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
+	touch $@
+
+bench-sysdeps:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; fi; }
+
+bench: install $(VENV)/.bench-deps | bench-sysdeps
+	$(BIN)/python benchmarks/bench.py --scale $(SCALE)
+
+bench-soak: install $(VENV)/.bench-deps | bench-sysdeps
+	$(BIN)/python benchmarks/soak.py
 
 # Serve on 127.0.0.1:50051 with LMDB in ./data (override: make run ARGS="--listen 127.0.0.1:6000").
 run: install
