@@ -149,7 +149,8 @@ def cmd_serve(args, _client):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     try:
-        return None, serve(args.data, args.listen, args.workers, args.grace, tls), None
+        return None, serve(args.data, args.listen, args.workers, args.grace, tls,
+                           max_uploads=args.max_uploads, max_upload_bytes=args.max_upload_bytes), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
@@ -229,8 +230,10 @@ def build_parser():
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default 127.0.0.1:50051)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM (default 30)")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
+    p.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    p.add_argument("--max-uploads", type=int, default=4, help="uploads running at once per account (default 4)")
+    p.add_argument("--max-upload-bytes", type=int, default=5 << 30, help="largest upload (default 5 GiB)")
 
     accounts = sub.add_parser("accounts", help="accounts and passcodes").add_subparsers(dest="sub", required=True)
     p = accounts.add_parser("create", help="create an account; prints its id and passcode")

@@ -42,6 +42,11 @@ class TooLarge(ListsegError):
     reason = "UPLOAD_TOO_LARGE"
 
 
+class TooManyUploads(ListsegError):
+    """The account already has as many uploads running as the server allows."""
+    reason = "TOO_MANY_UPLOADS"
+
+
 class Unauthenticated(ListsegError):
     """Missing or wrong credentials. Deliberately says nothing of which part was wrong."""
     reason = "UNAUTHENTICATED"

@@ -68,7 +68,7 @@ class Server:
     """A running server: `port`, `stop(grace)`, and the pieces tests may want."""
 
     def __init__(self, engine, address="127.0.0.1:0", max_workers=32, tls=None, reuse_port=False,
-                 webhooks=None):
+                 webhooks=None, max_uploads=4, max_upload_bytes=None):
         self.engine = engine
         self.credentials = Credentials(engine)
         host, _ = split_address(address)
@@ -76,7 +76,8 @@ class Server:
             raise PermissionError(
                 f"no account exists, so the server runs without credentials and listens only on a loopback "
                 f"address; create one with `listseg accounts create NAME` to listen on {host}")
-        self.services = servicers.Services(engine, self.credentials, webhooks)
+        self.services = servicers.Services(engine, self.credentials, webhooks, max_uploads,
+                                           max_upload_bytes or engine.max_upload_bytes)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", 64 << 20),
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
@@ -120,20 +121,20 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
     return server, server.port
 
 
-def serve(data, listen, workers=1, grace=30.0, tls=None, map_size=None):
-    """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds."""
+def serve(data, listen, workers=1, grace=30.0, tls=None, **limits):
+    """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
+    max_uploads (per account), max_upload_bytes."""
     setup_logging()
     if workers > 1:
         if split_address(listen)[1] == 0:
             raise ValueError("--workers > 1 needs a fixed port")
-        return _serve_workers(data, listen, workers, grace, tls, map_size)
-    return _serve_one(data, listen, grace, tls, map_size, reuse_port=False)
+        return _serve_workers(data, listen, workers, grace, tls, limits)
+    return _serve_one(data, listen, grace, tls, limits, reuse_port=False)
 
 
-def _serve_one(data, listen, grace, tls, map_size, reuse_port):
-    kwargs = {"map_size": map_size} if map_size else {}
-    engine = Engine(data, **kwargs)                  # opened here: after the fork, in each worker
-    server = Server(engine, listen, tls=tls, reuse_port=reuse_port).start()
+def _serve_one(data, listen, grace, tls, limits, reuse_port):
+    engine = Engine(data)                            # opened here: after the fork, in each worker
+    server = Server(engine, listen, tls=tls, reuse_port=reuse_port, **limits).start()
     log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),
                                           "pid": os.getpid()}})
     done = threading.Event()
@@ -147,9 +148,9 @@ def _serve_one(data, listen, grace, tls, map_size, reuse_port):
     return 0
 
 
-def _serve_workers(data, listen, workers, grace, tls, map_size):
+def _serve_workers(data, listen, workers, grace, tls, limits):
     ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
-    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, map_size), daemon=False)
+    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits), daemon=False)
              for _ in range(workers)]
     for p in procs:
         p.start()
@@ -166,6 +167,6 @@ def _serve_workers(data, listen, workers, grace, tls, map_size):
     return 0 if done.is_set() else 1
 
 
-def _worker(data, listen, grace, tls, map_size):
+def _worker(data, listen, grace, tls, limits):
     setup_logging()
-    sys.exit(_serve_one(data, listen, grace, tls, map_size, reuse_port=True))
+    sys.exit(_serve_one(data, listen, grace, tls, limits, reuse_port=True))

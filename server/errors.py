@@ -21,6 +21,7 @@ CODES = {
     errors.InUse: grpc.StatusCode.FAILED_PRECONDITION,
     errors.VersionGone: grpc.StatusCode.ABORTED,
     errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TooManyUploads: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 

@@ -3,6 +3,7 @@
 Every method is wrapped by `errors.rpc`, which authenticates the caller (passing the Account) and
 turns any exception into a status with an ErrorInfo.
 """
+import contextlib
 import logging
 import threading
 import time
@@ -10,7 +11,7 @@ from array import array
 
 from google.protobuf import empty_pb2
 
-from listseg.core.errors import InvalidArgument, NotFound, TooLarge
+from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
 from listseg.server import convert, webhook
 from listseg.server.errors import rpc
 from listseg.v1 import listseg_pb2 as pb
@@ -26,12 +27,31 @@ WATCH_INTERVAL_S = 0.5
 class Services:
     """State shared by the servicers: the engine, the credentials check, the live uploads."""
 
-    def __init__(self, engine, credentials, webhooks=None):
+    def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None):
         self.engine = engine
         self.credentials = credentials
         self.webhooks = webhooks or webhook.Notifier()
+        self.max_uploads = max_uploads  # running uploads per account (per server process)
+        self.max_upload_bytes = max_upload_bytes
         self.live = {}                # (account number, upload id) -> core Upload, for WatchUpload
+        self.starting = {}            # account number -> uploads being set up (counted against the limit)
         self.live_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def upload_slot(self, account):
+        """Hold one of the account's upload slots, or refuse with TooManyUploads."""
+        with self.live_lock:
+            running = sum(1 for number, _ in self.live if number == account.number)
+            running += self.starting.get(account.number, 0)
+            if running >= self.max_uploads:
+                raise TooManyUploads(f"account {account.name} already has {running} uploads running; "
+                                     f"at most {self.max_uploads}", limit=self.max_uploads)
+            self.starting[account.number] = self.starting.get(account.number, 0) + 1
+        try:
+            yield
+        finally:
+            with self.live_lock:
+                self.starting[account.number] -= 1
 
     def auth(self, context):
         if not self.credentials.required():
@@ -57,12 +77,14 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         if spec.webhook_url:
             webhook.check_url(spec.webhook_url)
         create = mode == "create"
-        up = account.upload(mode, name=spec.name if create else None,
-                            segment=None if create else convert.segment_ref(spec.segment),
-                            dry_run=spec.dry_run, strict=spec.strict, file_name=spec.file_name)
-        key = (account.number, up.id)
-        with self.s.live_lock:
-            self.s.live[key] = up
+        with self.s.upload_slot(account):
+            up = account.upload(mode, name=spec.name if create else None,
+                                segment=None if create else convert.segment_ref(spec.segment),
+                                dry_run=spec.dry_run, strict=spec.strict, file_name=spec.file_name,
+                                max_bytes=self.s.max_upload_bytes)
+            key = (account.number, up.id)
+            with self.s.live_lock:
+                self.s.live[key] = up
         try:
             result = self._receive(up, requests, context)
         finally:
