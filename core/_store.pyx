@@ -591,6 +591,12 @@ cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32
     return 0
 
 
+cdef struct KeyRef:
+    uint64_t start                                  # the value's offset in fields
+    uint32_t size
+    uint32_t uid
+
+
 cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_t plen,
                          const uint8_t *fields, const uint64_t *ends, size_t nvals, size_t col,
                          const uint32_t *rows, const uint32_t *uids, size_t m,
@@ -605,33 +611,42 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
     cdef MDB_cursor *cur
     cdef MDB_val kv, dv
     cdef int rc
-    for k in range(m):
+    cdef KeyRef *refs = <KeyRef *>malloc(m * sizeof(KeyRef))
+    if refs == NULL:
+        return -1
+    for k in range(m):                              # in row order: sequential reads
         i = rows[k] * nvals + col
         start = ends[i - 1] if i else 0
         flen = ends[i] - start
+        refs[k].start = start
+        refs[k].size = <uint32_t>flen
+        refs[k].uid = uids[k]
         sk = 0
         for j in range(8):
             sk = (sk << 8) | (fields[start + j] if j < flen else 0)
         keys[k] = sk
         order[k] = <uint32_t>k
     rc = radix_sort(keys, order, m)
+    if rc == 0:
+        rc = mdb_cursor_open(txn, dbi, &cur)
     if rc:
-        return rc
-    rc = mdb_cursor_open(txn, dbi, &cur)
-    if rc:
+        free(refs)
         return rc
     memcpy(keybuf, prefix, plen)
     kv.mv_data = keybuf
     dv.mv_data = val
     dv.mv_size = 4
     for j in range(m):
+        # in key order the refs and key bytes are scattered: fetch them ahead, as resolve does
+        if j + 2 * AHEAD < m:
+            prefetch(&refs[order[j + 2 * AHEAD]])
+        if j + AHEAD < m:
+            prefetch(&fields[refs[order[j + AHEAD]].start])
         k = order[j]
-        i = rows[k] * nvals + col
-        start = ends[i - 1] if i else 0
-        flen = ends[i] - start
-        memcpy(keybuf + plen, fields + start, flen)
+        flen = refs[k].size
+        memcpy(keybuf + plen, fields + refs[k].start, flen)
         kv.mv_size = plen + flen
-        uid = uids[k]
+        uid = refs[k].uid
         val[0] = <uint8_t>uid
         val[1] = <uint8_t>(uid >> 8)
         val[2] = <uint8_t>(uid >> 16)
@@ -640,6 +655,7 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
         if rc:
             break
     mdb_cursor_close(cur)
+    free(refs)
     return rc
 
 

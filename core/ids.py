@@ -60,6 +60,15 @@ def _decode(uid, raw):
     return Profile(uid, guid, identity, channel_names(bits))
 
 
+def _value(fields, ends, i):
+    """Value i of a packed batch (fields concatenated, ends their cumulative end offsets)."""
+    return fields[ends[i - 1] if i else 0:ends[i]]
+
+
+def _bits_byte(value):
+    return value[0]
+
+
 def _key(value, what):
     value = value.strip() if isinstance(value, str) else value.strip(b" \t")
     raw = value.encode() if isinstance(value, str) else bytes(value)
@@ -81,51 +90,89 @@ class Profiles:
     def upsert(self, rows):
         """Insert or update profiles [(guid, identity or None, channel names or bits)] in one
         transaction. Returns the number upserted. An identity moves to the profile that names it last."""
-        prepared = []
+        fields, ends = bytearray(), array("Q")
         for guid, identity, channels in rows:
             g = _key(guid, "guid")
             if not g:
                 raise InvalidProfile("empty guid")
             i = _key(identity, "identity") if identity else b""
             bits = channels if isinstance(channels, int) else channel_bits(channels)
-            prepared.append((g, i, bits))
-        if not prepared:
+            if not 0 <= bits < 1 << len(CHANNELS):
+                raise InvalidProfile(f"channel bits {bits!r} out of range")
+            fields += g
+            ends.append(len(fields))
+            fields += i
+            ends.append(len(fields))
+            fields.append(bits)                  # the channels value is the bits byte itself
+            ends.append(len(fields))
+        if not ends:
             return 0
-        return self.database.write(lambda txn: self._upsert(txn, prepared))
+        upserted, _ = self.database.write(lambda txn: self._write_batch(txn, bytes(fields), ends, _bits_byte))
+        return upserted
 
-    def _upsert(self, txn, prepared):
+    def _write_batch(self, txn, fields, ends, bits_of):
+        """Write packed (guid, identity, channels) rows as if one at a time in order, in txn.
+        bits_of(channels value) -> bits, or raises InvalidProfile and the row is skipped.
+        Returns (rows written, [(row, reason)] of the skipped ones)."""
         db, p = self.db, self.prefix
+        n = len(ends) // 3
+        chan_gids, firsts = txn.groups(fields, ends, 3, 2)
+        chan_gids = memoryview(chan_gids).cast("I")
+        table, bad = bytearray(), {}
+        for g, r in enumerate(memoryview(firsts).cast("I")):      # few distinct channel values
+            try:
+                table.append(bits_of(_value(fields, ends, 3 * r + 2)))
+            except InvalidProfile as e:
+                table.append(0xFF)                                 # put_new_profiles skips the row
+                bad[g] = str(e)
+        guid_uids = txn.resolve(db.guid, db.ident, p, b"g" * n, fields, ends, 3, 0)
+        ident_uids = txn.resolve(db.guid, db.ident, p, b"i" * n, fields, ends, 3, 1)
         state = self.account.load_state(txn)
-        next_uid = state["next_uid"]
+        slow_rows, slow_uids, fast_adds, state["next_uid"] = txn.put_new_profiles(
+            db.guid, db.ident, db.profile, p, fields, ends, 3, memoryview(guid_uids).cast("I"),
+            memoryview(ident_uids).cast("I"), chan_gids, bytes(table), state["next_uid"])
+        # the rest: stored guids or identities, or named twice in the batch; in row order
+        before, after = {}, {}
+        for r, new_uid in zip(memoryview(slow_rows).cast("I"), memoryview(slow_uids).cast("I")):
+            uid, old_bits = self._put_one(txn, _value(fields, ends, 3 * r), _value(fields, ends, 3 * r + 1),
+                                          table[chan_gids[r]], new_uid)
+            before.setdefault(uid, old_bits)
+            after[uid] = table[chan_gids[r]]
+        self.account.save_state(txn, state)
         adds = {name: array("I") for name in CHANNELS}
         drops = {name: array("I") for name in CHANNELS}
-        for g, i, bits in prepared:
-            old = txn.get(db.guid, p + g)
-            if old is None:
-                uid, old_bits, old_ident = next_uid, 0, b""
-                next_uid += 1
-                txn.put(db.guid, p + g, uid_value(uid))
-            else:
-                uid = int.from_bytes(old, "little")
-                raw = txn.get(db.profile, p + u32(uid))
-                old_bits, glen = _PROFILE_HEAD.unpack_from(raw)
-                old_ident = raw[_PROFILE_HEAD.size + glen:]
-            if i != old_ident:
-                if old_ident:
-                    txn.delete(db.ident, p + old_ident)
-                if i:
-                    self._take_identity(txn, i, uid)
-                    txn.put(db.ident, p + i, uid_value(uid))
-            txn.put(db.profile, p + u32(uid), _encode(bits, g, i))
+        for k, name in enumerate(CHANNELS):
+            adds[name].frombytes(fast_adds[k])
+        for uid, bits in after.items():       # net change per uid: a channel may flip twice in a batch
             for name, bit in _CHANNEL_BIT.items():
-                if bits & bit and not old_bits & bit:
+                if bits & bit and not before[uid] & bit:
                     adds[name].append(uid)
-                elif old_bits & bit and not bits & bit:
+                elif before[uid] & bit and not bits & bit:
                     drops[name].append(uid)
-        state["next_uid"] = next_uid
-        self.account.save_state(txn, state)
         self._update_channels(txn, adds, drops)
-        return len(prepared)
+        skipped = [(r, bad[g]) for r, g in enumerate(chan_gids) if g in bad] if bad else []
+        return n - len(skipped), skipped
+
+    def _put_one(self, txn, g, i, bits, new_uid):
+        """Insert or update one profile; a guid not stored yet takes new_uid. Returns (uid, old bits)."""
+        db, p = self.db, self.prefix
+        old = txn.get(db.guid, p + g)
+        if old is None:
+            uid, old_bits, old_ident = new_uid, 0, b""
+            txn.put(db.guid, p + g, uid_value(uid))
+        else:
+            uid = int.from_bytes(old, "little")
+            raw = txn.get(db.profile, p + u32(uid))
+            old_bits, glen = _PROFILE_HEAD.unpack_from(raw)
+            old_ident = raw[_PROFILE_HEAD.size + glen:]
+        if i != old_ident:
+            if old_ident:
+                txn.delete(db.ident, p + old_ident)
+            if i:
+                self._take_identity(txn, i, uid)
+                txn.put(db.ident, p + i, uid_value(uid))
+        txn.put(db.profile, p + u32(uid), _encode(bits, g, i))
+        return uid, old_bits
 
     def _take_identity(self, txn, identity, uid):
         """If another profile holds this identity, clear it there (identities are unique)."""
@@ -140,14 +187,15 @@ class Profiles:
         txn.put(db.profile, p + u32(huid), _encode(bits, raw[start:start + glen], b""))
 
     def _update_channels(self, txn, adds, drops):
+        """adds and drops: {channel: array('I')}, disjoint."""
         for name in CHANNELS:
             if not adds[name] and not drops[name]:
                 continue
             key = self.prefix + name.encode()
             raw = txn.get(self.db.channels, key)
             bm = BitMap.deserialize(raw) if raw else BitMap()
-            bm.update(adds[name])
-            bm.difference_update(BitMap(drops[name]))
+            bm |= BitMap(adds[name])
+            bm -= BitMap(drops[name])
             txn.put(self.db.channels, key, bm.serialize())
 
     def delete(self, guids):
@@ -178,32 +226,40 @@ class Profiles:
         return deleted
 
     def import_csv(self, chunks, batch_rows=100_000):
-        """Import a `guid,identity,channels` CSV from an iterable of byte chunks.
-        Returns {"rows", "upserted", "invalid", "errors": [(line, reason)] (first 100)}."""
+        """Import a `guid,identity,channels` CSV from an iterable of byte chunks, one transaction per
+        batch of rows. Returns {"rows", "upserted", "invalid", "errors": [(line, reason)] (first 100)};
+        a row with an unknown channel is invalid with line 0."""
         p = parser.Parser(parser.PROFILES)
         report = {"rows": 0, "upserted": 0, "invalid": 0, "errors": []}
+        memo = {}
+
+        def bits_of(value):
+            bits = memo.get(value)
+            if bits is None:
+                try:
+                    bits = channel_bits(value.decode().split(";"))
+                except InvalidProfile as e:
+                    bits = e
+                if len(memo) < 4096:
+                    memo[value] = bits
+            if isinstance(bits, InvalidProfile):
+                raise bits
+            return bits
 
         def flush():
             batch = p.take()
-            rows = []
-            for line_values in batch.values():
-                g, i, ch = line_values
-                rows.append((g, i or None, ch.decode().split(";")))
             for line, reason in p.errors(batch)[: 100 - len(report["errors"])]:
                 report["errors"].append((line, reason))
             report["invalid"] += batch.invalid
             report["rows"] += batch.valid + batch.invalid
-            try:
-                report["upserted"] += self.upsert(rows)
-            except InvalidProfile:
-                # a bad channel name: fall back to one row at a time to name the culprit
-                for row in rows:
-                    try:
-                        report["upserted"] += self.upsert([row])
-                    except InvalidProfile as e:
-                        report["invalid"] += 1
-                        if len(report["errors"]) < 100:
-                            report["errors"].append((0, str(e)))
+            if not batch.valid:
+                return
+            upserted, skipped = self.database.write(
+                lambda txn: self._write_batch(txn, batch.fields, batch.ends, bits_of))
+            report["upserted"] += upserted
+            report["invalid"] += len(skipped)
+            for _, reason in skipped[: 100 - len(report["errors"])]:
+                report["errors"].append((0, reason))
 
         for chunk in chunks:
             p.feed(chunk)
