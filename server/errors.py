@@ -31,6 +31,8 @@ def status_for(exc):
     for cls, code in CODES.items():
         if isinstance(exc, cls):
             return code, str(exc), exc.reason, exc.metadata
+    if isinstance(exc, grpc.RpcError):      # the call itself ended (cancelled, deadline): nobody to tell
+        return grpc.StatusCode.CANCELLED, "the call ended", "CANCELLED", {}
     if isinstance(exc, MapFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "storage is full", "STORAGE_FULL", {}
     log.exception("internal error")

@@ -9,6 +9,7 @@ import threading
 import time
 from array import array
 
+import grpc
 from google.protobuf import empty_pb2
 
 from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
@@ -273,4 +274,6 @@ def _abort_reason(exc):
         return f"file too large: {exc}"
     if isinstance(exc, InvalidArgument):
         return str(exc)
+    if isinstance(exc, grpc.RpcError):     # what grpc raises from the request stream when the call ends
+        return "the stream ended early: cancelled by the client, past its deadline or disconnected"
     return "the upload stream broke"

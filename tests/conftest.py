@@ -1,4 +1,8 @@
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -57,3 +61,38 @@ def upload(account, data, mode="create", chunk=None, **kw):
     for i in range(0, len(data), step):
         up.feed(data[i:i + step])
     return up.finish()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(target, timeout=30):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"no healthy server at {target}")
+
+
+def start_server(data, *args, port=None):
+    """`listseg serve` as a real process on a free loopback port; returns (process, target) once healthy."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
+                             "--listen", f"127.0.0.1:{port}", *args], stderr=subprocess.PIPE)
+    try:
+        wait_healthy(f"127.0.0.1:{port}")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, f"127.0.0.1:{port}"

@@ -12,6 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import free_port as _free_port
+from conftest import start_server, wait_healthy
 from listseg import Client, ListsegError
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
@@ -136,22 +138,36 @@ def test_upload_stream_misuse(served, client):
 def test_cancelled_upload_changes_nothing(client):
     client.upload(csv("g1"), name="vip")
     stub = pb_grpc.SegmentsStub(client.channel)
-    sent = threading.Event()
+    sent, cancelled = threading.Event(), threading.Event()
 
     def messages():
         yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="vip"))
         yield pb.UploadListRequest(data=csv("g2", "g3"))
         sent.set()
-        time.sleep(30)                                 # never finishes: the client cancels
-    future = stub.UploadList.future(messages(), timeout=30)
-    sent.wait(5)
-    time.sleep(0.3)
+        cancelled.wait(30)                             # holds the stream open until the client cancels
+        yield pb.UploadListRequest(data=csv("g4"))
+    future = stub.UploadList.future(messages(), timeout=60)
+    assert sent.wait(10)
+    _wait_for(lambda: _upload_state(client, 2) == pb.UPLOAD_STATE_RECEIVING)   # the server is mid-upload
     future.cancel()
-    deadline = time.time() + 5
-    while time.time() < deadline and client.get_upload(2).state != pb.UPLOAD_STATE_FAILED:
-        time.sleep(0.05)
-    assert client.get_upload(2).state == pb.UPLOAD_STATE_FAILED
+    cancelled.set()
+    _wait_for(lambda: _upload_state(client, 2) == pb.UPLOAD_STATE_FAILED)
+    assert "cancel" in client.get_upload(2).reason
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
+
+
+def _upload_state(client, upload_id):
+    try:
+        return client.get_upload(upload_id).state
+    except ListsegError:
+        return None
+
+
+def _wait_for(condition, timeout=20):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_list_members_pinned_and_sharded(client):
@@ -254,12 +270,9 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
     data = str(tmp_path / "data")
     with Engine(data) as e:
         e.account().profiles.upsert([(f"g{k}", None, []) for k in range(10)])
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
-                             "--listen", f"127.0.0.1:{port}", "--grace", "20"], stderr=subprocess.PIPE)
+    proc, target = start_server(data, "--grace", "20")
     try:
-        with Client(f"127.0.0.1:{port}", timeout=30) as c:
-            _wait_healthy(c.channel)
+        with Client(target, timeout=30) as c:
             signalled = threading.Event()
 
             def slow():
@@ -289,15 +302,12 @@ def test_workers_share_the_port(tmp_path):
     data = str(tmp_path / "data")
     with Engine(data) as e:
         e.account().profiles.upsert([(f"g{k}", None, []) for k in range(10)])
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
-                             "--listen", f"127.0.0.1:{port}", "--workers", "2"], stderr=subprocess.PIPE)
+    proc, target = start_server(data, "--workers", "2")
     try:
-        with Client(f"127.0.0.1:{port}", timeout=30) as c:
-            _wait_healthy(c.channel)
+        with Client(target, timeout=30) as c:
             c.upload(csv("g1", "g2"), name="w")
             for _ in range(20):                       # new connections land on either worker
-                with Client(f"127.0.0.1:{port}", timeout=10) as fresh:
+                with Client(target, timeout=10) as fresh:
                     assert fresh.is_member("w", guid="g2")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -307,24 +317,3 @@ def test_workers_share_the_port(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(channel, timeout=20):
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            time.sleep(0.1)
-    raise TimeoutError("server did not become healthy")
-
-

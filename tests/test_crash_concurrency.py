@@ -1,0 +1,215 @@
+"""Crash, disconnect and concurrency guarantees, against `listseg serve` running as a real process.
+
+The promise: every segment is always exactly one of its committed versions, whatever happens to the
+server or its clients, and the server keeps serving."""
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+
+import grpc
+import lmdb
+import pytest
+
+from conftest import start_server
+from listseg import Client, ListsegError
+from listseg.core.engine import Engine
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+N = 4000
+LIST_A = [f"g{k}" for k in range(0, N, 2)]          # even guids
+LIST_B = [f"g{k}" for k in range(1, N, 2)]          # odd guids
+
+
+def csv(guids):
+    return ("Type,Identity\n" + "".join(f"g,{g}\n" for g in guids)).encode()
+
+
+def seed(data):
+    with Engine(data) as e:
+        e.account().profiles.upsert([(f"g{k}", None, ["email"]) for k in range(N)])
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except Exception:
+            proc.kill()
+
+
+@pytest.mark.parametrize("seed_value", [1, 2, 3])
+def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
+    rng = random.Random(seed_value)
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data)
+    with Client(target, timeout=30) as c:
+        c.upload(csv(LIST_A), name="s")
+    big = csv(LIST_B * 200)                           # 400k rows: long enough to be killed part way
+    killed_at = rng.uniform(0.05, 0.8)
+    result = {}
+
+    def replace():
+        try:
+            with Client(target, timeout=30) as c:
+                result["upload"] = c.upload(big, replace="s")
+        except ListsegError as e:
+            result["error"] = e
+    t = threading.Thread(target=replace)
+    t.start()
+    time.sleep(killed_at)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t.join(30)
+
+    proc, target = start_server(data)                 # opens cleanly, recovers, clears dead reader slots
+    try:
+        with Client(target, timeout=30) as c:
+            members = c.export("s").decode().split()[1:]
+            guids = [m[2:] for m in members]
+            committed = "upload" in result and result["upload"].state == pb.UPLOAD_STATE_SUCCEEDED
+            assert guids == (LIST_B if committed else LIST_A)
+            if not committed:
+                up = c.get_upload(2)
+                assert up.state == pb.UPLOAD_STATE_FAILED
+                assert up.reason in ("interrupted", "the stream ended early: cancelled by the client, "
+                                     "past its deadline or disconnected")
+            assert c.upload(csv(LIST_A[:10]), replace="s").state == pb.UPLOAD_STATE_SUCCEEDED
+            assert c.get_segment("s").size == 10
+        assert all(_alive(pid) for pid in _reader_pids(data))
+    finally:
+        stop(proc)
+
+
+def _reader_pids(data):
+    """pids holding LMDB reader slots (py-lmdb's reader table: a header line, then pid thread txnid)."""
+    env = lmdb.open(data, max_dbs=16, readonly=True, lock=True)
+    try:
+        return [int(line.split()[0]) for line in env.readers().splitlines()[1:] if line.strip()]
+    finally:
+        env.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_client_that_stops_sending_fails_at_its_deadline(tmp_path):
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data)
+    try:
+        with Client(target, timeout=30) as c:
+            c.upload(csv(LIST_A), name="s")
+            stub = pb_grpc.SegmentsStub(c.channel)
+            hang = threading.Event()
+
+            def messages():
+                yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="s"))
+                yield pb.UploadListRequest(data=csv(LIST_B))
+                hang.wait(20)                                 # never closes the stream
+            with pytest.raises(grpc.RpcError) as e:
+                stub.UploadList(messages(), timeout=1.5)
+            hang.set()
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            deadline = time.time() + 20
+            while c.get_upload(2).state != pb.UPLOAD_STATE_FAILED and time.time() < deadline:
+                time.sleep(0.05)
+            assert c.get_upload(2).state == pb.UPLOAD_STATE_FAILED
+            assert [m[2:] for m in c.export("s").decode().split()[1:]] == LIST_A
+    finally:
+        stop(proc)
+
+
+def _reader(target, stop, queue):
+    """One client process: ask in a loop; count answers that match no committed version."""
+    probe = LIST_A[::97] + LIST_B[::97]
+    half = len(LIST_A[::97])
+    whole = {frozenset(LIST_A): "A", frozenset(LIST_B): "B"}
+    bad, calls, errors = [], 0, 0
+    with Client(target, timeout=30) as c:
+        while not stop.is_set() or calls == 0:
+            try:
+                version, answers = c.check_members("s", probe)
+                expect = "A" if version % 2 else "B"          # odd versions hold list A
+                want = [expect == "A"] * half + [expect == "B"] * (len(probe) - half)
+                if answers != want:
+                    bad.append(("check", version))
+                member = c.is_member("s", guid=LIST_A[5])
+                members = []
+                versions = set()
+                for page in c.list_members("s", page_size=700):
+                    members += page.guids.decode().split()
+                    versions.add(page.version)
+                if len(versions) != 1 or whole.get(frozenset(members)) != ("A" if versions.pop() % 2 else "B"):
+                    bad.append(("list", sorted(versions)))
+                calls += 3
+                del member
+            except ListsegError as e:
+                errors += 1
+                bad.append(("error", str(e)))
+    queue.put((calls, errors, bad[:5]))
+
+
+def test_readers_in_8_processes_see_only_committed_versions_across_2_workers(tmp_path):
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data, "--workers", "2")
+    try:
+        with Client(target, timeout=30) as c:
+            assert c.upload(csv(LIST_A), name="s").report.version == 1
+            ctx = multiprocessing.get_context("spawn")
+            queue, stop_readers = ctx.Queue(), ctx.Event()
+            readers = [ctx.Process(target=_reader, args=(target, stop_readers, queue)) for _ in range(8)]
+            for r in readers:
+                r.start()
+            time.sleep(2)                                 # let the readers get going
+            for i in range(50):                           # version 2 is B, 3 is A, ...
+                up = c.upload(csv(LIST_B if i % 2 == 0 else LIST_A), replace="s")
+                assert up.state == pb.UPLOAD_STATE_SUCCEEDED and up.report.version == i + 2
+            stop_readers.set()
+            results = [queue.get(timeout=90) for _ in readers]
+            for r in readers:
+                r.join(30)
+    finally:
+        stop(proc)
+    assert sum(calls for calls, _, _ in results) > 0
+    assert [bad for _, _, bad in results if bad] == []
+    assert sum(errors for _, errors, _ in results) == 0
+
+
+def test_two_concurrent_replaces_leave_one_whole_list(tmp_path):
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data)
+    try:
+        with Client(target, timeout=30) as c:
+            c.upload(csv(LIST_A[:5]), name="s")
+        outcomes = []
+
+        def replace(guids):
+            with Client(target, timeout=30) as c:
+                try:
+                    outcomes.append(c.upload(csv(guids), replace="s").state)
+                except ListsegError as e:
+                    outcomes.append(e.code)
+        threads = [threading.Thread(target=replace, args=(lst,)) for lst in (LIST_A, LIST_B)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(o in (pb.UPLOAD_STATE_SUCCEEDED, grpc.StatusCode.ABORTED) for o in outcomes), outcomes
+        with Client(target, timeout=30) as c:
+            guids = [m[2:] for m in c.export("s").decode().split()[1:]]
+        assert guids in (LIST_A, LIST_B)
+    finally:
+        stop(proc)
