@@ -54,9 +54,7 @@ class Upload:
         now = self.now()
         if self.mode == "create":
             if self.dry_run:
-                rec = {"id": None, "name": name}
-                if txn.get(self.database.db.segnames, self.account.prefix + name.strip().encode()):
-                    self.segments.create(txn, name)          # raises AlreadyExists
+                rec = {"id": None, "name": self.segments.check_new_name(txn, name)}
             else:
                 rec = self.segments.create(txn, name, now=now)
         else:

@@ -105,11 +105,16 @@ class Segments:
 
         return version, self.cache.get((self.account.number, seg_id, version), load)
 
-    def create(self, txn, name, state="processing", now=None):
-        """A new segment record with no version yet (used by a create upload)."""
+    def check_new_name(self, txn, name):
+        """The name, trimmed, if it is valid and free; InvalidArgument or AlreadyExists otherwise."""
         name = check_name(name)
         if txn.get(self.db.segnames, self.prefix + name.encode()) is not None:
             raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+        return name
+
+    def create(self, txn, name, state="processing", now=None):
+        """A new segment record with no version yet (used by a create upload)."""
+        name = self.check_new_name(txn, name)
         seg_id = self.account.allocate(txn, "next_segment")
         now = now or time.time()
         rec = {"id": seg_id, "name": name, "state": state, "created": now, "updated": now,
@@ -252,8 +257,8 @@ class Segments:
     def _sample(self, txn, bm, n):
         """Up to n profiles picked at random ranks of bm."""
         ranks = sorted(random.sample(range(len(bm)), min(n, len(bm))))
-        uids = [bm[r] for r in ranks]
-        return [self.profiles.get(txn, uid) for uid in uids if self.profiles.get(txn, uid)]
+        found = (self.profiles.get(txn, bm[r]) for r in ranks)
+        return [p for p in found if p is not None]
 
     def sample(self, segment, n=10):
         with self.database.read() as txn:
