@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """LMDB through liblmdb, owned here and nowhere else in the process (LMDB forbids opening one
-environment twice in a process). The hot loop is `Txn.resolve`: a batch of keys, radix-sorted by an
-8-byte prefix and looked up in key order with the GIL released. Everything else is a thin wrapper.
+environment twice in a process). The hot loops are `Txn.resolve`: a batch of keys, radix-sorted by an
+8-byte prefix and looked up in key order with the GIL released; and `Txn.put_new_profiles`, which
+writes a profile batch's brand-new rows the same way. Everything else is a thin wrapper.
 
 `_store_py.py` is the pure-Python twin over py-lmdb with the same API and the same file format.
 """

@@ -4,6 +4,7 @@ uids are dense uint32s, assigned in order and never reused. Only profiles qualif
 """
 import struct
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyroaring import BitMap, FrozenBitMap
@@ -233,40 +234,61 @@ class Profiles:
         report = {"rows": 0, "upserted": 0, "invalid": 0, "errors": []}
         memo = {}
 
-        def bits_of(value):
+        def bits_of(value):                 # bits, or the reason the value is bad
             bits = memo.get(value)
             if bits is None:
                 try:
                     bits = channel_bits(value.decode().split(";"))
                 except InvalidProfile as e:
-                    bits = e
+                    bits = str(e)
                 if len(memo) < 4096:
                     memo[value] = bits
-            if isinstance(bits, InvalidProfile):
-                raise bits
+            if isinstance(bits, str):
+                raise InvalidProfile(bits)
             return bits
 
-        def flush():
-            batch = p.take()
-            for line, reason in p.errors(batch)[: 100 - len(report["errors"])]:
-                report["errors"].append((line, reason))
-            report["invalid"] += batch.invalid
-            report["rows"] += batch.valid + batch.invalid
-            if not batch.valid:
-                return
-            upserted, skipped = self.database.write(
-                lambda txn: self._write_batch(txn, batch.fields, batch.ends, bits_of))
+        def write(batch):
+            return self.database.write(lambda txn: self._write_batch(txn, batch.fields, batch.ends, bits_of))
+
+        def collect(result):
+            upserted, skipped = result
             report["upserted"] += upserted
             report["invalid"] += len(skipped)
             for _, reason in skipped[: 100 - len(report["errors"])]:
                 report["errors"].append((0, reason))
 
-        for chunk in chunks:
-            p.feed(chunk)
-            if p.pending_rows >= batch_rows:
-                flush()
-        p.finish()
-        flush()
+        def take():
+            batch = p.take()
+            for line, reason in p.errors(batch)[: 100 - len(report["errors"])]:
+                report["errors"].append((line, reason))
+            report["invalid"] += batch.invalid
+            report["rows"] += batch.valid + batch.invalid
+            return batch
+
+        # A batch is written on a thread (the LMDB work releases the GIL) while the next one parses;
+        # each batch's result is collected before the next is counted, so errors stay in file order.
+        writer, pending = None, None
+        try:
+            for chunk in chunks:
+                p.feed(chunk)
+                if p.pending_rows >= batch_rows:
+                    if pending is not None:
+                        collect(pending.result())
+                        pending = None
+                    batch = take()
+                    if batch.valid:
+                        writer = writer or ThreadPoolExecutor(1, thread_name_prefix="profile-import")
+                        pending = writer.submit(write, batch)
+            p.finish()
+            if pending is not None:
+                collect(pending.result())
+                pending = None
+            batch = take()
+            if batch.valid:
+                collect(write(batch))
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)      # an in-flight batch commits or fails whole
         return report
 
     # -- reads -----------------------------------------------------------------------------

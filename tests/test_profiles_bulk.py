@@ -131,6 +131,25 @@ def test_bad_channel_rows_are_skipped_and_take_no_uid(account):
     assert account.profiles.find(identity="ib2").guid == "b"
 
 
+def test_errors_across_batches_stay_in_file_order(account):
+    # 6-row batches, each written on the import thread while the next parses; one error in each,
+    # alternately a parse error (empty guid) and a channel error (only known when written)
+    lines, expected = [b"guid,identity,channels\n"], []
+    for k in range(42):
+        if k % 6 != 3:
+            lines.append(b"g%d,,email\n" % k)
+        elif k % 12 == 3:
+            lines.append(b",x,email\n")
+            expected.append((k + 2, "empty guid"))
+        else:
+            lines.append(b"g%d,,fax%d\n" % (k, k))
+            expected.append((0, f"unknown channel 'fax{k}'; expected one of " + ", ".join(CHANNELS)))
+    report = account.profiles.import_csv(lines, batch_rows=6)
+    assert (report["rows"], report["upserted"], report["invalid"]) == (42, 35, 7)
+    assert report["errors"] == expected
+    assert [account.profiles.find(guid=f"g{k}").uid for k in (0, 4, 41)] == [0, 3, 34]
+
+
 def test_channel_spellings(account):
     account.profiles.import_csv([b'a,,"Email; SMS ;"\nb,,PUSH\nc,, \n'])
     assert account.profiles.find(guid="a").channels == ("email", "sms")
