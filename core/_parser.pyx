@@ -165,9 +165,11 @@ cdef class Scanner:
             self.flast[f] = self.flen[f]
 
     cdef inline void _next_field(self) noexcept nogil:
+        # cf stops at MAX_COLS ("one field too many" is all that matters past it): counting on, an int
+        # wrapped negative after 2**31 commas in one row and the writes below went out of bounds.
         if self.cf < MAX_COLS:
             self.fquoted[self.cf] = self.quoted
-        self.cf += 1
+            self.cf += 1
         self.quoted = False
         self.state = FIELD_START
 

@@ -77,9 +77,9 @@ class Scanner:
             self.flast[f] = self.flen[f]
 
     def _next_field(self):
-        if self.cf < MAX_COLS:
+        if self.cf < MAX_COLS:                  # stops at MAX_COLS, as the compiled int must
             self.fquoted[self.cf] = self.quoted
-        self.cf += 1
+            self.cf += 1
         self.quoted = False
         self.state = FIELD_START
 

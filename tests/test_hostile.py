@@ -7,6 +7,9 @@ generated here, deterministically, at a smaller scale when the pure-Python twins
 """
 import os
 import random
+import subprocess
+import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 
@@ -279,3 +282,25 @@ def test_a_million_invalid_rows_is_fast_and_keeps_the_first_100k(world):
     assert elapsed < 5, f"{MANY} invalid rows took {elapsed:.1f} s"
     tail, nxt = account.upload_errors(rec["id"], 99_998, 1000)
     assert tail == [(100_000, BAD_TYPE), (100_001, BAD_TYPE)] and nxt is None
+
+
+@pytest.mark.skipif(TWIN, reason="the compiled scanner's C int; the twin's Python int cannot wrap")
+def test_two_billion_commas_in_one_row():
+    """2**31 + commas in one row (a 2 GiB line, under the 5 GiB limit) once wrapped the compiled field
+    counter negative and wrote out of bounds: a segfault that took the server down. Run in a child
+    process so a crash fails the test instead of the suite."""
+    script = textwrap.dedent("""
+        from listseg.core import parser
+        p = parser.Parser()
+        p.feed(b"Type,Identity\\ng,a\\ng")
+        chunk = b"," * (64 << 20)
+        for _ in range(33):                       # 33 * 2**26 > 2**31
+            p.feed(chunk)
+        p.feed(b"x\\ng,b\\n")
+        p.finish()
+        b = p.take()
+        print(b.values(), p.errors(b))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
+    assert out.stdout.strip() == "[(b'a',), (b'b',)] [(3, 'wrong column count')]"
