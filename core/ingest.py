@@ -130,7 +130,7 @@ class Upload:
         c["invalid"] += batch.invalid
         room = REJECTS_KEPT - len(self.rejects)
         if room > 0 and batch.invalid:
-            self.rejects.extend(self.parser.errors(batch)[:room])
+            self.rejects.extend(self.parser.errors(batch, room))
 
     def finish(self):
         """Process what is left, then commit (or fail). Returns the report."""

@@ -134,9 +134,10 @@ class Parser:
         """Human reason for an error code, e.g. 'empty identity'."""
         return REASONS[code >> 4].format(column=self.layout.names[code & 15])
 
-    def errors(self, batch):
-        """[(line, reason)] of a batch's invalid rows."""
-        return [(line, self.reason(code)) for line, code in zip(batch.error_lines, batch.error_codes)]
+    def errors(self, batch, limit=None):
+        """[(line, reason)] of a batch's invalid rows (the first `limit` of them, if given)."""
+        n = batch.invalid if limit is None else max(0, min(limit, batch.invalid))
+        return [(line, self.reason(code)) for line, code in zip(batch.error_lines[:n], batch.error_codes[:n])]
 
 
 def parse_all(data, layout=UPLOAD, scanner=None, chunk_size=None):

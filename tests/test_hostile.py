@@ -304,3 +304,11 @@ def test_two_billion_commas_in_one_row():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
     assert out.stdout.strip() == "[(b'a',), (b'b',)] [(3, 'wrong column count')]"
+
+
+def test_errors_are_formatted_only_as_far_as_asked():
+    """Upload keeps the first 100,000 rejects: it asks the parser for no more than that many."""
+    p, batch = parser.parse_all(b"g,a\nx,1\ng,\ng\n")
+    assert p.errors(batch) == [(2, BAD_TYPE), (3, EMPTY), (4, COLUMNS)]
+    assert p.errors(batch, 2) == [(2, BAD_TYPE), (3, EMPTY)]
+    assert p.errors(batch, 0) == [] and p.errors(batch, 10) == p.errors(batch)
