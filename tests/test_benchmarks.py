@@ -1,0 +1,59 @@
+"""The benchmark scripts run end to end at a tiny scale and write every key of their JSON (issue 4).
+
+They are scripts, not tests: no figure is checked here, only that they run and keep their contract.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture
+def redis_available():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make bench installs it)")
+    pytest.importorskip("redis", reason="redis-py is not installed (make bench installs it)")
+
+
+def run(script, *args):
+    out = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bench_writes_every_key(tmp_path, redis_available):
+    out = tmp_path / "latest.json"
+    stdout = run("bench.py", "--scale", "2000", "--seconds", "1", "--repeat", "1",
+                 "--workdir", str(tmp_path / "work"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result) == {"scale", "ingest", "check_batch", "is_member", "export", "reach", "memory",
+                           "replace_read_p99_ms", "cpu", "cores", "versions"}
+    assert set(result["ingest"]) == {"listseg", "redis", "python"}
+    assert set(result["check_batch"]) == set(result["export"]) == {"listseg", "redis"}
+    assert set(result["is_member"]) == {"listseg_qps", "listseg_p99_ms", "redis_qps", "redis_p99_ms"}
+    assert set(result["reach"]) == {"listseg_ms", "redis_ms"}
+    assert set(result["memory"]) == {"listseg_bytes_per_member", "redis_bytes_per_member"}
+    assert result["scale"] == 2000 and result["cores"] >= 1
+    assert {"python", "redis-server", "grpcio", "pyroaring"} <= set(result["versions"])
+    assert all(v > 0 for case in ("ingest", "check_batch", "is_member", "export", "reach", "memory")
+               for v in result[case].values())
+    assert "| case | listseg | peer | ours vs peer | bar | holds |" in stdout
+    assert not (tmp_path / "work").exists()
+
+
+def test_soak_runs_without_errors(tmp_path):                        # listseg alone: no Redis needed
+    out = tmp_path / "soak.json"
+    run("soak.py", "--scale", "2000", "--list-rows", "500", "--seconds", "3", "--write-interval", "0.5",
+        "--workdir", str(tmp_path / "work"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["errors"] == 0
+    assert {"UploadList (replace)", "UploadList (create)", "DeleteSegment", "IsMember", "CheckMembers",
+            "ListMembers (whole segment)", "GetSegment"} <= set(result["rpcs"])
+    assert all({"calls", "errors", "p50_ms", "p99_ms", "max_ms"} <= set(r) for r in result["rpcs"].values())
+    assert result["rss_bytes"]["start"] > 0 and result["rss_bytes"]["end"] > 0
