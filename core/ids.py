@@ -226,10 +226,13 @@ class Profiles:
         self._update_channels(txn, {name: array("I") for name in CHANNELS}, drops)
         return deleted
 
-    def import_csv(self, chunks, batch_rows=100_000):
+    def import_csv(self, chunks, batch_rows=500_000):
         """Import a `guid,identity,channels` CSV from an iterable of byte chunks, one transaction per
         batch of rows. Returns {"rows", "upserted", "invalid", "errors": [(line, reason)] (first 100)};
-        a row with an unknown channel is invalid with line 0."""
+        a row with an unknown channel is invalid with line 0.
+
+        Batches are big because new guids and identities land all over their B-trees and each commit
+        rewrites every leaf page it touched: a batch costs about as much as the tables are large."""
         p = parser.Parser(parser.PROFILES)
         report = {"rows": 0, "upserted": 0, "invalid": 0, "errors": []}
         memo = {}
