@@ -7,7 +7,7 @@ writes a profile batch's brand-new rows the same way. Everything else is a thin 
 `_store_py.py` is the pure-Python twin over py-lmdb with the same API and the same file format.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
@@ -83,6 +83,30 @@ from listseg.core._store_py import StoreError, MapFullError, UNKNOWN
 cdef uint32_t C_UNKNOWN = 0xFFFFFFFF
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
+
+
+cdef struct Buf:
+    char *data
+    size_t len
+    size_t cap
+
+
+cdef int buf_put(Buf *b, const char *src, size_t n) noexcept nogil:
+    """Append n bytes, doubling the buffer as needed; -1 when out of memory."""
+    cdef size_t cap
+    cdef char *data
+    if b.len + n > b.cap:
+        cap = b.cap * 2 if b.cap else 65536
+        while cap < b.len + n:
+            cap *= 2
+        data = <char *>realloc(b.data, cap)
+        if data == NULL:
+            return -1
+        b.data = data
+        b.cap = cap
+    memcpy(b.data + b.len, src, n)
+    b.len += n
+    return 0
 
 
 cdef int check(int rc) except -1:
@@ -348,6 +372,61 @@ cdef class Txn:
         check(rc)
         return out
 
+
+    def member_guids(self, MDB_dbi profile_dbi, bytes prefix, const uint32_t[::1] uids):
+        """(guids, found) for uids in ascending order: each existing profile's guid followed by a
+        newline, and the uids that still have a profile (packed uint32). Reads ids.py's profile
+        record (bits, guid length uint16 LE, guid, identity). This is ListMembers' and the export's
+        loop: a Python loop per member ran ~1M/s."""
+        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen
+        cdef uint8_t keybuf[16]
+        cdef const uint8_t *rec
+        cdef uint32_t uid
+        cdef MDB_cursor *cur
+        cdef MDB_val k, v
+        cdef int rc = 0
+        cdef Buf guids, found
+        cdef char nl = 10
+        self._live()
+        if plen > 8:
+            raise ValueError("prefix too long")
+        memcpy(keybuf, PyBytes_AS_STRING(prefix), plen)
+        memset(&guids, 0, sizeof(Buf))
+        memset(&found, 0, sizeof(Buf))
+        check(mdb_cursor_open(self.txn, profile_dbi, &cur))
+        try:
+            with nogil:
+                for i in range(n):
+                    uid = uids[i]
+                    keybuf[plen] = <uint8_t>(uid >> 24)
+                    keybuf[plen + 1] = <uint8_t>(uid >> 16)
+                    keybuf[plen + 2] = <uint8_t>(uid >> 8)
+                    keybuf[plen + 3] = <uint8_t>uid
+                    k.mv_size = plen + 4
+                    k.mv_data = keybuf
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)
+                    if rc == MDB_NOTFOUND:
+                        rc = 0
+                        continue
+                    if rc:
+                        break
+                    rec = <const uint8_t *>v.mv_data
+                    glen = rec[1] | (<size_t>rec[2] << 8)
+                    if v.mv_size < 3 + glen:
+                        continue                        # not a profile record: skip, never read past it
+                    if buf_put(&guids, <const char *>rec + 3, glen) or buf_put(&guids, &nl, 1) \
+                            or buf_put(&found, <const char *>&uid, 4):
+                        rc = -1
+                        break
+            if rc == -1:
+                raise MemoryError()
+            check(rc)
+            return (PyBytes_FromStringAndSize(guids.data, guids.len),
+                    PyBytes_FromStringAndSize(found.data, found.len))
+        finally:
+            mdb_cursor_close(cur)
+            free(guids.data)
+            free(found.data)
 
     def groups(self, const uint8_t[::1] fields, const uint64_t[::1] ends, size_t nvals=1, size_t col=0):
         """(gids, firsts), native uint32 bytes: gids[r] numbers row r's value in column col among the

@@ -120,6 +120,20 @@ class Txn:
                 uids[r] = int.from_bytes(value, "little")
         return uids.tobytes()
 
+    def member_guids(self, profile_dbi, prefix, uids):
+        txn = self._live()
+        guids, found = bytearray(), array("I")
+        for uid in uids:
+            rec = txn.get(prefix + uid.to_bytes(4, "big"), db=profile_dbi)
+            if rec is None:
+                continue
+            glen = rec[1] | rec[2] << 8
+            if len(rec) < 3 + glen:
+                continue
+            guids += rec[3:3 + glen] + b"\n"
+            found.append(uid)
+        return bytes(guids), found.tobytes()
+
     def groups(self, fields, ends, nvals=1, col=0):
         if nvals == 0 or col >= nvals or len(ends) % nvals:
             raise ValueError("ends must hold nvals values per row, col < nvals")

@@ -265,6 +265,11 @@ class Segments:
             _, bm = self.bitmap(txn, self.find_id(txn, segment))
             return self._sample(txn, bm, n)
 
+    def member_guids(self, txn, uids):
+        """(guids, found) of ascending uids: each guid followed by a newline, and the uids that
+        still have a profile (packed uint32). One C loop, no object per member."""
+        return txn.member_guids(self.db.profile, self.prefix, uids)
+
     def export(self, segment, page=65_536):
         """The members as a re-uploadable CSV (`Type,Identity` then `g,<guid>`), in byte chunks,
         all from the version current when the export starts."""
@@ -275,8 +280,14 @@ class Segments:
         for first in range(0, len(bm), page):
             uids = bm[first:first + page].to_array()
             with self.database.read() as txn:
-                rows = self.profiles.guids(txn, uids)
-            yield "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
+                guids, found = self.member_guids(txn, uids)
+            plain = not any(c in guids for c in (b",", b'"', b"\r")) and guids.count(b"\n") == len(found) // 4
+            if plain:                   # the common case: no guid needs CSV quoting
+                yield b"g," + guids[:-1].replace(b"\n", b"\ng,") + b"\n" if guids else b""
+            else:
+                with self.database.read() as txn:
+                    rows = self.profiles.guids(txn, uids)
+                yield "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
 
 
 def _csv(value):

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import threading
 import time
-from array import array
 
 import grpc
 from google.protobuf import empty_pb2
@@ -232,12 +231,10 @@ class MembershipServicer(pb_grpc.MembershipServicer):
             seg_id, state["p"] if state else 0, count, state["v"] if state else None,
             request.shard_index, shards)
         with account.database.read() as txn:
-            rows = account.profiles.guids(txn, uids)
-        guids = "".join(f"{guid}\n" for _, guid, _ in rows).encode()
-        kept = uids if len(rows) == len(uids) else [uid for uid, _, _ in rows]
+            guids, found = account.segments.member_guids(txn, uids)
         token = (convert.page_token({"s": seg_id, "v": version, "p": nxt, "i": request.shard_index, "n": shards})
                  if nxt is not None else "")
-        return pb.ListMembersResponse(guids=guids, uids=_packed(kept), count=len(rows), version=version,
+        return pb.ListMembersResponse(guids=guids, uids=found, count=len(found) // 4, version=version,
                                       next_page_token=token)
 
 
@@ -263,10 +260,6 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
         if found is None:
             raise NotFound("no such profile")
         return convert.profile(found.to_dict())
-
-
-def _packed(uids):
-    return (uids if isinstance(uids, array) else array("I", uids)).tobytes()
 
 
 def _abort_reason(exc):
