@@ -7,7 +7,7 @@ PYX    := $(wildcard core/*.pyx)
 PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py
 
-.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps bench-sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps bench-sysdeps browser-sysdeps
 
 install: $(VENV)/.built $(STUBS)
 
@@ -34,11 +34,17 @@ $(STUBS): $(PROTO) $(VENV)/.deps
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
 	cp build/gen/listseg/v1/*.py build/gen/listseg/v1/*.pyi v1/
 
-test: install
+# The dashboard's browser tests drive Debian's chromium through its chromedriver (no browser download).
+browser-sysdeps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium chromium-driver'" >&2; exit 1; fi; }
+
+test: install | browser-sysdeps
 	$(BIN)/python -m pytest -q tests
 
 # The whole suite against the pure-Python twins (no compiled code loaded).
-test-twin: install
+test-twin: install | browser-sysdeps
 	LISTSEG_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests
 
 bench-core: install
@@ -60,9 +66,10 @@ bench: install $(VENV)/.bench-deps | bench-sysdeps
 bench-soak: install $(VENV)/.bench-deps | bench-sysdeps
 	$(BIN)/python benchmarks/soak.py
 
-# Serve on 127.0.0.1:50051 with LMDB in ./data (override: make run ARGS="--listen 127.0.0.1:6000").
+# Serve gRPC on 127.0.0.1:50051 and the dashboard on http://127.0.0.1:8080, LMDB in ./data
+# (override: make run ARGS="--listen 127.0.0.1:6000 --http 127.0.0.1:9000").
 run: install
-	$(BIN)/listseg serve --data ./data $(ARGS)
+	$(BIN)/listseg serve --data ./data --http 127.0.0.1:8080 $(ARGS)
 
 clean:
 	rm -rf build *.egg-info core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis

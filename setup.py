@@ -28,8 +28,8 @@ setup(
     description="Custom list segments as a service",
     python_requires=">=3.11",
     package_dir={"listseg": "."},
-    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1"],
-    package_data={"listseg.core": ["*.pyi"]},
+    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1", "listseg.dashboard"],
+    package_data={"listseg.core": ["*.pyi"], "listseg.dashboard": ["templates/*.jinja", "static/*"]},
     ext_modules=extensions(),
     entry_points={"console_scripts": ["listseg=listseg.clients.cli:main"]},
 )

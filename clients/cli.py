@@ -55,12 +55,17 @@ def cmd_upload(args, client):
     bar = _progress(size, args.file)
     try:
         up = client.upload(args.file, dry_run=args.dry_run, strict=args.strict, webhook_url=args.webhook or "",
-                           progress=bar.update if bar else None, **dict(targets))
+                           progress=bar.update if bar else None, notify_emails=_emails(args.notify),
+                           **dict(targets))
     finally:
         if bar:
             bar.close()
     out = upload_json(up)
     return out, (EXIT_OK if out["state"] == "succeeded" else EXIT_FAILED), _upload_text(out)
+
+
+def _emails(text):
+    return [a.strip() for a in (text or "").replace(";", ",").split(",") if a.strip()]
 
 
 def _upload_text(o):
@@ -149,8 +154,32 @@ def cmd_serve(args, _client):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     try:
-        return None, serve(args.data, args.listen, args.workers, args.grace, tls,
-                           max_uploads=args.max_uploads, max_upload_bytes=args.max_upload_bytes), None
+        return None, serve(args.data, args.listen, args.workers, args.grace, tls, http=args.http,
+                           mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
+                           max_upload_bytes=args.max_upload_bytes), None
+    except (PermissionError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _mail_settings(args):
+    """server.mail.Mailer's settings from the --smtp options; None without --smtp."""
+    if not args.smtp:
+        if args.smtp_user or args.smtp_starttls:
+            raise UsageError("--smtp-user and --smtp-starttls need --smtp HOST:PORT")
+        return None
+    host, _, port = args.smtp.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--smtp must be HOST:PORT, got {args.smtp!r}")
+    url = args.dashboard_url or (f"http://{args.http.replace('0.0.0.0', '127.0.0.1')}" if args.http else "")
+    return {"host": host.strip("[]"), "port": int(port), "user": args.smtp_user,
+            "password": args.smtp_password or os.environ.get("LISTSEG_SMTP_PASSWORD"),
+            "starttls": args.smtp_starttls, "sender": args.smtp_from, "dashboard_url": url}
+
+
+def cmd_dashboard(args, _client):
+    from listseg.dashboard.server import run
+    try:
+        return None, run(args.server, args.http, tls_ca=args.tls_ca), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
@@ -195,6 +224,7 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="report only, change nothing")
     p.add_argument("--strict", action="store_true", help="fail on any invalid row")
     p.add_argument("--webhook", metavar="URL", help="POST the result (JSON) here when processing ends")
+    p.add_argument("--notify", metavar="EMAILS", help="email the result to these addresses (comma-separated)")
 
     profiles = sub.add_parser("profiles", help="user profiles").add_subparsers(dest="sub", required=True)
     p = profiles.add_parser("import", help="upsert profiles from a guid,identity,channels CSV")
@@ -234,6 +264,18 @@ def build_parser():
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--max-uploads", type=int, default=4, help="uploads running at once per account (default 4)")
     p.add_argument("--max-upload-bytes", type=int, default=5 << 30, help="largest upload (default 5 GiB)")
+    p.add_argument("--http", metavar="HOST:PORT", help="also serve the web dashboard here (e.g. 127.0.0.1:8080)")
+    p.add_argument("--smtp", metavar="HOST:PORT", help="send completion emails through this SMTP server")
+    p.add_argument("--smtp-user", help="SMTP login user")
+    p.add_argument("--smtp-password", help="SMTP login password (better: env LISTSEG_SMTP_PASSWORD)")
+    p.add_argument("--smtp-starttls", action="store_true", help="upgrade the SMTP connection with STARTTLS")
+    p.add_argument("--smtp-from", metavar="ADDRESS", help="the emails' sender (default listseg@localhost)")
+    p.add_argument("--dashboard-url", metavar="URL",
+                   help="the dashboard's address for links in emails (default: http:// + --http)")
+
+    p = command("dashboard", cmd_dashboard, "serve the web dashboard for a listseg server (--server)")
+    p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where to serve it (default 127.0.0.1:8080)")
 
     accounts = sub.add_parser("accounts", help="accounts and passcodes").add_subparsers(dest="sub", required=True)
     p = accounts.add_parser("create", help="create an account; prints its id and passcode")
@@ -253,7 +295,7 @@ def main(argv=None):
     from listseg.clients.client import Client, ListsegError
     client = None
     try:
-        if args.fn not in (cmd_serve, cmd_accounts_create):
+        if args.fn not in (cmd_serve, cmd_accounts_create, cmd_dashboard):
             client = Client(args.server, args.account, args.passcode, tls_ca=args.tls_ca)
         out, code, text = args.fn(args, client)
     except UsageError as e:

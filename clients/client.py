@@ -99,10 +99,10 @@ class Client:
     # -- uploads ---------------------------------------------------------------------------
     @_calls
     def upload(self, source, name=None, replace=None, append=None, remove=None, dry_run=False,
-               strict=False, webhook_url="", progress=None):
+               strict=False, webhook_url="", progress=None, notify_emails=()):
         """Stream a CSV (path, bytes or binary file) as a create (name=) or a replace / append /
         remove of a segment. Returns the Upload when processing has ended. `progress(n_bytes)` is
-        called as bytes go out."""
+        called as bytes go out; `notify_emails` each get an email when processing ends."""
         given = {k: v for k, v in (("name", name), ("replace", replace), ("append", append),
                                    ("remove", remove)) if v is not None}
         if len(given) != 1:
@@ -110,7 +110,7 @@ class Client:
         (mode, target), = given.items()
         file_name = source if isinstance(source, str) else getattr(source, "name", "")
         spec = pb.UploadSpec(mode=MODES[mode], dry_run=dry_run, strict=strict, webhook_url=webhook_url,
-                             file_name=os.path.basename(str(file_name)),
+                             file_name=os.path.basename(str(file_name)), notify_emails=list(notify_emails),
                              **({"name": target} if mode == "name" else {"segment": str(target)}))
 
         def messages():

@@ -68,7 +68,7 @@ class Server:
     """A running server: `port`, `stop(grace)`, and the pieces tests may want."""
 
     def __init__(self, engine, address="127.0.0.1:0", max_workers=32, tls=None, reuse_port=False,
-                 webhooks=None, max_uploads=4, max_upload_bytes=None):
+                 webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None):
         self.engine = engine
         self.credentials = Credentials(engine)
         host, _ = split_address(address)
@@ -77,7 +77,7 @@ class Server:
                 f"no account exists, so the server runs without credentials and listens only on a loopback "
                 f"address; create one with `listseg accounts create NAME` to listen on {host}")
         self.services = servicers.Services(engine, self.credentials, webhooks, max_uploads,
-                                           max_upload_bytes or engine.max_upload_bytes)
+                                           max_upload_bytes or engine.max_upload_bytes, mailer)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", 64 << 20),
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
@@ -113,6 +113,7 @@ class Server:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(grace).wait()
         self.services.webhooks.close()
+        self.services.mailer.close()
 
 
 def create_server(engine, address="127.0.0.1:0", **kwargs):
@@ -121,44 +122,78 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
     return server, server.port
 
 
-def serve(data, listen, workers=1, grace=30.0, tls=None, **limits):
+def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
-    max_uploads (per account), max_upload_bytes."""
+    max_uploads (per account), max_upload_bytes. `http`: HOST:PORT to serve the web dashboard on, a
+    client of this server's gRPC port (with TLS it trusts `http_tls_ca`, else the certificate itself).
+    `mail`: the SMTP settings of server.mail.Mailer, as a dict."""
     setup_logging()
+    http = (http, http_tls_ca) if http else None
     if workers > 1:
         if split_address(listen)[1] == 0:
             raise ValueError("--workers > 1 needs a fixed port")
-        return _serve_workers(data, listen, workers, grace, tls, limits)
-    return _serve_one(data, listen, grace, tls, limits, reuse_port=False)
+        return _serve_workers(data, listen, workers, grace, tls, limits, http, mail)
+    return _serve_one(data, listen, grace, tls, limits, reuse_port=False, http=http, mail=mail)
 
 
-def _serve_one(data, listen, grace, tls, limits, reuse_port):
+def _serve_one(data, listen, grace, tls, limits, reuse_port, http=None, mail=None):
+    from listseg.server.mail import Mailer
     engine = Engine(data)                            # opened here: after the fork, in each worker
-    server = Server(engine, listen, tls=tls, reuse_port=reuse_port, **limits).start()
+    server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
+                    **limits).start()
     log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),
                                           "pid": os.getpid()}})
+    try:
+        dashboard = _start_dashboard(http, listen, server.port, tls)
+    except BaseException:
+        server.stop(0)
+        engine.close()
+        raise
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
     log.info("draining", extra={"fields": {"grace_s": grace}})
+    if dashboard:
+        dashboard.stop()
     server.stop(grace)
     engine.close()
     log.info("stopped")
     return 0
 
 
-def _serve_workers(data, listen, workers, grace, tls, limits):
+def _start_dashboard(http, listen, port, tls):
+    """The web dashboard on http = (HOST:PORT, CA file or None), a client of this server's gRPC port
+    like any other."""
+    if not http:
+        return None
+    from listseg.dashboard.server import Dashboard
+    address, tls_ca = http
+    host = split_address(listen)[0]
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    return Dashboard(f"{host}:{port}", address, tls_ca=(tls_ca or tls[0]) if tls else None).start()
+
+
+def _serve_workers(data, listen, workers, grace, tls, limits, http=None, mail=None):
     ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
-    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits), daemon=False)
+    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits, mail), daemon=False)
              for _ in range(workers)]
     for p in procs:
         p.start()
+    try:
+        dashboard = _start_dashboard(http, listen, split_address(listen)[1], tls)
+    except BaseException:
+        for p in procs:
+            os.kill(p.pid, signal.SIGTERM)
+            p.join()
+        raise
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     while not done.is_set() and all(p.is_alive() for p in procs):
         done.wait(0.5)
+    if dashboard:
+        dashboard.stop()
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
@@ -167,6 +202,6 @@ def _serve_workers(data, listen, workers, grace, tls, limits):
     return 0 if done.is_set() else 1
 
 
-def _worker(data, listen, grace, tls, limits):
+def _worker(data, listen, grace, tls, limits, mail=None):
     setup_logging()
-    sys.exit(_serve_one(data, listen, grace, tls, limits, reuse_port=True))
+    sys.exit(_serve_one(data, listen, grace, tls, limits, reuse_port=True, mail=mail))

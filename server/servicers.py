@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
-from listseg.server import convert, webhook
+from listseg.server import convert, mail, webhook
 from listseg.server.errors import rpc
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
@@ -27,10 +27,11 @@ WATCH_INTERVAL_S = 0.5
 class Services:
     """State shared by the servicers: the engine, the credentials check, the live uploads."""
 
-    def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None):
+    def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None):
         self.engine = engine
         self.credentials = credentials
         self.webhooks = webhooks or webhook.Notifier()
+        self.mailer = mailer or mail.Mailer()     # no SMTP server: emails are logged as not sent
         self.max_uploads = max_uploads  # running uploads per account (per server process)
         self.max_upload_bytes = max_upload_bytes
         self.live = {}                # (account number, upload id) -> core Upload, for WatchUpload
@@ -76,6 +77,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         mode = convert.MODES[spec.mode]
         if spec.webhook_url:
             webhook.check_url(spec.webhook_url)
+        recipients = mail.check_addresses(spec.notify_emails)
         create = mode == "create"
         with self.s.upload_slot(account):
             up = account.upload(mode, name=spec.name if create else None,
@@ -87,6 +89,11 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
                 self.s.live[key] = up
         try:
             result = self._receive(up, requests, context)
+        except BaseException:
+            if recipients:                          # the stream broke or was too large: it failed too
+                with contextlib.suppress(Exception):
+                    self.s.mailer.notify(recipients, account.get_upload(up.id))
+            raise
         finally:
             with self.s.live_lock:
                 self.s.live.pop(key, None)
@@ -94,6 +101,8 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
                                                    "state": result["state"], "reason": result["reason"]}})
         if spec.webhook_url:
             self.s.webhooks.notify(spec.webhook_url, result)
+        if recipients:
+            self.s.mailer.notify(recipients, result)
         return convert.upload(result)
 
     @staticmethod
@@ -205,7 +214,7 @@ class MembershipServicer(pb_grpc.MembershipServicer):
     def IsMember(self, account, request, context):
         kind = convert.identity_type(request.type)
         version, answers = account.segments.check_members(convert.segment_ref(request.segment),
-                                                          [(kind, request.identity)])
+                                                          [request.identity], kind)
         return pb.IsMemberResponse(member=answers[0], version=version)
 
     @rpc
@@ -214,7 +223,7 @@ class MembershipServicer(pb_grpc.MembershipServicer):
         if len(request.identities) > MAX_CHECK:
             raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities")
         version, answers = account.segments.check_members(
-            convert.segment_ref(request.segment), [(kind, i) for i in request.identities])
+            convert.segment_ref(request.segment), request.identities, kind)
         return pb.CheckMembersResponse(members=answers, version=version)
 
     @rpc
