@@ -6,6 +6,7 @@ import struct
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 
 from pyroaring import BitMap, FrozenBitMap
 
@@ -71,7 +72,7 @@ def _bits_byte(value):
 
 
 def _key(value, what):
-    value = value.strip() if isinstance(value, str) else value.strip(b" \t")
+    value = value.strip(" \t") if isinstance(value, str) else value.strip(b" \t")
     raw = value.encode() if isinstance(value, str) else bytes(value)
     if len(raw) > parser.MAX_FIELD:
         raise InvalidProfile(f"{what} longer than {parser.MAX_FIELD} bytes")
@@ -302,16 +303,18 @@ class Profiles:
         uids.frombytes(raw)
         return uids
 
-    def resolve_keys(self, txn, keys):
-        """uids of [(kind 'g'|'i', key)] in order, UNKNOWN where there is no profile."""
-        kinds = bytearray()
-        fields = bytearray()
-        ends = array("Q")
-        for kind, key in keys:
-            kinds.append(103 if kind in ("g", b"g", 103) else 105)
-            fields += key.strip().encode() if isinstance(key, str) else bytes(key).strip(b" \t")
-            ends.append(len(fields))
-        raw = txn.resolve(self.db.guid, self.db.ident, self.prefix, bytes(kinds), bytes(fields), ends)
+    def resolve_keys(self, txn, keys, kind=None):
+        """uids of keys in order, UNKNOWN where there is no profile. keys are (kind, key) pairs, kind
+        'g' or 'i', or, with `kind` given, plain keys all of that kind. Packed with C-level loops:
+        membership checks call this for every batch."""
+        if kind is None:
+            kinds = bytes(103 if k in ("g", b"g") else 105 for k, _ in keys)
+            keys = [key for _, key in keys]
+        else:
+            kinds = (b"g" if kind in ("g", b"g") else b"i") * len(keys)
+        encoded = [k.strip(" \t").encode() if isinstance(k, str) else bytes(k).strip(b" \t") for k in keys]
+        ends = array("Q", accumulate(map(len, encoded)))
+        raw = txn.resolve(self.db.guid, self.db.ident, self.prefix, kinds, b"".join(encoded), ends)
         uids = array("I")
         uids.frombytes(raw)
         return uids

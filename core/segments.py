@@ -15,7 +15,7 @@ from pyroaring import FrozenBitMap
 
 from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, VersionGone
 from listseg.core.ids import CHANNELS
-from listseg.core.store import UNKNOWN, Database, dumps, loads, u32
+from listseg.core.store import Database, dumps, loads, u32
 
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
@@ -227,15 +227,16 @@ class Segments:
 
     # -- API: membership ---------------------------------------------------------------------
     def is_member(self, segment, kind, key):
-        return self.check_members(segment, [(kind, key)])[1][0]
+        return self.check_members(segment, [key], kind)[1][0]
 
-    def check_members(self, segment, keys):
-        """(version, [bool]) for [(kind 'g'|'i', key)], all answered from one version."""
+    def check_members(self, segment, keys, kind=None):
+        """(version, [bool]) for [(kind 'g'|'i', key)], or for plain keys all of `kind`; every
+        answer comes from one version."""
         with self.database.read() as txn:
             seg_id = self.find_id(txn, segment)
             version, bm = self.bitmap(txn, seg_id)
-            uids = self.profiles.resolve_keys(txn, keys)
-        return version, [uid != UNKNOWN and uid in bm for uid in uids]
+            uids = self.profiles.resolve_keys(txn, keys, kind)
+        return version, [uid in bm for uid in uids]     # UNKNOWN is never a member (uids < 2**32-1)
 
     def members(self, segment, start=0, count=10_000, version=None, shard_index=0, shard_count=1):
         """A page of member uids in uid order, from one version.
