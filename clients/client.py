@@ -117,14 +117,17 @@ class Client:
             yield pb.UploadListRequest(spec=spec)
             f = open(source, "rb") if isinstance(source, str) else (
                 io.BytesIO(source) if isinstance(source, bytes) else source)
+            sent = 0
             try:
                 while chunk := f.read(CHUNK):
                     yield pb.UploadListRequest(data=chunk)
+                    sent += len(chunk)
                     if progress:
                         progress(len(chunk))
             finally:
                 if isinstance(source, str):
                     f.close()
+            yield pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=sent))
         return self.segments.UploadList(messages(), **self._kw(self.upload_timeout))
 
     @_calls

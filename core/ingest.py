@@ -5,6 +5,7 @@ changes nothing but the upload's own record. The segment's live version is only 
 single write transaction at the end of a successful upload.
 """
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +45,7 @@ class Upload:
         self.bytes = 0
         self.rejects = []            # (line, reason), capped at REJECTS_KEPT
         self.state = "receiving"
+        self._lock = threading.RLock()  # feed, finish and abort may come from different threads
         self._resolver = None           # a thread, started with the first full batch
         self._in_flight = None          # (batch, future of its uids)
         self.record = self.database.write(lambda txn: self._start(txn, name, segment, file_name))
@@ -73,6 +75,10 @@ class Upload:
         txn.put(self.database.db.uploads, self.account.prefix + u64(upload["id"]), dumps(upload))
 
     def feed(self, chunk):
+        with self._lock:
+            self._feed(chunk)
+
+    def _feed(self, chunk):
         if self.state != "receiving":
             raise InvalidArgument(f"upload {self.id} is {self.state}")
         self.bytes += len(chunk)
@@ -138,7 +144,11 @@ class Upload:
             self.rejects.extend(self.parser.errors(batch, room))
 
     def finish(self):
-        """Process what is left, then commit (or fail). Returns the report."""
+        """Process what is left, then commit (or fail). Returns the upload record."""
+        with self._lock:
+            return self._finish()
+
+    def _finish(self):
         if self.state != "receiving":
             raise InvalidArgument(f"upload {self.id} is {self.state}")
         self.state = "processing"
@@ -197,10 +207,12 @@ class Upload:
             txn.put(self.database.db.rejects, base + u32(i), u64(line) + reason.encode())
 
     def abort(self, reason="cancelled"):
-        """Fail the upload: the segment keeps its live version."""
-        if self.state in ("succeeded", "failed"):
-            return self.record
-        return self._fail(reason)
+        """Fail the upload: the segment keeps its live version. Safe from any thread: it waits for
+        a feed or finish under way, and does nothing to an upload that has already ended."""
+        with self._lock:
+            if self.state in ("succeeded", "failed"):
+                return get_upload(self.account, self.id)
+            return self._fail(reason)
 
     def _fail(self, reason):
         self._in_flight = None

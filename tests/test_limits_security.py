@@ -59,6 +59,7 @@ def test_concurrent_uploads_per_account_are_limited(make_server):
             yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name="slow"))
             yield pb.UploadListRequest(data=csv("g1"))
             release.wait(20)
+            yield pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=len(csv("g1"))))
         first = stub.UploadList.future(slow(), timeout=30)
         deadline = threading.Event()
         for _ in range(100):                       # until the first upload holds its slot

@@ -121,18 +121,27 @@ def test_upload_stream_misuse(served, client):
     def spec(mode=pb.UPLOAD_MODE_CREATE):
         return pb.UploadListRequest(spec=pb.UploadSpec(mode=mode, name=next(names)))
     data = pb.UploadListRequest(data=b"g,g1\n")
+
+    def finish(total):
+        return pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=total))
     for messages, code in (([], grpc.StatusCode.INVALID_ARGUMENT),
                            ([data, spec()], grpc.StatusCode.INVALID_ARGUMENT),
                            ([spec(), data, spec()], grpc.StatusCode.INVALID_ARGUMENT),
                            ([spec(mode=7)], grpc.StatusCode.INVALID_ARGUMENT),
                            ([spec(), pb.UploadListRequest(data=b"x" * (3 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED),
-                           ([spec(), pb.UploadListRequest(data=b"x" * (5 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED)):
+                           ([spec(), pb.UploadListRequest(data=b"x" * (5 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED),
+                           ([spec(), data], grpc.StatusCode.INVALID_ARGUMENT),                 # no finish
+                           ([spec(), data, finish(999)], grpc.StatusCode.INVALID_ARGUMENT)):   # bytes lost
         with pytest.raises(grpc.RpcError) as e:
             stub.UploadList(iter(messages), timeout=10)
         assert e.value.code() == code, messages[:1]
     # the creates that had begun left failed segments with no members, nothing else
     assert {(s.state, s.size) for s in client.list_segments()} <= {(pb.SEGMENT_STATE_FAILED, 0)}
-    assert all(client.get_upload(u).state == pb.UPLOAD_STATE_FAILED for u in range(1, 4))
+    assert all(client.get_upload(u).state == pb.UPLOAD_STATE_FAILED for u in range(1, 6))
+    assert "without a finish message" in client.get_upload(4).reason
+    assert client.get_upload(5).reason == "the finish message counts 999 bytes, 5 arrived"
+    ok = stub.UploadList(iter([spec(), data, finish(5)]), timeout=10)           # the same, finished
+    assert ok.state == pb.UPLOAD_STATE_SUCCEEDED and ok.report.size == 1
 
 
 def test_cancelled_upload_changes_nothing(client):
