@@ -4,19 +4,13 @@
 `finish()` and a last `take()`. The hot loop is the compiled `_parser.Scanner`; its pure-Python twin
 `_parser_py.Scanner` is used when the extension is missing or LISTSEG_NO_EXTENSIONS=1.
 """
-import os
 from array import array
 from dataclasses import dataclass
 
 from listseg.core import _parser_py
+from listseg.core.twins import pick
 
-if os.environ.get("LISTSEG_NO_EXTENSIONS"):
-    Scanner = _parser_py.Scanner
-else:
-    try:
-        from listseg.core._parser import Scanner
-    except ImportError:  # pragma: no cover - exercised by the no-extension test run
-        Scanner = _parser_py.Scanner
+Scanner = pick("listseg.core._parser", _parser_py, "Scanner")
 
 COMPILED = Scanner is not _parser_py.Scanner
 

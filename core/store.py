@@ -12,15 +12,10 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from listseg.core import _store_py
+from listseg.core.twins import pick
 from listseg.core._store_py import UNKNOWN, MapFullError, StoreError  # noqa: F401 (re-exported)
 
-if os.environ.get("LISTSEG_NO_EXTENSIONS"):
-    Store = _store_py.Store
-else:
-    try:
-        from listseg.core._store import Store
-    except ImportError:  # pragma: no cover - exercised by the no-extension test run
-        Store = _store_py.Store
+Store = pick("listseg.core._store", _store_py, "Store")
 
 COMPILED = Store is not _store_py.Store
 
