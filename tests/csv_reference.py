@@ -3,9 +3,12 @@
 Written from the README's rules, not from the scanners' state machine: a whole file in, the rows and
 errors out, by plain recursive-descent over bytes. Slow and simple on purpose.
 """
+import re
+
 BOM = b"\xef\xbb\xbf"
 BLANKS = b" \t"
 TYPES = (b"g", b"i")
+_SEPARATOR = re.compile(rb"[,\r\n]")
 
 
 def records(data):
@@ -45,9 +48,8 @@ def records(data):
                     after_quote = after_quote or data[i] not in BLANKS
                     i += 1
             else:
-                j = i
-                while j < n and data[j] not in b",\r\n":
-                    j += 1
+                m = _SEPARATOR.search(data, i)
+                j = m.start() if m else n
                 value, i = data[i:j], j
             fields.append((bytes(value).strip(BLANKS), quoted))
             if unterminated or i >= n:
