@@ -49,8 +49,9 @@ def check_name(name):
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("a segment name must not be empty", field="name")
     name = name.strip()
-    if len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
-        raise InvalidArgument(f"a segment name is at most {MAX_NAME} printable characters", field="name")
+    # bytes, not characters: the name is an LMDB key (511 bytes at most, with the account prefix)
+    if len(name.encode()) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise InvalidArgument(f"a segment name is at most {MAX_NAME} bytes of printable UTF-8", field="name")
     return name
 
 

@@ -314,9 +314,6 @@ def test_errors_are_formatted_only_as_far_as_asked():
     assert p.errors(batch, 0) == [] and p.errors(batch, 10) == p.errors(batch)
 
 
-@pytest.mark.xfail(strict=True, reason="core/segments.py check_name counts characters, not bytes: 130 emoji "
-                                       "(520 UTF-8 bytes) pass its 200 limit and overflow LMDB's 511-byte key; "
-                                       "fix check_name to bound the UTF-8 length, then drop this marker")
 def test_a_long_utf8_segment_name_is_refused_as_invalid(world):
     _, _, client, _ = world
     with pytest.raises(ListsegError) as e:
