@@ -263,7 +263,7 @@ class Profiles:
 
         def take():
             batch = p.take()
-            for line, reason in p.errors(batch)[: 100 - len(report["errors"])]:
+            for line, reason in p.errors(batch, 100 - len(report["errors"])):
                 report["errors"].append((line, reason))
             report["invalid"] += batch.invalid
             report["rows"] += batch.valid + batch.invalid
