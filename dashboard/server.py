@@ -6,11 +6,9 @@
 `listseg serve --http HOST:PORT` runs one beside the gRPC server; `listseg dashboard` runs one alone.
 """
 import ipaddress
-import json
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -18,6 +16,7 @@ import waitress
 from waitress import wasyncore
 
 from listseg.dashboard import web
+from listseg.server.logs import setup_logging
 
 log = logging.getLogger("listseg.dashboard")
 
@@ -112,24 +111,9 @@ class Dashboard:
         self.app.extensions["listseg"].close()
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, as `listseg serve` logs."""
-
-    def format(self, record):
-        out = {"time": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def run(target, address, tls_ca=None):
     """`listseg dashboard`: serve until SIGTERM or SIGINT."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger("listseg")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    setup_logging()
     dash = Dashboard(target, address, tls_ca=tls_ca).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,6 +1,5 @@
 """Building and running the gRPC server: services, health, reflection, TLS, workers, SIGTERM drain."""
 import ipaddress
-import json
 import logging
 import multiprocessing
 import os
@@ -17,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server import servicers
+from listseg.server.logs import setup_logging
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -24,25 +24,6 @@ log = logging.getLogger("listseg.server")
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Segments", "Membership", "Profiles")]
 MAX_MESSAGE = 4 << 20            # a 2 MiB data message plus framing; bigger ones are refused by grpc
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line on stderr."""
-
-    def format(self, record):
-        out = {"time": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging():
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("listseg")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def is_loopback(host):

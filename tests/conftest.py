@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from listseg.core import _parser_py, _store_py, parser, store
+from listseg.core import _parser_py, _store_py
 from listseg.core.engine import Engine
 
 TWIN_ONLY = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
@@ -96,3 +96,20 @@ def start_server(data, *args, port=None):
         proc.kill()
         raise
     return proc, f"127.0.0.1:{port}"
+
+
+def wait_until(condition, timeout=30):
+    """Poll condition() until it is true; fail the test after timeout seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def upload_state(client, upload_id):
+    """The upload's state over the wire, or None while the server has no such upload."""
+    from listseg import ListsegError
+    try:
+        return client.get_upload(upload_id).state
+    except ListsegError:
+        return None

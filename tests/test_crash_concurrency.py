@@ -13,7 +13,7 @@ import grpc
 import lmdb
 import pytest
 
-from conftest import start_server
+from conftest import start_server, upload_state, wait_until
 from listseg import Client, ListsegError
 from listseg.core.engine import Engine
 from listseg.v1 import listseg_pb2 as pb
@@ -88,20 +88,6 @@ def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
         stop(proc)
 
 
-def _state(client, upload_id):
-    try:
-        return client.get_upload(upload_id).state
-    except ListsegError:
-        return None
-
-
-def _wait_until(condition, timeout=30):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _reader_pids(data):
     """pids holding LMDB reader slots (py-lmdb's reader table: a header line, then pid thread txnid)."""
     env = lmdb.open(data, max_dbs=16, readonly=True, lock=True)
@@ -134,12 +120,12 @@ def test_a_client_that_stops_sending_fails_at_its_deadline(tmp_path):
                 yield pb.UploadListRequest(data=csv(LIST_B))
                 hang.wait(60)                                 # never closes the stream
             call = stub.UploadList.future(messages(), timeout=8)
-            _wait_until(lambda: _state(c, 2) == pb.UPLOAD_STATE_RECEIVING)    # the server is mid-upload
+            wait_until(lambda: upload_state(c, 2) == pb.UPLOAD_STATE_RECEIVING)    # the server is mid-upload
             with pytest.raises(grpc.RpcError) as e:
                 call.result()
             hang.set()
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            _wait_until(lambda: _state(c, 2) == pb.UPLOAD_STATE_FAILED)
+            wait_until(lambda: upload_state(c, 2) == pb.UPLOAD_STATE_FAILED)
             assert [m[2:] for m in c.export("s").decode().split()[1:]] == LIST_A
     finally:
         stop(proc)

@@ -1,5 +1,4 @@
 """Profiles, segments and uploads through the engine (both store bindings)."""
-import os
 import signal
 import subprocess
 import sys

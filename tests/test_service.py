@@ -1,10 +1,7 @@
 """The gRPC service end to end: a real server on an ephemeral loopback port, the real client."""
 import http.server
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_port as _free_port
-from conftest import start_server, wait_healthy
+from conftest import start_server, upload_state, wait_until
 from listseg import Client, ListsegError
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
@@ -157,26 +154,12 @@ def test_cancelled_upload_changes_nothing(client):
         yield pb.UploadListRequest(data=csv("g4"))
     future = stub.UploadList.future(messages(), timeout=60)
     assert sent.wait(10)
-    _wait_for(lambda: _upload_state(client, 2) == pb.UPLOAD_STATE_RECEIVING)   # the server is mid-upload
+    wait_until(lambda: upload_state(client, 2) == pb.UPLOAD_STATE_RECEIVING)   # the server is mid-upload
     future.cancel()
     cancelled.set()
-    _wait_for(lambda: _upload_state(client, 2) == pb.UPLOAD_STATE_FAILED)
+    wait_until(lambda: upload_state(client, 2) == pb.UPLOAD_STATE_FAILED)
     assert "cancel" in client.get_upload(2).reason
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
-
-
-def _upload_state(client, upload_id):
-    try:
-        return client.get_upload(upload_id).state
-    except ListsegError:
-        return None
-
-
-def _wait_for(condition, timeout=20):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_list_members_pinned_and_sharded(client):
