@@ -194,3 +194,19 @@ def test_a_slow_webhook_never_blocks_uploads(make_server):
         assert not release.is_set()
     release.set()
     slow.shutdown()
+
+
+def test_passcodes_are_stored_only_as_salted_hashes(tmp_path):
+    from listseg.core.accounts import Credentials
+    from listseg.core.store import Database
+    engine = Engine(str(tmp_path / "d"), map_size=1 << 26)
+    creds = Credentials(engine)
+    (a, pa), (b, pb_) = creds.create("A"), creds.create("B")
+    assert creds.authenticate(a, pa).name == a
+    with engine.database.read() as txn:
+        stored = b"".join(k + v for k, v in Database.scan(txn, engine.database.db.accounts, b""))
+    assert pa.encode() not in stored and pb_.encode() not in stored
+    with engine.database.read() as txn:
+        states = [engine.account(x).load_state(txn) for x in (a, b)]
+    assert states[0]["salt"] != states[1]["salt"] and len(bytes.fromhex(states[0]["passcode"])) == 32
+    engine.close()
