@@ -158,7 +158,11 @@ def test_cancelled_upload_changes_nothing(client):
     future.cancel()
     cancelled.set()
     wait_until(lambda: upload_state(client, 2) == pb.UPLOAD_STATE_FAILED)
-    assert "cancel" in client.get_upload(2).reason
+    # grpc reports the cancel to the server as an error or, now and then, as a clean end of stream;
+    # either way the upload fails (the latter because no finish message came)
+    assert client.get_upload(2).reason in (
+        "the stream ended early: cancelled by the client, past its deadline or disconnected",
+        "the stream ended without a finish message: the file may be incomplete")
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
 
 
