@@ -22,28 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 with atheris.instrument_imports():
     import csv_reference
-    from listseg.core import _parser_py, parser
-    from listseg.core.parser import PROFILES, UPLOAD, BadHeader
+    from parsing import outcome, split_at
+    from listseg.core import _parser_py
+    from listseg.core.parser import PROFILES, UPLOAD
 
 from listseg.core._parser import Scanner as Compiled  # noqa: E402 - the extension must be built
 
 LAYOUTS = (UPLOAD, PROFILES)
 MAX_FIELDS = (1, 2, 8, 256)
-
-
-def run(scanner, chunks, layout, max_field):
-    p = parser.Parser(layout, max_field=max_field, scanner=scanner)
-    batches = []
-    try:
-        for chunk in chunks:
-            p.feed(chunk)
-            batches.append(p.take())
-        p.finish()
-    except BadHeader:
-        return "bad header"
-    batches.append(p.take())
-    m = parser.merge(batches, p.nvals)
-    return m.kinds, m.values(), p.errors(m), p.header_seen, p._scanner.perm_tuple
 
 
 def test_one_input(raw):
@@ -53,13 +39,13 @@ def test_one_input(raw):
     ncuts = fdp.ConsumeIntInRange(0, 4)
     cuts = [fdp.ConsumeIntInRange(0, 1 << 16) for _ in range(ncuts)]
     data = fdp.ConsumeBytes(fdp.remaining_bytes())
-    bounds = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + bounds, bounds + [len(data)])]
+    chunks = split_at(data, cuts)
+    where = [len(c) for c in chunks]
 
-    expected = run(_parser_py.Scanner, [data], layout, max_field)
-    for got, how in ((run(Compiled, chunks, layout, max_field), f"compiled in chunks at {bounds}"),
-                     (run(Compiled, [data], layout, max_field), "compiled whole"),
-                     (run(_parser_py.Scanner, chunks, layout, max_field), f"twin in chunks at {bounds}")):
+    expected = outcome(_parser_py.Scanner, [data], layout, max_field)
+    for got, how in ((outcome(Compiled, chunks, layout, max_field), f"compiled in chunks of {where}"),
+                     (outcome(Compiled, [data], layout, max_field), "compiled whole"),
+                     (outcome(_parser_py.Scanner, chunks, layout, max_field), f"twin in chunks of {where}")):
         if got != expected:
             raise AssertionError(f"{how} differs from the twin on {data!r}:\n{got!r}\n!=\n{expected!r}")
     if layout is UPLOAD and max_field >= 8:

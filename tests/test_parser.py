@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from listseg.core import _parser_py, parser
+from parsing import outcome, split_at
 from listseg.core.parser import PROFILES, UPLOAD, BadHeader, parse_all
 
 # (file, expected valid rows [(kind, identity)], expected errors [(line, reason)])
@@ -118,23 +119,7 @@ _pieces = st.sampled_from([b"g", b"i", b"G", b"x", b",", b"\n", b"\r", b"\r\n", 
 def test_compiled_matches_twin(pieces, cuts, layout):
     from listseg.core._parser import Scanner as Compiled
     data = b"".join(pieces)
-    bounds = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + bounds, bounds + [len(data)])]
-
-    def run(scanner, chunks):
-        p = parser.Parser(layout, max_field=8, scanner=scanner)
-        batches = []
-        try:
-            for c in chunks:
-                p.feed(c)
-                batches.append(p.take())
-            p.finish()
-        except BadHeader:
-            return "bad header"
-        batches.append(p.take())
-        m = parser.merge(batches, p.nvals)
-        return m.kinds, m.values(), p.errors(m)
-
-    expected = run(_parser_py.Scanner, [data])
-    assert run(Compiled, chunks) == expected
-    assert run(_parser_py.Scanner, chunks) == expected
+    chunks = split_at(data, cuts)
+    expected = outcome(_parser_py.Scanner, [data], layout, 8)
+    assert outcome(Compiled, chunks, layout, 8) == expected
+    assert outcome(_parser_py.Scanner, chunks, layout, 8) == expected

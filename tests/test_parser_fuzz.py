@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csv_reference
+from parsing import outcome, split_at
 from listseg.core import _parser_py, parser
-from listseg.core.parser import PROFILES, UPLOAD, BadHeader
+from listseg.core.parser import PROFILES, UPLOAD
 
 TWIN_ONLY = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
 
@@ -32,27 +33,6 @@ heads = st.sampled_from([b"", b"Type,Identity\n", b"\xef\xbb\xbfidentity , TYPE\
                          b"guid,identity,channels\n"])
 
 
-def _chunks(data, cuts):
-    bounds = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0] + bounds, bounds + [len(data)])]
-
-
-def _run(scanner, chunks, layout, max_field):
-    """Everything a scanner decides about a file, comparable with ==."""
-    p = parser.Parser(layout, max_field=max_field, scanner=scanner)
-    batches = []
-    try:
-        for c in chunks:
-            p.feed(c)
-            batches.append(p.take())
-        p.finish()
-    except BadHeader:
-        return "bad header"
-    batches.append(p.take())
-    m = parser.merge(batches, p.nvals)
-    return m.kinds, m.values(), p.errors(m), p.header_seen, p._scanner.perm_tuple
-
-
 @pytest.mark.skipif(TWIN_ONLY, reason="twin-only run")
 @settings(max_examples=500, deadline=None)
 @given(head=heads, body=files, cuts=st.lists(st.integers(0, 1 << 16), max_size=6),
@@ -60,9 +40,9 @@ def _run(scanner, chunks, layout, max_field):
 def test_compiled_matches_twin_on_any_bytes(head, body, cuts, layout, max_field):
     from listseg.core._parser import Scanner as Compiled
     data = head + body
-    expected = _run(_parser_py.Scanner, [data], layout, max_field)
-    assert _run(Compiled, _chunks(data, cuts), layout, max_field) == expected
-    assert _run(Compiled, [data], layout, max_field) == expected
+    expected = outcome(_parser_py.Scanner, [data], layout, max_field)
+    assert outcome(Compiled, split_at(data, cuts), layout, max_field) == expected
+    assert outcome(Compiled, [data], layout, max_field) == expected
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,7 +52,7 @@ def test_scanner_follows_the_readme(scanner, head, body, cuts, max_field):
     """Rows, errors and lines as README "Upload files" says, on the compiled scanner and the twin."""
     data = head + body
     want = csv_reference.parse(data, max_field)
-    got = _run(scanner, _chunks(data, cuts), UPLOAD, max_field)
+    got = outcome(scanner, split_at(data, cuts), UPLOAD, max_field)
     if want == "bad header":
         assert got == "bad header"
     else:
