@@ -1,8 +1,8 @@
 """One upload: bytes -> parser -> resolver -> bitmap -> one commit, with its report.
 
-`feed(chunk)` any number of times, then `finish()` returns the report; `abort(reason)` or a crash
-changes nothing but the upload's own record. The segment's live version is only ever replaced by the
-single write transaction at the end of a successful upload.
+`feed(chunk)` any number of times, then `finish()` returns the upload's record with its report;
+`abort(reason)` or a crash changes nothing but the upload's own record. The segment's live version is
+only ever replaced by the single write transaction at the end of a successful upload.
 """
 import os
 import threading
@@ -174,20 +174,17 @@ class Upload:
         now = self.now()
         upload = self._current(txn)
         seg = self.segments.record(txn, upload["segment"]) if upload["segment"] is not None else None
-        if self.mode == "create":
+        if self.mode != "create" and not self.dry_run:
+            self.segments.check_free(seg)           # again: a consumer may have attached meanwhile
+        if self.mode in ("create", "replace"):
             new = self.members
         else:
-            if not self.dry_run:
-                self.segments.check_free(seg)
             _, live = self.segments.bitmap(txn, seg["id"])
-            new = {"replace": lambda: self.members, "append": lambda: live | self.members,
-                   "remove": lambda: live - self.members}[self.mode]()
+            new = live | self.members if self.mode == "append" else live - self.members
         report = self._report(len(new))
         if not self.dry_run:
-            version = self.segments.commit(txn, seg, BitMap(new), now)
             seg["last_upload"] = self.id
-            self.segments.save(txn, seg)
-            report["version"] = version
+            report["version"] = self.segments.commit(txn, seg, BitMap(new), now)
         upload.update(state="succeeded", finished=now, report=report)
         self._save(txn, upload)
         self._save_rejects(txn)
