@@ -210,3 +210,20 @@ def test_passcodes_are_stored_only_as_salted_hashes(tmp_path):
         states = [engine.account(x).load_state(txn) for x in (a, b)]
     assert states[0]["salt"] != states[1]["salt"] and len(bytes.fromhex(states[0]["passcode"])) == 32
     engine.close()
+
+
+def test_a_full_store_is_resource_exhausted_and_keeps_what_was_committed(tmp_path):
+    engine = Engine(str(tmp_path / "small"), map_size=1 << 20)       # a 1 MiB LMDB map
+    server, port = create_server(engine)
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            c.import_profiles(PROFILES)
+            c.upload(csv("g1"), name="kept")
+            with pytest.raises(ListsegError) as e:
+                c.import_profiles(b"".join(b"p%d-%s,,email\n" % (k, b"x" * 200) for k in range(20_000)))
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.reason == "STORAGE_FULL"
+            assert c.export("kept") == csv("g1")
+            assert c.is_member("kept", guid="g1")
+    finally:
+        server.stop(0)
+        engine.close()
