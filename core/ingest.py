@@ -23,6 +23,9 @@ REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadE
 # 10M rows took 3.4 s in 1M-row batches and 2.6 s in 4M-row ones (no gain beyond). A 4M-row batch of
 # 32-byte guids holds about 200 MB while it is resolved.
 BATCH_ROWS = 1 << 22
+# The first batch is small so that resolving starts while the rest still parses: a 1M-row upload took
+# 0.29 s in one batch and 0.21 s with a first batch of 256k rows (10M rows: 3.68 s either way).
+FIRST_BATCH_ROWS = 1 << 18
 FOLD_SLICE = 1 << 16            # uids counted into the members bitmap per GIL-holding call
 
 
@@ -89,8 +92,11 @@ class Upload:
             self.parser.feed(chunk)
         except parser.BadHeader:
             return                      # reported by finish(); the rest of the stream is ignored
-        if self.parser.pending_rows >= BATCH_ROWS:
+        if self.parser.pending_rows >= self._batch_rows():
             self._submit(self.parser.take())
+
+    def _batch_rows(self):
+        return BATCH_ROWS if self._in_flight or self.counts["rows"] else FIRST_BATCH_ROWS
 
     def progress(self):
         """Bytes received and rows parsed so far (safe to read from another thread)."""
