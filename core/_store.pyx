@@ -91,6 +91,14 @@ cdef struct Buf:
     size_t cap
 
 
+cdef inline void put_uid_be(uint8_t *dst, uint32_t uid) noexcept nogil:
+    """A uid as the 4 big-endian bytes after the account prefix of a profile key (key order = uid order)."""
+    dst[0] = <uint8_t>(uid >> 24)
+    dst[1] = <uint8_t>(uid >> 16)
+    dst[2] = <uint8_t>(uid >> 8)
+    dst[3] = <uint8_t>uid
+
+
 cdef int buf_put(Buf *b, const char *src, size_t n) noexcept nogil:
     """Append n bytes, doubling the buffer as needed; -1 when out of memory."""
     cdef size_t cap
@@ -398,10 +406,7 @@ cdef class Txn:
             with nogil:
                 for i in range(n):
                     uid = uids[i]
-                    keybuf[plen] = <uint8_t>(uid >> 24)
-                    keybuf[plen + 1] = <uint8_t>(uid >> 16)
-                    keybuf[plen + 2] = <uint8_t>(uid >> 8)
-                    keybuf[plen + 3] = <uint8_t>uid
+                    put_uid_be(keybuf + plen, uid)
                     k.mv_size = plen + 4
                     k.mv_data = keybuf
                     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)
@@ -647,10 +652,7 @@ cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32
     if glen > 0xFFFF:
         return -3
     memcpy(keybuf, prefix, plen)
-    keybuf[plen] = <uint8_t>(uid >> 24)
-    keybuf[plen + 1] = <uint8_t>(uid >> 16)
-    keybuf[plen + 2] = <uint8_t>(uid >> 8)
-    keybuf[plen + 3] = <uint8_t>uid
+    put_uid_be(keybuf + plen, uid)
     kv.mv_size = plen + 4
     kv.mv_data = keybuf
     dv.mv_size = 3 + glen + ilen
