@@ -17,6 +17,7 @@ def extensions():
     exts = [
         Extension("listseg.core._parser", ["core/_parser.pyx"], extra_compile_args=flags),
         Extension("listseg.core._store", ["core/_store.pyx"], libraries=["lmdb"], extra_compile_args=flags),
+        Extension("listseg.core._keyindex", ["core/_keyindex.pyx"], extra_compile_args=flags),
     ]
     directives = {"linetrace": True, "boundscheck": True} if debug else {}
     return cythonize(exts, compiler_directives=directives, annotate=debug)

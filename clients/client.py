@@ -205,6 +205,12 @@ class Client:
     @_calls
     def check_members(self, segment, identities, type="g"):
         """(version, [bool]) for a batch of guids (type "g") or identities (type "i")."""
+        identities = list(identities)
+        lines = "\n".join(identities) + "\n" if identities else ""
+        if lines.count("\n") == len(identities):        # no identity holds a newline: the bulk form
+            resp = self.membership.CheckMembers(pb.CheckMembersRequest(
+                segment=str(segment), type=_TYPES[type], identity_lines=lines.encode()), **self._kw())
+            return resp.version, list(map(bool, resp.member_flags))
         resp = self.membership.CheckMembers(pb.CheckMembersRequest(
             segment=str(segment), type=_TYPES[type], identities=identities), **self._kw())
         return resp.version, list(resp.members)

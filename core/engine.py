@@ -34,6 +34,10 @@ class Engine:
             ingest.recover(self.account(name))
 
     def close(self):
+        with self._lock:
+            accounts = list(self._accounts.values())
+        for acct in accounts:
+            acct.profiles.guid_index.close()
         self.database.close()
 
     def __enter__(self):

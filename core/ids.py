@@ -11,7 +11,8 @@ from itertools import accumulate
 from pyroaring import BitMap, FrozenBitMap
 
 from listseg.core import parser
-from listseg.core.store import UNKNOWN, u32, uid_value
+from listseg.core.keyindex import GuidIndex
+from listseg.core.store import U64, UNKNOWN, u32, uid_value
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
 _CHANNEL_BIT = {name: 1 << i for i, name in enumerate(CHANNELS)}
@@ -87,6 +88,22 @@ class Profiles:
         self.db = database.db
         self.account = account            # core.engine.Account
         self.prefix = account.prefix
+        self._generation_key = b"g" + self.prefix     # in the accounts database
+        self.guid_index = GuidIndex(database, self._all_guids, self.generation)
+
+    def generation(self, txn):
+        """The profiles generation: bumped by every transaction that writes this account's profiles."""
+        raw = txn.get(self.db.accounts, self._generation_key)
+        return U64.unpack(raw)[0] if raw else 0
+
+    def _changed(self, txn):
+        txn.put(self.db.accounts, self._generation_key, U64.pack(self.generation(txn) + 1))
+
+    def _all_guids(self, txn):
+        """(each guid followed by a newline, their uids packed uint32): what the guid index holds."""
+        uids = array("I", range(self.account.load_state(txn)["next_uid"]))
+        guids, found = txn.member_guids(self.db.profile, self.prefix, uids)
+        return guids, memoryview(found).cast("I")
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, rows):
@@ -141,6 +158,7 @@ class Profiles:
             before.setdefault(uid, old_bits)
             after[uid] = table[chan_gids[r]]
         self.account.save_state(txn, state)
+        self._changed(txn)
         adds = {name: array("I") for name in CHANNELS}
         drops = {name: array("I") for name in CHANNELS}
         for k, name in enumerate(CHANNELS):
@@ -224,6 +242,8 @@ class Profiles:
             for name in channel_names(bits):
                 drops[name].append(uid)
             deleted += 1
+        if deleted:
+            self._changed(txn)
         self._update_channels(txn, {name: array("I") for name in CHANNELS}, drops)
         return deleted
 
@@ -313,10 +333,25 @@ class Profiles:
         else:
             kinds = (b"g" if kind in ("g", b"g") else b"i") * len(keys)
         encoded = [k.strip(" \t").encode() if isinstance(k, str) else bytes(k).strip(b" \t") for k in keys]
+        if b"i" not in kinds and encoded:
+            uids = self.lookup_guids(txn, b"\n".join(encoded) + b"\n", len(encoded))
+            if uids is not None:
+                return uids
         ends = array("Q", accumulate(map(len, encoded)))
         raw = txn.resolve(self.db.guid, self.db.ident, self.prefix, kinds, b"".join(encoded), ends)
         uids = array("I")
         uids.frombytes(raw)
+        return uids
+
+    def lookup_guids(self, txn, lines, count=None):
+        """uids of newline-ended guids (array('I'), UNKNOWN where there is no profile) from the guid
+        index, or None when the index is not ready for txn: then ask resolve_keys. `count`, when
+        given, is how many guids lines must hold; a guid with a newline inside breaks it (None)."""
+        index = self.guid_index.get(txn)
+        if index is None or (count is not None and lines.count(b"\n") != count):
+            return None
+        uids = array("I")
+        uids.frombytes(index.lookup(lines))
         return uids
 
     def get(self, txn, uid):

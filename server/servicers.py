@@ -232,10 +232,20 @@ class MembershipServicer(pb_grpc.MembershipServicer):
     @rpc
     def CheckMembers(self, account, request, context):
         kind = convert.identity_type(request.type)
+        ref = convert.segment_ref(request.segment)
+        lines = request.identity_lines
+        if lines:                       # the bulk form: answers as member_flags
+            if request.identities:
+                raise InvalidArgument("send identities or identity_lines, not both", field="identity_lines")
+            if not lines.endswith(b"\n"):
+                raise InvalidArgument("every identity in identity_lines ends with a newline", field="identity_lines")
+            if lines.count(b"\n") > MAX_CHECK:
+                raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identity_lines")
+            version, flags = account.segments.check_lines(ref, lines, kind)
+            return pb.CheckMembersResponse(member_flags=flags, version=version)
         if len(request.identities) > MAX_CHECK:
             raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities")
-        version, answers = account.segments.check_members(
-            convert.segment_ref(request.segment), request.identities, kind)
+        version, answers = account.segments.check_members(ref, request.identities, kind)
         return pb.CheckMembersResponse(members=answers, version=version)
 
     @rpc

@@ -68,6 +68,57 @@ def test_upload_show_query_export(client):
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_check_members_plain_and_bulk_forms(client):
+    client.upload(csv("g1", "g3"), name="vip")
+    probe = ["g1", " g3\t", "g2", "", "zz"]
+    guid = pb.IDENTITY_TYPE_GUID
+
+    def check(**kw):
+        return client.membership.CheckMembers(pb.CheckMembersRequest(segment="vip", type=guid, **kw), timeout=5)
+    bulk = check(identity_lines="".join(p + "\n" for p in probe).encode())
+    plain = check(identities=probe)
+    assert (list(bulk.member_flags), list(bulk.members)) == ([1, 1, 0, 0, 0], [])
+    assert (list(plain.members), plain.member_flags) == ([True, True, False, False, False], b"")
+    assert client.check_members("vip", ["g1", "a\nb", "g3"]) == (1, [True, False, True])   # the plain form
+    assert client.check_members("vip", ["user1@x.com", "user2@x.com"], type="i") == (1, [True, False])
+    assert client.check_members("vip", []) == (1, [])
+    for kw in (dict(identities=["g1"], identity_lines=b"g1\n"), dict(identity_lines=b"g1"),
+               dict(identity_lines=b"\n" * 100_001)):
+        with pytest.raises(grpc.RpcError) as e:
+            check(**kw)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, kw
+
+
+def test_lookups_answer_while_every_rpc_thread_is_busy(tmp_path):
+    """IsMember and CheckMembers run on threads of their own: uploads holding all of the server's
+    other threads (2 here, both waiting for data that does not come) do not hold them up."""
+    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    server, port = create_server(engine, max_workers=2)
+    release = threading.Event()
+
+    def stalled(name):
+        yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=name))
+        release.wait(30)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10) as c:
+            c.import_profiles(PROFILES)
+            c.upload(csv("g1"), name="vip")
+            stub = pb_grpc.SegmentsStub(c.channel)
+            calls = [stub.UploadList.future(stalled(f"s{k}"), timeout=30) for k in range(2)]
+            time.sleep(0.5)                          # both uploads now hold a server thread
+            assert c.membership.IsMember(pb.IsMemberRequest(
+                segment="vip", type=pb.IDENTITY_TYPE_GUID, identity="g1"), timeout=3).member
+            assert c.check_members("vip", ["g1", "g2"]) == (1, [True, False])
+            release.set()
+            for call in calls:
+                with pytest.raises(grpc.RpcError):
+                    call.result()                    # no UploadFinish: refused, nothing committed
+    finally:
+        release.set()
+        server.stop(0)
+        engine.close()
+
+
 def test_watch_upload_ends_with_the_upload(client):
     up = client.upload(csv("g1"), name="w")
     progress = client.watch_upload(up.id, timeout=5)
