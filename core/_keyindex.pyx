@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""An in-memory hash from keys to uint32 ids; the hot loop looks up a batch of newline-ended keys.
+"""An in-memory hash from keys to uint32 ids; the hot loop looks up a batch of keys.
 
 LMDB's B-tree costs about 0.8 us for a random key in a big table: the binary search in each leaf page
 misses the cache again and again. Here a key costs one 16-byte slot and one compare, and a batch's
 look-ups overlap their cache misses (prefetching a few keys ahead). The table is built once from
-newline-ended keys and never changed, so any number of threads may read it. `_keyindex_py.py` is its
-pure-Python twin; `keyindex.py` is the API.
+newline-ended keys and never changed, so any number of threads may read it. Batches come newline-ended
+(`KeyIndex.lookup`, membership checks) or as a parsed upload batch (`resolve_rows`); both end in the
+one loop, `probe`. `_keyindex_py.py` is the pure-Python twin; `keyindex.py` is the API.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, malloc, free
@@ -57,19 +58,84 @@ cdef inline void trim(const uint8_t **p, size_t *n) noexcept nogil:
 
 
 cdef struct Slot:
-    uint64_t where      # 0: empty; else (start of the key in keys + 1) << 16 | its length
+    uint64_t where      # 0: empty; else (start of the key in data + 1) << 16 | its length
     uint32_t tag        # the hash's top 32 bits: most mismatches never touch the key bytes
     uint32_t id
+
+
+cdef struct Table:
+    Slot *slots
+    uint64_t mask
+    uint64_t seed
+    const uint8_t *data     # the keys' bytes
+
+
+cdef inline Slot *find(const Table *t, uint64_t h, const uint8_t *key, size_t n) noexcept nogil:
+    """The slot holding key, or the empty slot where it would go (linear probing)."""
+    cdef uint64_t pos = h & t.mask
+    cdef uint32_t tag = <uint32_t>(h >> 32)
+    cdef Slot *slot
+    while True:
+        slot = &t.slots[pos]
+        if slot.where == 0:
+            return slot
+        if slot.tag == tag and (slot.where & 0xFFFF) == n and memcmp(t.data + (slot.where >> 16) - 1, key, n) == 0:
+            return slot
+        pos = (pos + 1) & t.mask
+
+
+cdef void probe(const Table **tables, const uint8_t *which, const uint8_t **keys, const uint32_t *lens,
+                uint64_t *hashes, size_t n, uint32_t *out) noexcept nogil:
+    """out[i] = the id of keys[i] (lens[i] bytes) in tables[which[i]], or UNKNOWN. Key i is hashed
+    and its slot fetched AHEAD keys before the slot is read and the candidate's bytes fetched, and
+    those AHEAD keys before the compare: the cache misses of 2 * AHEAD keys overlap."""
+    cdef size_t i, k
+    cdef const Table *t
+    cdef Slot *slot
+    for i in range(n + 2 * AHEAD):
+        if i < n:
+            t = tables[which[i]]
+            hashes[i] = hash_key(keys[i], lens[i], t.seed)
+            prefetch(&t.slots[hashes[i] & t.mask])
+        if AHEAD <= i < n + AHEAD:
+            k = i - AHEAD
+            t = tables[which[k]]
+            slot = &t.slots[hashes[k] & t.mask]
+            if slot.where:
+                prefetch(t.data + (slot.where >> 16) - 1)
+        if i >= 2 * AHEAD:
+            k = i - 2 * AHEAD
+            slot = find(tables[which[k]], hashes[k], keys[k], lens[k])
+            out[k] = slot.id if slot.where else UNKNOWN
+
+
+cdef class Keys:
+    """Scratch space for a batch of n keys: where each starts, its length, its table, its hash."""
+    cdef const uint8_t **starts
+    cdef uint32_t *lens
+    cdef uint8_t *which
+    cdef uint64_t *hashes
+
+    def __cinit__(self, size_t n):
+        self.starts = <const uint8_t **>malloc(n * sizeof(uint8_t *) + 1)
+        self.lens = <uint32_t *>malloc(n * sizeof(uint32_t) + 1)
+        self.which = <uint8_t *>calloc(n + 1, 1)
+        self.hashes = <uint64_t *>malloc(n * sizeof(uint64_t) + 1)
+        if self.starts == NULL or self.lens == NULL or self.which == NULL or self.hashes == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.starts)
+        free(self.lens)
+        free(self.which)
+        free(self.hashes)
 
 
 cdef class KeyIndex:
     """KeyIndex(keys, ids): keys is bytes of newline-ended keys (no newline inside one, none longer
     than 65535 bytes), ids a uint32 buffer with one id per key. A key named twice keeps its first id."""
-    cdef bytes keys
-    cdef const uint8_t *data     # keys' bytes, alive as long as keys
-    cdef Slot *slots
-    cdef uint64_t mask
-    cdef uint64_t seed
+    cdef bytes keys                 # owns t.data
+    cdef Table t
     cdef readonly size_t count
 
     def __cinit__(self, bytes keys, const uint32_t[::1] ids):
@@ -85,12 +151,12 @@ cdef class KeyIndex:
         while cap < 2 * n:                   # at most half full: short probe runs
             cap *= 2
         self.keys = keys
-        self.data = data
         self.count = n
-        self.mask = cap - 1
-        self.seed = int.from_bytes(os.urandom(8), "little")
-        self.slots = <Slot *>calloc(cap, sizeof(Slot))
-        if self.slots == NULL:
+        self.t.data = data
+        self.t.mask = cap - 1
+        self.t.seed = int.from_bytes(os.urandom(8), "little")
+        self.t.slots = <Slot *>calloc(cap, sizeof(Slot))
+        if self.t.slots == NULL:
             raise MemoryError()
         with nogil:
             for i in range(n):
@@ -99,8 +165,8 @@ cdef class KeyIndex:
                     end += 1
                 if end - at > 0xFFFF:
                     break
-                h = hash_key(data + at, end - at, self.seed)
-                slot = self._find(h, data + at, end - at)
+                h = hash_key(data + at, end - at, self.t.seed)
+                slot = find(&self.t, h, data + at, end - at)
                 if slot.where == 0:
                     slot.where = ((<uint64_t>at + 1) << 16) | (end - at)
                     slot.tag = <uint32_t>(h >> 32)
@@ -110,76 +176,58 @@ cdef class KeyIndex:
             raise ValueError("a key is longer than 65535 bytes")
 
     def __dealloc__(self):
-        free(self.slots)
-
-    cdef inline Slot *_find(self, uint64_t h, const uint8_t *key, size_t n) noexcept nogil:
-        """The slot holding key, or the empty slot where it would go (linear probing)."""
-        cdef uint64_t pos = h & self.mask
-        cdef uint32_t tag = <uint32_t>(h >> 32)
-        cdef Slot *slot
-        while True:
-            slot = &self.slots[pos]
-            if slot.where == 0:
-                return slot
-            if slot.tag == tag and (slot.where & 0xFFFF) == n and \
-                    memcmp(self.data + (slot.where >> 16) - 1, key, n) == 0:
-                return slot
-            pos = (pos + 1) & self.mask
+        free(self.t.slots)
 
     @property
     def nbytes(self):
         """Memory held: the keys and the slots."""
-        return len(self.keys) + (self.mask + 1) * sizeof(Slot)
+        return len(self.keys) + (self.t.mask + 1) * sizeof(Slot)
 
     def lookup(self, const uint8_t[::1] batch):
         """ids (native uint32 bytes, UNKNOWN where absent) of batch's newline-ended keys, each trimmed
-        of spaces and tabs. The hot loop: membership checks send batches of thousands of keys.
-
-        Each key's hash is taken and its slot fetched AHEAD keys before the slot is read, and the
-        candidate's bytes are fetched AHEAD keys before the compare, so misses overlap."""
+        of spaces and tabs. Membership checks send batches of thousands of keys."""
         cdef size_t size = batch.shape[0], n = 0, i, at = 0, end, klen
         cdef const uint8_t *key
-        cdef uint64_t h
-        cdef uint64_t *hashes
-        cdef const uint8_t **starts
-        cdef uint32_t *lens
-        cdef uint32_t *out_ids
-        cdef Slot *slot
+        cdef const Table *table = &self.t
         if size and batch[size - 1] != 10:
             raise ValueError("every key must end with a newline")
         for i in range(size):
             n += batch[i] == 10
         out = PyBytes_FromStringAndSize(NULL, n * 4)
-        out_ids = <uint32_t *>PyBytes_AS_STRING(out)
-        hashes = <uint64_t *>malloc(n * sizeof(uint64_t) + 1)
-        starts = <const uint8_t **>malloc(n * sizeof(uint8_t *) + 1)
-        lens = <uint32_t *>malloc(n * sizeof(uint32_t) + 1)
-        if hashes == NULL or starts == NULL or lens == NULL:
-            free(hashes)
-            free(starts)
-            free(lens)
-            raise MemoryError()
+        cdef uint32_t *ids = <uint32_t *>PyBytes_AS_STRING(out)
+        cdef Keys keys = Keys(n)
         with nogil:
-            for i in range(n + 2 * AHEAD):
-                if i < n:                               # hash key i, fetch its slot
-                    end = at
-                    while batch[end] != 10:
-                        end += 1
-                    key = &batch[at]                    # batch[end] is a newline, so at < size
-                    klen = end - at
-                    trim(&key, &klen)
-                    h = hash_key(key, klen, self.seed)
-                    hashes[i], starts[i], lens[i] = h, key, <uint32_t>klen
-                    prefetch(&self.slots[h & self.mask])
-                    at = end + 1
-                if AHEAD <= i < n + AHEAD:              # read key i - AHEAD's slot, fetch its bytes
-                    slot = &self.slots[hashes[i - AHEAD] & self.mask]
-                    if slot.where:
-                        prefetch(self.data + (slot.where >> 16) - 1)
-                if i >= 2 * AHEAD:                      # look key i - 2 * AHEAD up
-                    slot = self._find(hashes[i - 2 * AHEAD], starts[i - 2 * AHEAD], lens[i - 2 * AHEAD])
-                    out_ids[i - 2 * AHEAD] = slot.id if slot.where else UNKNOWN
-        free(hashes)
-        free(starts)
-        free(lens)
+            for i in range(n):
+                end = at
+                while batch[end] != 10:
+                    end += 1
+                key = &batch[at]                    # batch[end] is a newline, so at < size
+                klen = end - at
+                trim(&key, &klen)
+                keys.starts[i], keys.lens[i] = key, <uint32_t>klen
+                at = end + 1
+            probe(&table, keys.which, keys.starts, keys.lens, keys.hashes, n, ids)
         return out
+
+
+def resolve_rows(KeyIndex guids, KeyIndex identities, const uint8_t[::1] kinds, const uint8_t[::1] fields,
+                 const uint64_t[::1] ends):
+    """uids (native uint32 bytes, UNKNOWN where absent) of a parsed upload batch: row r's value,
+    fields[ends[r - 1]:ends[r]], in guids if kinds[r] is "g", else in identities. Replaces
+    LMDB's sorted look-up (about 200 ns a row) with about 100 ns and no sort."""
+    cdef size_t n = kinds.shape[0], r, start
+    cdef const Table *tables[2]
+    if <size_t>ends.shape[0] != n:
+        raise ValueError("one end offset per row")
+    tables[0], tables[1] = &guids.t, &identities.t
+    out = PyBytes_FromStringAndSize(NULL, n * 4)
+    cdef uint32_t *ids = <uint32_t *>PyBytes_AS_STRING(out)
+    cdef Keys keys = Keys(n)
+    with nogil:
+        for r in range(n):
+            start = ends[r - 1] if r else 0
+            keys.starts[r], keys.lens[r] = &fields[start] if ends[r] > start else <const uint8_t *>"", \
+                <uint32_t>(ends[r] - start)
+            keys.which[r] = kinds[r] != 103
+        probe(tables, keys.which, keys.starts, keys.lens, keys.hashes, n, ids)
+    return out

@@ -31,3 +31,17 @@ class KeyIndex:
             raise ValueError("every key must end with a newline")
         get = self._ids.get
         return array("I", [get(key.strip(b" \t"), UNKNOWN) for key in batch.split(b"\n")[:-1]]).tobytes()
+
+
+def resolve_rows(guids, identities, kinds, fields, ends):
+    """uids (native uint32 bytes, UNKNOWN where absent) of a parsed upload batch: row r's value,
+    fields[ends[r - 1]:ends[r]], in guids if kinds[r] is "g", else in identities."""
+    kinds, fields = bytes(kinds), bytes(fields)
+    if len(ends) != len(kinds):
+        raise ValueError("one end offset per row")
+    out, start = array("I"), 0
+    for kind, end in zip(kinds, ends):
+        index = guids if kind == 103 else identities
+        out.append(index._ids.get(fields[start:end], UNKNOWN))
+        start = end
+    return out.tobytes()

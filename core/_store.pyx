@@ -381,12 +381,13 @@ cdef class Txn:
         return out
 
 
-    def member_guids(self, MDB_dbi profile_dbi, bytes prefix, const uint32_t[::1] uids):
+    def member_guids(self, MDB_dbi profile_dbi, bytes prefix, const uint32_t[::1] uids, bint identities=False):
         """(guids, found) for uids in ascending order: each existing profile's guid followed by a
-        newline, and the uids that still have a profile (packed uint32). Reads ids.py's profile
-        record (bits, guid length uint16 LE, guid, identity). This is ListMembers' and the export's
-        loop: a Python loop per member ran ~1M/s."""
-        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen
+        newline, and the uids that still have a profile (packed uint32); with identities true, each
+        one's identity instead, and only profiles with one. Reads ids.py's profile record (bits,
+        guid length uint16 LE, guid, identity). This is ListMembers', the export's and the profile
+        index's loop: a Python loop per member ran ~1M/s."""
+        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen, start, flen
         cdef uint8_t keybuf[16]
         cdef const uint8_t *rec
         cdef uint32_t uid
@@ -419,7 +420,13 @@ cdef class Txn:
                     glen = rec[1] | (<size_t>rec[2] << 8)
                     if v.mv_size < 3 + glen:
                         continue                        # not a profile record: skip, never read past it
-                    if buf_put(&guids, <const char *>rec + 3, glen) or buf_put(&guids, &nl, 1) \
+                    if identities:
+                        start, flen = 3 + glen, v.mv_size - 3 - glen
+                        if flen == 0:
+                            continue
+                    else:
+                        start, flen = 3, glen
+                    if buf_put(&guids, <const char *>rec + start, flen) or buf_put(&guids, &nl, 1) \
                             or buf_put(&found, <const char *>&uid, 4):
                         rc = -1
                         break

@@ -120,7 +120,7 @@ class Txn:
                 uids[r] = int.from_bytes(value, "little")
         return uids.tobytes()
 
-    def member_guids(self, profile_dbi, prefix, uids):
+    def member_guids(self, profile_dbi, prefix, uids, identities=False):
         txn = self._live()
         guids, found = bytearray(), array("I")
         for uid in uids:
@@ -130,7 +130,10 @@ class Txn:
             glen = rec[1] | rec[2] << 8
             if len(rec) < 3 + glen:
                 continue
-            guids += rec[3:3 + glen] + b"\n"
+            value = rec[3 + glen:] if identities else rec[3:3 + glen]
+            if identities and not value:
+                continue
+            guids += value + b"\n"
             found.append(uid)
         return bytes(guids), found.tobytes()
 

@@ -23,8 +23,9 @@ DEFAULT_RETENTION_S = 3600
 
 class Engine:
     def __init__(self, path, map_size=DEFAULT_MAP_SIZE, max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
-                 retention_s=DEFAULT_RETENTION_S, store_cls=None):
+                 retention_s=DEFAULT_RETENTION_S, store_cls=None, profile_index=True):
         self.database = Database(path, map_size, store_cls)
+        self.profile_index = profile_index      # keep each account's guids and identities in memory
         self.max_upload_bytes = max_upload_bytes
         self.retention_s = retention_s
         self.cache = BitmapCache()
@@ -37,7 +38,7 @@ class Engine:
         with self._lock:
             accounts = list(self._accounts.values())
         for acct in accounts:
-            acct.profiles.guid_index.close()
+            acct.profiles.index.close()
         self.database.close()
 
     def __enter__(self):

@@ -11,7 +11,7 @@ from itertools import accumulate
 from pyroaring import BitMap, FrozenBitMap
 
 from listseg.core import parser
-from listseg.core.keyindex import GuidIndex
+from listseg.core.keyindex import ProfileIndex, resolve_rows
 from listseg.core.store import U64, UNKNOWN, u32, uid_value
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
@@ -89,7 +89,7 @@ class Profiles:
         self.account = account            # core.engine.Account
         self.prefix = account.prefix
         self._generation_key = b"g" + self.prefix     # in the accounts database
-        self.guid_index = GuidIndex(database, self._all_guids, self.generation)
+        self.index = ProfileIndex(database, self._index_source, self.generation, account.engine.profile_index)
 
     def generation(self, txn):
         """The profiles generation: bumped by every transaction that writes this account's profiles."""
@@ -99,11 +99,14 @@ class Profiles:
     def _changed(self, txn):
         txn.put(self.db.accounts, self._generation_key, U64.pack(self.generation(txn) + 1))
 
-    def _all_guids(self, txn):
-        """(each guid followed by a newline, their uids packed uint32): what the guid index holds."""
+    def _index_source(self, txn):
+        """What the profile index holds: (newline-ended guids, their uids) and the same of identities."""
         uids = array("I", range(self.account.load_state(txn)["next_uid"]))
-        guids, found = txn.member_guids(self.db.profile, self.prefix, uids)
-        return guids, memoryview(found).cast("I")
+        out = []
+        for identities in (False, True):
+            keys, found = txn.member_guids(self.db.profile, self.prefix, uids, identities)
+            out.append((keys, memoryview(found).cast("I")))
+        return out
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, rows):
@@ -317,8 +320,13 @@ class Profiles:
 
     # -- reads -----------------------------------------------------------------------------
     def resolve(self, txn, batch):
-        """uids (array('I'), UNKNOWN where there is no profile) of a parsed upload batch's rows."""
-        raw = txn.resolve(self.db.guid, self.db.ident, self.prefix, batch.kinds, batch.fields, batch.ends)
+        """uids (array('I'), UNKNOWN where there is no profile) of a parsed upload batch's rows: from
+        the profile index when it is current for txn, else from LMDB."""
+        pair = self.index.get(txn)
+        if pair is not None:
+            raw = resolve_rows(*pair, batch.kinds, batch.fields, batch.ends)
+        else:
+            raw = txn.resolve(self.db.guid, self.db.ident, self.prefix, batch.kinds, batch.fields, batch.ends)
         uids = array("I")
         uids.frombytes(raw)
         return uids
@@ -333,8 +341,8 @@ class Profiles:
         else:
             kinds = (b"g" if kind in ("g", b"g") else b"i") * len(keys)
         encoded = [k.strip(" \t").encode() if isinstance(k, str) else bytes(k).strip(b" \t") for k in keys]
-        if b"i" not in kinds and encoded:
-            uids = self.lookup_guids(txn, b"\n".join(encoded) + b"\n", len(encoded))
+        if encoded and kinds.count(kinds[:1]) == len(kinds):          # one kind: the index may answer
+            uids = self.lookup_lines(txn, b"\n".join(encoded) + b"\n", kinds[:1], len(encoded))
             if uids is not None:
                 return uids
         ends = array("Q", accumulate(map(len, encoded)))
@@ -343,15 +351,16 @@ class Profiles:
         uids.frombytes(raw)
         return uids
 
-    def lookup_guids(self, txn, lines, count=None):
-        """uids of newline-ended guids (array('I'), UNKNOWN where there is no profile) from the guid
-        index, or None when the index is not ready for txn: then ask resolve_keys. `count`, when
-        given, is how many guids lines must hold; a guid with a newline inside breaks it (None)."""
-        index = self.guid_index.get(txn)
-        if index is None or (count is not None and lines.count(b"\n") != count):
+    def lookup_lines(self, txn, lines, kind, count=None):
+        """uids of newline-ended keys of one kind ('g' or 'i'; array('I'), UNKNOWN where there is no
+        profile) from the profile index, or None when the index is not current for txn: then ask
+        resolve_keys. `count`, when given, is how many keys lines must hold; a key with a newline
+        inside breaks that (None)."""
+        pair = self.index.get(txn)
+        if pair is None or (count is not None and lines.count(b"\n") != count):
             return None
         uids = array("I")
-        uids.frombytes(index.lookup(lines))
+        uids.frombytes(pair[kind not in ("g", b"g")].lookup(lines))
         return uids
 
     def get(self, txn, uid):

@@ -240,7 +240,7 @@ class Segments:
         """(version, bytes: 1 for a member, else 0) for newline-ended keys all of `kind`: the bulk
         form of check_members, with no Python object per key on the way in."""
         def resolve(txn):
-            uids = self.profiles.lookup_guids(txn, lines) if kind in ("g", b"g") else None
+            uids = self.profiles.lookup_lines(txn, lines, kind)
             return uids if uids is not None else self.profiles.resolve_keys(txn, lines.split(b"\n")[:-1], kind)
         version, bm, uids = self._at_head(segment, resolve)
         return version, bytes([uid in bm for uid in uids])

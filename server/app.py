@@ -124,7 +124,7 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
 
 def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
-    max_uploads (per account), max_upload_bytes. `http`: HOST:PORT to serve the web dashboard on, a
+    max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index). `http`: HOST:PORT to serve the web dashboard on, a
     client of this server's gRPC port (with TLS it trusts `http_tls_ca`, else the certificate itself).
     `mail`: the SMTP settings of server.mail.Mailer, as a dict."""
     setup_logging()
@@ -138,7 +138,8 @@ def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, h
 
 def _serve_one(data, listen, grace, tls, limits, reuse_port, http=None, mail=None):
     from listseg.server.mail import Mailer
-    engine = Engine(data)                            # opened here: after the fork, in each worker
+    limits = dict(limits)
+    engine = Engine(data, profile_index=limits.pop("profile_index", True))   # after the fork, in each worker
     server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
                     **limits).start()
     log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listseg.core import _keyindex_py, keyindex
+from listseg.core import _keyindex_py, keyindex, parser
 from listseg.core.engine import Engine
 
 UNKNOWN = 0xFFFFFFFF
-IMPLEMENTATIONS = [_keyindex_py.KeyIndex]
+IMPLEMENTATIONS = [(_keyindex_py.KeyIndex, _keyindex_py.resolve_rows)]
 if keyindex.COMPILED:
-    from listseg.core._keyindex import KeyIndex as Compiled
-    IMPLEMENTATIONS.append(Compiled)
+    from listseg.core import _keyindex
+    IMPLEMENTATIONS.append((_keyindex.KeyIndex, _keyindex.resolve_rows))
 
 
 def lines(keys):
@@ -48,22 +48,44 @@ def test_every_implementation_answers_like_a_dict(stored, probes):
         key = stored[pick] if pick < len(stored) else other      # stored keys, padded, and others
         queries.append(left + key + right)
         expected.append(model.get(key, UNKNOWN))
-    for impl in IMPLEMENTATIONS:
+    for impl, _ in IMPLEMENTATIONS:
         index = impl(lines(stored), ids)
         assert index.count == len(stored)
         assert answers(index, queries) == expected, impl
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(stored_key, max_size=60), st.lists(stored_key, max_size=60),
+       st.lists(st.tuples(st.booleans(), st.integers(0, 70), stored_key), max_size=150))
+def test_upload_rows_resolve_by_kind(guids, identities, rows):
+    """A parsed batch's g rows are looked up among the guids, its i rows among the identities."""
+    kinds, fields, ends, expected = bytearray(), bytearray(), array("Q"), []
+    for is_guid, pick, other in rows:
+        keys = guids if is_guid else identities
+        key = keys[pick] if pick < len(keys) else other
+        kinds.append(103 if is_guid else 105)
+        fields += key
+        ends.append(len(fields))
+        first = keys.index(key) if key in keys else None
+        expected.append(UNKNOWN if first is None else (1000 if is_guid else 5000) + first)
+    for impl, resolve_rows in IMPLEMENTATIONS:
+        pair = (impl(lines(guids), array("I", range(1000, 1000 + len(guids)))),
+                impl(lines(identities), array("I", range(5000, 5000 + len(identities)))))
+        out = array("I")
+        out.frombytes(resolve_rows(*pair, bytes(kinds), bytes(fields), ends))
+        assert list(out) == expected, impl
+
+
 def test_a_big_index_and_its_probe_runs():
     """Enough keys that probes wrap around and run long; every key finds its own id."""
     keys = [b"%032x" % (k * 0x9E3779B97F4A7C15 % (1 << 128)) for k in range(50_000)]
-    for impl in IMPLEMENTATIONS:
+    for impl, _ in IMPLEMENTATIONS:
         index = impl(lines(keys), array("I", range(len(keys))))
         assert answers(index, keys) == list(range(len(keys)))
         assert answers(index, [k[:-1] for k in keys[:100]]) == [UNKNOWN] * 100
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", [impl for impl, _ in IMPLEMENTATIONS])
 def test_bad_input_is_refused(impl):
     with pytest.raises(ValueError, match="newline"):
         impl(b"a\nb", array("I", [1, 2]))
@@ -91,9 +113,9 @@ def account(tmp_path):
 def ready_index(acct):
     """Ask once (which starts a build), wait for it, and check the index now serves reads."""
     acct.segments.check_lines("s", b"g0\n", "g")
-    acct.profiles.guid_index.wait()
+    acct.profiles.index.wait()
     with acct.database.read() as txn:
-        assert acct.profiles.guid_index.get(txn) is not None, "the index was not built"
+        assert acct.profiles.index.get(txn) is not None, "the index was not built"
 
 
 def test_bulk_answers_match_the_lmdb_path(account):
@@ -129,18 +151,78 @@ def test_the_index_is_rebuilt_after_a_change(account):
     ready_index(account)
     account.profiles.upsert([("later", None, [])])
     with account.database.read() as txn:
-        assert account.profiles.guid_index.get(txn) is None             # stale: LMDB answers
-    account.profiles.guid_index.wait()
+        assert account.profiles.index.get(txn) is None             # stale: LMDB answers
+    account.profiles.index.wait()
     with account.database.read() as txn:
-        index = account.profiles.guid_index.get(txn)
-        assert index is not None and index.count == 101
+        pair = account.profiles.index.get(txn)
+        assert pair is not None and pair[0].count == 101 and pair[1].count == 100
 
 
 def test_a_guid_with_a_newline_keeps_the_lmdb_path(account):
     """Such a guid cannot be framed by newlines: the build refuses and readers keep using LMDB."""
     account.profiles.upsert([("two\nlines", None, [])])
     account.segments.check_lines("s", b"g0\n", "g")
-    account.profiles.guid_index.wait()
+    account.profiles.index.wait()
     with account.database.read() as txn:
-        assert account.profiles.guid_index.get(txn) is None
+        assert account.profiles.index.get(txn) is None
     assert account.segments.check_members("s", ["g0", "two\nlines"], "g")[1] == [True, False]
+
+
+def upload_report(acct, body, **kw):
+    up = acct.upload("replace", segment="s", **kw)
+    up.feed(b"Type,Identity\n" + body)
+    return up.finish()["report"]
+
+
+def test_uploads_resolve_alike_from_the_index_and_from_lmdb(account, monkeypatch):
+    body = b"".join(b"%s,%s\n" % ((b"g", b"g%d" % k) if k % 3 else (b"i", b"id%d" % k)) for k in range(0, 130, 1))
+    body += b"g,g5\ni,id6\ni,nobody\ng,nobody\ni,g7\n"             # duplicates, unknowns, a guid as identity
+    ready_index(account)
+    account.profiles.upsert([("extra", None, [])])                   # the index is stale now
+    with monkeypatch.context() as m:
+        m.setattr(account.profiles.index, "_start_rebuild", lambda generation: None)
+        with account.database.read() as txn:
+            assert account.profiles.index.get(txn) is None            # so LMDB resolves
+        cold = upload_report(account, body)
+        cold_members = account.segments.members("s", count=1000)[1]
+    ready_index(account)
+    warm = upload_report(account, body)
+    warm_members = account.segments.members("s", count=1000)[1]
+    drop = ("version", "bytes")
+    assert {k: v for k, v in warm.items() if k not in drop} == {k: v for k, v in cold.items() if k not in drop}
+    assert (warm["qualified"], warm["unknown"], warm["duplicates"]) == (100, 33, 2)
+    assert list(warm_members) == list(cold_members) == list(range(100))
+
+
+def test_an_identity_that_moves_is_resolved_where_it_is_now(account):
+    ready_index(account)
+    account.profiles.upsert([("g1", "id2", ["email"])])          # id2 moves from g2 to g1
+    assert upload_report(account, b"i,id2\n")["qualified"] == 1
+    assert list(account.segments.members("s")[1]) == [1]
+
+
+def test_the_index_can_be_turned_off(tmp_path):
+    with Engine(str(tmp_path / "data"), map_size=1 << 30, profile_index=False) as engine:
+        acct = engine.account()
+        acct.profiles.upsert([("g1", "id1", []), ("g2", None, [])])
+        up = acct.upload("create", name="s")
+        up.feed(b"Type,Identity\ni,id1\n")
+        up.finish()
+        assert acct.segments.check_lines("s", b"g1\ng2\n", "g") == (1, b"\x01\x00")
+        with acct.database.read() as txn:
+            assert acct.profiles.index.get(txn) is None
+        assert acct.profiles.index._thread is None            # and none is being built
+
+
+def test_serve_without_the_index(tmp_path):
+    from conftest import start_server
+    from listseg import Client
+    proc, target = start_server(str(tmp_path / "data"), "--no-profile-index")
+    try:
+        with Client(target, timeout=10) as c:
+            c.import_profiles(b"guid,identity,channels\ng1,,\ng2,,\n")
+            c.upload(b"Type,Identity\ng,g1\n", name="s")
+            assert c.check_members("s", ["g1", "g2"]) == (1, [True, False])
+    finally:
+        proc.terminate()
+        proc.wait(30)
