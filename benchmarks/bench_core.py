@@ -76,25 +76,28 @@ def work_ingest(datadir, workdir, name, limit_rows=None):
                 "compiled": parser.COMPILED and store.COMPILED}
 
 
-def work_python(datadir, workdir):
-    """What a user would write instead: csv + one py-lmdb get per row + a Python set."""
+def work_python(datadir, workdir, filename="upload.csv"):
+    """What a user would write instead: csv + one py-lmdb get per row (in the guid or the identity
+    table, by the row's type) + a Python set. bench.py runs it on its list too."""
     import csv
 
     import lmdb
     env = lmdb.open(datadir, max_dbs=16, readonly=True, lock=True)
-    guid_db = env.open_db(b"guid", create=False)
+    tables = {"g": env.open_db(b"guid", create=False), "i": env.open_db(b"ident", create=False)}
     prefix = (0).to_bytes(4, "big")                                 # the default account
     t = time.perf_counter()
     members, rows = set(), 0
-    with env.begin() as txn, open(os.path.join(workdir, "upload.csv"), newline="") as f:
+    with env.begin() as txn, open(os.path.join(workdir, filename), newline="") as f:
         reader = csv.reader(f)
         next(reader)
         for kind, identity in reader:
             rows += 1
-            uid = txn.get(prefix + identity.strip().encode(), db=guid_db)
+            uid = txn.get(prefix + identity.strip().encode(), db=tables[kind.strip().lower()])
             if uid is not None:
                 members.add(uid)
-    return {"seconds": time.perf_counter() - t, "rows": rows, "qualified": len(members)}
+    seconds = time.perf_counter() - t
+    env.close()
+    return {"seconds": seconds, "rows": rows, "qualified": len(members)}
 
 
 WORKERS = {"import": work_import, "ingest": work_ingest, "python": work_python}
