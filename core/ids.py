@@ -322,7 +322,7 @@ class Profiles:
     def resolve(self, txn, batch):
         """uids (array('I'), UNKNOWN where there is no profile) of a parsed upload batch's rows: from
         the profile index when it is current for txn, else from LMDB."""
-        pair = self.index.get(txn)
+        pair = self.index.get(txn, build=False)
         if pair is not None:
             raw = resolve_rows(*pair, batch.kinds, batch.fields, batch.ends)
         else:

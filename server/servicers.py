@@ -276,6 +276,7 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     @rpc
     def UpsertProfiles(self, account, requests, context):
         report = account.profiles.import_csv(msg.data for msg in requests)
+        account.profiles.index.warm()           # so that the next upload and checks find it ready
         return pb.UpsertProfilesResponse(
             rows=report["rows"], upserted=report["upserted"], invalid=report["invalid"],
             errors=[pb.RowError(line=line, reason=reason) for line, reason in report["errors"]])

@@ -180,7 +180,7 @@ def test_uploads_resolve_alike_from_the_index_and_from_lmdb(account, monkeypatch
     ready_index(account)
     account.profiles.upsert([("extra", None, [])])                   # the index is stale now
     with monkeypatch.context() as m:
-        m.setattr(account.profiles.index, "_start_rebuild", lambda generation: None)
+        m.setattr(account.profiles.index, "warm", lambda: None)
         with account.database.read() as txn:
             assert account.profiles.index.get(txn) is None            # so LMDB resolves
         cold = upload_report(account, body)
@@ -226,3 +226,45 @@ def test_serve_without_the_index(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_uploads_use_the_index_but_never_start_a_build(account):
+    ready_index(account)
+    account.profiles.upsert([("extra", None, [])])
+    assert upload_report(account, b"g,extra\n")["qualified"] == 1       # resolved by LMDB
+    index = account.profiles.index
+    assert index._thread is None and index._timer is None
+    with account.database.read() as txn:
+        assert index.get(txn, build=False) is None
+
+
+def test_rebuilds_wait_their_turn(account, monkeypatch):
+    """After a build of t seconds the next waits REBUILD_GAP * t: constant profile changes cannot
+    keep a core busy rebuilding."""
+    ready_index(account)
+    monkeypatch.setattr(keyindex, "REBUILD_GAP", 1e6)
+    account.profiles.upsert([("one", None, [])])
+    ready = account.profiles.index
+    ready.warm()
+    ready.wait(0.5)
+    account.profiles.upsert([("two", None, [])])
+    assert account.segments.check_lines("s", b"two\n", "g") == (1, b"\x00")   # LMDB answers meanwhile
+    assert ready._timer is not None and ready._thread is None               # a rebuild waits its turn
+
+
+def test_the_server_warms_the_index_after_an_import(tmp_path):
+    from listseg import Client
+    from listseg.server.app import create_server
+    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    server, port = create_server(engine)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10) as c:
+            c.import_profiles(b"guid,identity,channels\ng1,id1,\ng2,,\n")
+        index = engine.account().profiles.index
+        index.wait()
+        with engine.database.read() as txn:
+            pair = index.get(txn, build=False)
+        assert pair is not None and (pair[0].count, pair[1].count) == (2, 1)
+    finally:
+        server.stop(0)
+        engine.close()
