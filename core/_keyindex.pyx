@@ -21,6 +21,7 @@ cdef extern from *:
 cdef uint32_t UNKNOWN = 0xFFFFFFFF
 cdef enum:
     AHEAD = 8           # keys between hashing one (and fetching its slot) and reading the slot
+    BLOCK = 65536       # keys probed per pass: bounds the scratch memory of a 4M-row batch
 cdef uint64_t K1 = 0x9E3779B97F4A7C15ULL
 cdef uint64_t K2 = 0xC2B2AE3D27D4EB4FULL
 
@@ -110,7 +111,7 @@ cdef void probe(const Table **tables, const uint8_t *which, const uint8_t **keys
 
 
 cdef class Keys:
-    """Scratch space for a batch of n keys: where each starts, its length, its table, its hash."""
+    """Scratch space for n keys: where each starts, its length, its table, its hash."""
     cdef const uint8_t **starts
     cdef uint32_t *lens
     cdef uint8_t *which
@@ -186,27 +187,32 @@ cdef class KeyIndex:
     def lookup(self, const uint8_t[::1] batch):
         """ids (native uint32 bytes, UNKNOWN where absent) of batch's newline-ended keys, each trimmed
         of spaces and tabs. Membership checks send batches of thousands of keys."""
-        cdef size_t size = batch.shape[0], n = 0, i, at = 0, end, klen
+        cdef size_t size = batch.shape[0], n = 0, i, at = 0, end, klen, first, m
         cdef const uint8_t *key
         cdef const Table *table = &self.t
         if size and batch[size - 1] != 10:
             raise ValueError("every key must end with a newline")
-        for i in range(size):
-            n += batch[i] == 10
+        with nogil:
+            for i in range(size):
+                n += batch[i] == 10
         out = PyBytes_FromStringAndSize(NULL, n * 4)
         cdef uint32_t *ids = <uint32_t *>PyBytes_AS_STRING(out)
-        cdef Keys keys = Keys(n)
+        cdef Keys keys = Keys(n if n < BLOCK else BLOCK)
         with nogil:
-            for i in range(n):
-                end = at
-                while batch[end] != 10:
-                    end += 1
-                key = &batch[at]                    # batch[end] is a newline, so at < size
-                klen = end - at
-                trim(&key, &klen)
-                keys.starts[i], keys.lens[i] = key, <uint32_t>klen
-                at = end + 1
-            probe(&table, keys.which, keys.starts, keys.lens, keys.hashes, n, ids)
+            first = 0
+            while first < n:
+                m = n - first if n - first < BLOCK else BLOCK
+                for i in range(m):
+                    end = at
+                    while batch[end] != 10:
+                        end += 1
+                    key = &batch[at]                # batch[end] is a newline, so at < size
+                    klen = end - at
+                    trim(&key, &klen)
+                    keys.starts[i], keys.lens[i] = key, <uint32_t>klen
+                    at = end + 1
+                probe(&table, keys.which, keys.starts, keys.lens, keys.hashes, m, ids + first)
+                first += m
         return out
 
 
@@ -215,19 +221,23 @@ def resolve_rows(KeyIndex guids, KeyIndex identities, const uint8_t[::1] kinds, 
     """uids (native uint32 bytes, UNKNOWN where absent) of a parsed upload batch: row r's value,
     fields[ends[r - 1]:ends[r]], in guids if kinds[r] is "g", else in identities. Replaces
     LMDB's sorted look-up (about 200 ns a row) with about 100 ns and no sort."""
-    cdef size_t n = kinds.shape[0], r, start
+    cdef size_t n = kinds.shape[0], r, start, first, m
     cdef const Table *tables[2]
     if <size_t>ends.shape[0] != n:
         raise ValueError("one end offset per row")
     tables[0], tables[1] = &guids.t, &identities.t
     out = PyBytes_FromStringAndSize(NULL, n * 4)
     cdef uint32_t *ids = <uint32_t *>PyBytes_AS_STRING(out)
-    cdef Keys keys = Keys(n)
+    cdef Keys keys = Keys(n if n < BLOCK else BLOCK)
     with nogil:
-        for r in range(n):
-            start = ends[r - 1] if r else 0
-            keys.starts[r], keys.lens[r] = &fields[start] if ends[r] > start else <const uint8_t *>"", \
-                <uint32_t>(ends[r] - start)
-            keys.which[r] = kinds[r] != 103
-        probe(tables, keys.which, keys.starts, keys.lens, keys.hashes, n, ids)
+        first = 0
+        while first < n:
+            m = n - first if n - first < BLOCK else BLOCK
+            for r in range(m):
+                start = ends[first + r - 1] if first + r else 0
+                keys.starts[r] = &fields[start] if ends[first + r] > start else <const uint8_t *>""
+                keys.lens[r] = <uint32_t>(ends[first + r] - start)
+                keys.which[r] = kinds[first + r] != 103
+            probe(tables, keys.which, keys.starts, keys.lens, keys.hashes, m, ids + first)
+            first += m
     return out

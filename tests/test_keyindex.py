@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listseg.core import _keyindex_py, keyindex, parser
+from listseg.core import _keyindex_py, ids, keyindex
 from listseg.core.engine import Engine
 
 UNKNOWN = 0xFFFFFFFF
@@ -77,12 +77,17 @@ def test_upload_rows_resolve_by_kind(guids, identities, rows):
 
 
 def test_a_big_index_and_its_probe_runs():
-    """Enough keys that probes wrap around and run long; every key finds its own id."""
-    keys = [b"%032x" % (k * 0x9E3779B97F4A7C15 % (1 << 128)) for k in range(50_000)]
-    for impl, _ in IMPLEMENTATIONS:
+    """Enough keys that probes wrap around and run long, and batches pass the compiled loop's block
+    of 65,536 keys; every key finds its own id."""
+    keys = [b"%032x" % (k * 0x9E3779B97F4A7C15 % (1 << 128)) for k in range(70_000)]
+    fields, ends = b"".join(keys), array("Q", range(32, 32 * len(keys) + 1, 32))
+    for impl, resolve_rows in IMPLEMENTATIONS:
         index = impl(lines(keys), array("I", range(len(keys))))
         assert answers(index, keys) == list(range(len(keys)))
         assert answers(index, [k[:-1] for k in keys[:100]]) == [UNKNOWN] * 100
+        rows = array("I")
+        rows.frombytes(resolve_rows(index, index, b"g" * len(keys), fields, ends))
+        assert list(rows) == list(range(len(keys)))
 
 
 @pytest.mark.parametrize("impl", [impl for impl, _ in IMPLEMENTATIONS])
@@ -158,9 +163,20 @@ def test_the_index_is_rebuilt_after_a_change(account):
         assert pair is not None and pair[0].count == 101 and pair[1].count == 100
 
 
-def test_a_guid_with_a_newline_keeps_the_lmdb_path(account):
-    """Such a guid cannot be framed by newlines: the build refuses and readers keep using LMDB."""
-    account.profiles.upsert([("two\nlines", None, [])])
+def test_line_breaks_in_guids_and_identities_are_refused(account):
+    report = account.profiles.import_csv([b'guid,identity,channels\nn1,,\n"two\nlines",,\nn3,"id\r3",\nn4,,\n'])
+    assert (report["upserted"], report["invalid"]) == (2, 2)
+    assert report["errors"] == [(0, ids.LINE_BREAK)] * 2
+    with pytest.raises(ids.InvalidProfile, match="line break in guid"):
+        account.profiles.upsert([("a\nb", None, [])])
+    ready_index(account)                                  # no such key reached the store
+
+
+def test_a_stored_guid_with_a_newline_keeps_the_lmdb_path(account):
+    """A store written before line breaks were refused: the guid cannot be framed by newlines, so the
+    build refuses and readers keep using LMDB."""
+    fields, ends = b"two\nlines" + b"\x00", array("Q", [9, 9, 10])
+    account.database.write(lambda txn: account.profiles._write_batch(txn, fields, ends, ids._bits_byte))
     account.segments.check_lines("s", b"g0\n", "g")
     account.profiles.index.wait()
     with account.database.read() as txn:
