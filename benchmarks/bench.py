@@ -151,8 +151,8 @@ class ListsegServer:
         self.stop()
         raise TimeoutError(f"listseg serve did not start in {timeout} s; see {self.logpath}")
 
-    def rss(self):
-        return sum(rss_bytes(pid) for pid in {self.proc.pid, *self.pids})
+    def rss(self, field="VmRSS"):
+        return sum(rss_bytes(pid, field) for pid in {self.proc.pid, *self.pids})
 
     def stop(self):
         stop_pid(self.proc, extra_pids=self.pids)
@@ -201,11 +201,13 @@ def stop_pid(proc, extra_pids=(), timeout=30):
                 os.kill(pid, signal.SIGKILL)
 
 
-def rss_bytes(pid):
+def rss_bytes(pid, field="VmRSS"):
+    """A process's resident memory from /proc: VmRSS (all of it, LMDB's mapped file pages too) or
+    RssAnon (its own heap: what a leak would grow)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -8,7 +8,8 @@ two lists A and B of --list-rows rows each; segment "soak" made from A. Then, fo
   ListMembers (a whole pass over "soak", 100,000 a page), GetSegment.
 Each process stops at the deadline or after --max-calls calls. Reports per RPC the calls, errors (the
 run fails unless there are none), p50/p99/max latency, and the server's RSS at the start of the load,
-at its end and its peak (growth beyond the caches would show there). Writes benchmarks/results/soak.json.
+at its end and its peak, in all (with the LMDB file pages it has mapped, which grow with the data) and
+anonymous (its own heap: a leak would show there). Writes benchmarks/results/soak.json.
 """
 import argparse
 import json
@@ -151,17 +152,17 @@ def main():
         bench.log(f"soak: {args.procs} processes for {args.seconds:.0f} s against {server.target}")
         outs = [os.path.join(workdir, f"load-{k}.json") for k in range(args.procs)]
         t0 = time.monotonic()
-        rss.append((0.0, server.rss()))
+        rss.append((0.0, server.rss(), server.rss("RssAnon")))
         procs = [subprocess.Popen([sys.executable, __file__, "--load", str(k), server.target, workdir,
                                    str(args.seconds), str(args.max_calls), str(args.write_interval), outs[k]])
                  for k in range(args.procs)]
         while any(p.poll() is None for p in procs):
             time.sleep(min(1.0, max(0.1, args.seconds / 20)))
-            rss.append((time.monotonic() - t0, server.rss()))
+            rss.append((time.monotonic() - t0, server.rss(), server.rss("RssAnon")))
         failed = [p.returncode for p in procs if p.returncode]
         if failed:
             raise RuntimeError(f"load processes failed: {failed}")
-        rss.append((time.monotonic() - t0, server.rss()))
+        rss.append((time.monotonic() - t0, server.rss(), server.rss("RssAnon")))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -172,8 +173,9 @@ def main():
     errors = sum(r["errors"] for r in rpcs.values())
     result = {"seconds": args.seconds, "procs": args.procs, "scale": args.scale, "list_rows": args.list_rows,
               "errors": errors, "rpcs": rpcs,
-              "rss_bytes": {"start": rss[0][1], "end": rss[-1][1], "max": max(v for _, v in rss)},
-              "rss_samples": [(round(t, 1), v) for t, v in rss]}
+              "rss_bytes": {"start": rss[0][1], "end": rss[-1][1], "max": max(v for _, v, _ in rss)},
+              "anon_bytes": {"start": rss[0][2], "end": rss[-1][2], "max": max(a for _, _, a in rss)},
+              "rss_samples": [(round(t, 1), v, a) for t, v, a in rss]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -183,8 +185,9 @@ def main():
     print("| rpc | calls | errors | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
     for rpc, r in rpcs.items():
         print(f"| {rpc} | {r['calls']:,} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |")
-    s = result["rss_bytes"]
-    print(f"\nserver RSS: start {mb(s['start']):.0f} MiB, end {mb(s['end']):.0f} MiB, peak {mb(s['max']):.0f} MiB")
+    for what, key in (("RSS", "rss_bytes"), ("anonymous RSS (its heap)", "anon_bytes")):
+        s = result[key]
+        print(f"server {what}: start {mb(s['start']):.0f} MiB, end {mb(s['end']):.0f} MiB, peak {mb(s['max']):.0f} MiB")
     for rpc, r in rpcs.items():
         for message in r["messages"]:
             print(f"error in {rpc}: {message}", file=sys.stderr)

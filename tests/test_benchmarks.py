@@ -57,3 +57,4 @@ def test_soak_runs_without_errors(tmp_path):                        # listseg al
             "ListMembers (whole segment)", "GetSegment"} <= set(result["rpcs"])
     assert all({"calls", "errors", "p50_ms", "p99_ms", "max_ms"} <= set(r) for r in result["rpcs"].values())
     assert result["rss_bytes"]["start"] > 0 and result["rss_bytes"]["end"] > 0
+    assert 0 < result["anon_bytes"]["start"] <= result["rss_bytes"]["start"]
