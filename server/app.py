@@ -50,8 +50,8 @@ def split_address(address):
 def on_pool(servicer, names, pool):
     """Run the servicer's methods `names` on `pool` rather than the server's pool (grpc's per-method
     `experimental_thread_pool`). Short look-ups queue for a few threads instead of 32 threads
-    contending for the GIL: IsMember on 2 threads serves about twice the calls of 32 threads on
-    2 cores (see README, "IsMember and the thread pool")."""
+    contending for the GIL: IsMember on 2 threads served about twice the calls of 32 threads on
+    2 cores (README, "Performance")."""
     for name in names:
         method = getattr(servicer, name)
         handler = functools.partial(method)
@@ -124,9 +124,10 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
 
 def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
-    max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index). `http`: HOST:PORT to serve the web dashboard on, a
-    client of this server's gRPC port (with TLS it trusts `http_tls_ca`, else the certificate itself).
-    `mail`: the SMTP settings of server.mail.Mailer, as a dict."""
+    max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index).
+    `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
+    trusts `http_tls_ca`, else the certificate itself). `mail`: the SMTP settings of
+    server.mail.Mailer, as a dict."""
     setup_logging()
     http = (http, http_tls_ca) if http else None
     if workers > 1:
