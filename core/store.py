@@ -24,7 +24,8 @@ DEFAULT_MAP_SIZE = 256 << 30
 
 # Every key starts with the 4-byte account number, so one account's data is a contiguous key range.
 DATABASES = (
-    "accounts",   # b"n" + name -> account number; account(4) -> account record (JSON)
+    "accounts",   # b"n" + name -> account number; b"a" + account -> account record (JSON);
+                  # b"g" + account -> profiles generation (uint64 BE, see keyindex.py)
     "guid",       # account + guid -> uid (uint32 little-endian)
     "ident",      # account + identity -> uid
     "profile",    # account + uid (big-endian, so key order is uid order) -> profile record
