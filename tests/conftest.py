@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,17 @@ def start_server(data, *args, port=None):
         proc.kill()
         raise
     return proc, f"127.0.0.1:{port}"
+
+
+def stop_server(proc, timeout=30):
+    """SIGTERM a server started by start_server (it drains and exits), SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until(condition, timeout=30):

@@ -13,7 +13,7 @@ import grpc
 import lmdb
 import pytest
 
-from conftest import start_server, upload_state, wait_until
+from conftest import start_server, stop_server, upload_state, wait_until
 from listseg import Client, ListsegError
 from listseg.core.engine import Engine
 from listseg.v1 import listseg_pb2 as pb
@@ -31,15 +31,6 @@ def csv(guids):
 def seed(data):
     with Engine(data) as e:
         e.account().profiles.upsert([(f"g{k}", None, ["email"]) for k in range(N)])
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except Exception:
-            proc.kill()
 
 
 @pytest.mark.parametrize("seed_value", [1, 2, 3])
@@ -85,7 +76,7 @@ def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
             assert c.get_segment("s").size == 10
         assert all(_alive(pid) for pid in _reader_pids(data))
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 def _reader_pids(data):
@@ -128,7 +119,7 @@ def test_a_client_that_stops_sending_fails_at_its_deadline(tmp_path):
             wait_until(lambda: upload_state(c, 2) == pb.UPLOAD_STATE_FAILED)
             assert [m[2:] for m in c.export("s").decode().split()[1:]] == LIST_A
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 def _reader(target, stop, queue):
@@ -182,7 +173,7 @@ def test_readers_in_8_processes_see_only_committed_versions_across_2_workers(tmp
             for r in readers:
                 r.join(30)
     finally:
-        stop(proc)
+        stop_server(proc)
     assert sum(calls for calls, _, _ in results) > 0
     assert [bad for _, _, bad in results if bad] == []
     assert sum(errors for _, errors, _ in results) == 0
@@ -213,7 +204,7 @@ def test_two_concurrent_replaces_leave_one_whole_list(tmp_path):
             guids = [m[2:] for m in c.export("s").decode().split()[1:]]
         assert guids in (LIST_A, LIST_B)
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 def _anon_rss(pid):
@@ -272,4 +263,4 @@ def test_cancelled_uploads_give_back_memory_and_reader_slots(tmp_path):
             assert _open_read_txns(data, proc.pid) == []
             assert [m[2:] for m in c.export("s").decode().split()[1:]] == LIST_A
     finally:
-        stop(proc)
+        stop_server(proc)

@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import start_server, stop_server
+from listseg import Client
 from listseg.core import _keyindex_py, ids, keyindex
 from listseg.core.engine import Engine
 
@@ -231,8 +233,6 @@ def test_the_index_can_be_turned_off(tmp_path):
 
 
 def test_serve_without_the_index(tmp_path):
-    from conftest import start_server
-    from listseg import Client
     proc, target = start_server(str(tmp_path / "data"), "--no-profile-index")
     try:
         with Client(target, timeout=10) as c:
@@ -240,8 +240,7 @@ def test_serve_without_the_index(tmp_path):
             c.upload(b"Type,Identity\ng,g1\n", name="s")
             assert c.check_members("s", ["g1", "g2"]) == (1, [True, False])
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_server(proc)
 
 
 def test_uploads_use_the_index_but_never_start_a_build(account):
@@ -269,7 +268,6 @@ def test_rebuilds_wait_their_turn(account, monkeypatch):
 
 
 def test_the_server_warms_the_index_after_an_import(tmp_path):
-    from listseg import Client
     from listseg.server.app import create_server
     engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
     server, port = create_server(engine)
