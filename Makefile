@@ -6,16 +6,32 @@ SCALE  ?= 10000000
 PYX    := $(wildcard core/*.pyx)
 PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py
+FRONT  := server/native/listseg-front
 
-.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps bench-sysdeps browser-sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps
 
-install: $(VENV)/.built $(STUBS)
+install: $(VENV)/.built $(STUBS) $(FRONT)
 
 # liblmdb's headers and library, for the compiled store (Debian's package; we run as root here).
 sysdeps:
 	@test -f /usr/include/lmdb.h || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq liblmdb-dev >/dev/null; \
 	  else echo "liblmdb-dev is missing: run 'sudo apt-get install liblmdb-dev'" >&2; exit 1; fi; }
+
+# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256.
+FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h
+front-sysdeps:
+	@for f in $(FRONT_HEADERS); do test -e $$f || missing=1; done; [ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libgrpc++-dev protobuf-compiler-grpc \
+	    libprotobuf-dev libroaring-dev libssl-dev pkg-config >/dev/null; \
+	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev'" >&2; exit 1; fi; }
+
+# C++ stubs from the same .proto, then one binary (server/front.py starts it).
+$(FRONT): server/native/membership_front.cc $(PROTO) | sysdeps front-sysdeps
+	rm -rf build/front && mkdir -p build/front
+	protoc -Iproto --cpp_out=build/front --grpc_out=build/front --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin $(PROTO)
+	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $< build/front/listseg/v1/listseg.pb.cc \
+	  build/front/listseg/v1/listseg.grpc.pb.cc $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lroaring
 
 $(VENV)/.deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,5 +88,5 @@ run: install
 	$(BIN)/listseg serve --data ./data --http 127.0.0.1:8080 $(ARGS)
 
 clean:
-	rm -rf build *.egg-info core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis
+	rm -rf build *.egg-info $(FRONT) core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis
 	rm -f $(VENV)/.built

@@ -156,7 +156,8 @@ def cmd_serve(args, _client):
     try:
         return None, serve(args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
-                           max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index), None
+                           max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
+                           membership_listen=args.membership_listen), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
@@ -266,6 +267,9 @@ def build_parser():
     p.add_argument("--max-upload-bytes", type=int, default=5 << 30, help="largest upload (default 5 GiB)")
     p.add_argument("--no-profile-index", action="store_true",
                    help="no in-memory guid and identity index (saves ~95 bytes a profile; slower look-ups)")
+    p.add_argument("--membership-listen", metavar="HOST:PORT",
+                   help="also serve the Membership service from the native front here (IsMember in native "
+                        "code; see README, \"The membership front\")")
     p.add_argument("--http", metavar="HOST:PORT", help="also serve the web dashboard here (e.g. 127.0.0.1:8080)")
     p.add_argument("--smtp", metavar="HOST:PORT", help="send completion emails through this SMTP server")
     p.add_argument("--smtp-user", help="SMTP login user")

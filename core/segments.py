@@ -69,7 +69,7 @@ class Segments:
     def find_id(self, txn, segment):
         """The id of a segment named by id (int) or name (str); NotFound otherwise."""
         if isinstance(segment, int):
-            if txn.get(self.db.segments, self.prefix + u32(segment)) is not None:
+            if 0 <= segment < 1 << 32 and txn.get(self.db.segments, self.prefix + u32(segment)) is not None:
                 return segment
         else:
             raw = txn.get(self.db.segnames, self.prefix + str(segment).encode())

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -122,22 +123,57 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
     return server, server.port
 
 
-def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None, **limits):
+def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None,
+          membership_listen=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
     max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index).
     `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
-    trusts `http_tls_ca`, else the certificate itself). `mail`: the SMTP settings of
-    server.mail.Mailer, as a dict."""
+    trusts `http_tls_ca`, else the certificate itself). `membership_listen`: HOST:PORT for the native
+    membership front (server/front.py), a client of this server's port the same way. `mail`: the
+    SMTP settings of server.mail.Mailer, as a dict."""
     setup_logging()
-    http = (http, http_tls_ca) if http else None
+    helpers = Helpers(data, listen, tls, http_tls_ca, http, membership_listen)
     if workers > 1:
         if split_address(listen)[1] == 0:
             raise ValueError("--workers > 1 needs a fixed port")
-        return _serve_workers(data, listen, workers, grace, tls, limits, http, mail)
-    return _serve_one(data, listen, grace, tls, limits, reuse_port=False, http=http, mail=mail)
+        return _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail)
+    return _serve_one(data, listen, grace, tls, limits, reuse_port=False, helpers=helpers, mail=mail)
 
 
-def _serve_one(data, listen, grace, tls, limits, reuse_port, http=None, mail=None):
+class Helpers:
+    """The processes that run beside the gRPC server as its clients: the web dashboard and the
+    native membership front. Started once the server listens; stopped before it drains."""
+
+    def __init__(self, data, listen, tls, tls_ca, http, membership_listen):
+        self.data, self.listen, self.tls, self.http, self.membership_listen = data, listen, tls, http, membership_listen
+        self.tls_ca = (tls_ca or tls[0]) if tls else None
+        self.running = []
+
+    def start(self, port):
+        host = split_address(self.listen)[0]
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+        backend = f"{host}:{port}"
+        try:
+            if self.membership_listen:
+                from listseg.server.front import Front
+                front = Front(self.membership_listen, backend, self.data, self.tls, self.tls_ca)
+                self.running.append(front)
+                log.info("membership front serving", extra={"fields": {"listen": self.membership_listen,
+                                                                       "port": front.port, "pid": front.proc.pid}})
+            if self.http:
+                from listseg.dashboard.server import Dashboard
+                self.running.append(Dashboard(backend, self.http, tls_ca=self.tls_ca).start())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        while self.running:
+            self.running.pop().stop()
+
+
+def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=None):
     from listseg.server.mail import Mailer
     limits = dict(limits)
     engine = Engine(data, profile_index=limits.pop("profile_index", True))   # after the fork, in each worker
@@ -146,7 +182,8 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, http=None, mail=Non
     log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),
                                           "pid": os.getpid()}})
     try:
-        dashboard = _start_dashboard(http, listen, server.port, tls)
+        if helpers:
+            helpers.start(server.port)
     except BaseException:
         server.stop(0)
         engine.close()
@@ -156,34 +193,23 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, http=None, mail=Non
         signal.signal(sig, lambda *_: done.set())
     done.wait()
     log.info("draining", extra={"fields": {"grace_s": grace}})
-    if dashboard:
-        dashboard.stop()
+    if helpers:
+        helpers.stop()
     server.stop(grace)
     engine.close()
     log.info("stopped")
     return 0
 
 
-def _start_dashboard(http, listen, port, tls):
-    """The web dashboard on http = (HOST:PORT, CA file or None), a client of this server's gRPC port
-    like any other."""
-    if not http:
-        return None
-    from listseg.dashboard.server import Dashboard
-    address, tls_ca = http
-    host = split_address(listen)[0]
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
-    return Dashboard(f"{host}:{port}", address, tls_ca=(tls_ca or tls[0]) if tls else None).start()
-
-
-def _serve_workers(data, listen, workers, grace, tls, limits, http=None, mail=None):
+def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None):
     ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
     procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits, mail), daemon=False)
              for _ in range(workers)]
     for p in procs:
         p.start()
     try:
-        dashboard = _start_dashboard(http, listen, split_address(listen)[1], tls)
+        _wait_listening(listen, procs)
+        helpers.start(split_address(listen)[1])
     except BaseException:
         for p in procs:
             os.kill(p.pid, signal.SIGTERM)
@@ -194,14 +220,27 @@ def _serve_workers(data, listen, workers, grace, tls, limits, http=None, mail=No
         signal.signal(sig, lambda *_: done.set())
     while not done.is_set() and all(p.is_alive() for p in procs):
         done.wait(0.5)
-    if dashboard:
-        dashboard.stop()
+    helpers.stop()
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
     for p in procs:
         p.join()
     return 0 if done.is_set() else 1
+
+
+def _wait_listening(listen, procs, timeout=60.0):
+    """Until a worker accepts connections on listen (so its LMDB databases exist), or one dies."""
+    host, port = split_address(listen)
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "::1", "": "127.0.0.1"}.get(host, host.strip("[]"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and all(p.is_alive() for p in procs):
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise OSError(f"no worker is listening on {listen}")
 
 
 def _worker(data, listen, grace, tls, limits, mail=None):

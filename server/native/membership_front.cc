@@ -1,0 +1,402 @@
+// listseg-front: the Membership service in native code, for campaign engines' single look-ups.
+//
+// A Python gRPC server spends ~110 us of CPU on each unary call, most of it in grpcio's own
+// machinery (README, "Performance"); this front spends ~30. It answers IsMember itself, reading the
+// server's LMDB files in one read transaction per call, exactly as core/segments.py does: segment ->
+// head version -> bitmap (cached per version; versions never change), guid or identity -> uid. It
+// relays to the Python server every other Membership call, and every IsMember it cannot answer
+// exactly: an error of any kind, and credentials it has not yet seen the server accept. So the server
+// stays the one place that decides what an error or an account means.
+//
+// Usage: listseg-front --listen HOST:PORT --backend HOST:PORT --data DIR
+//                      [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
+// Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
+// process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <lmdb.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <roaring/roaring.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+
+#include "listseg/v1/listseg.grpc.pb.h"
+
+namespace v1 = listseg::v1;
+
+namespace {
+
+constexpr size_t kMaxKey = 511;               // LMDB's default maximum key size
+constexpr int kMaxReceive = 4 << 20;          // as the Python server: server/app.py MAX_MESSAGE
+constexpr int kMaxSend = 64 << 20;
+const char kCredentialsFlag[] = "#credentials";  // core/accounts.py: present once any passcode exists
+const char kDefaultAccount[] = "default";        // core/engine.py DEFAULT_ACCOUNT
+
+std::string be32(uint32_t n) {
+  char b[4] = {char(n >> 24), char(n >> 16), char(n >> 8), char(n)};
+  return std::string(b, 4);
+}
+
+uint64_t from_be(const MDB_val& v) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < v.mv_size; i++) n = (n << 8) | static_cast<const uint8_t*>(v.mv_data)[i];
+  return n;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// A read-only view of the server's LMDB environment (core/store.py DATABASES).
+class Store {
+ public:
+  explicit Store(const std::string& path) {
+    check(mdb_env_create(&env_), "mdb_env_create");
+    check(mdb_env_set_maxdbs(env_, 32), "mdb_env_set_maxdbs");
+    // MDB_NOTLS: a read transaction belongs to the call, not to the thread grpc runs it on.
+    check(mdb_env_open(env_, path.c_str(), MDB_RDONLY | MDB_NOTLS, 0644), "mdb_env_open " + path);
+    MDB_txn* txn;             // committed, not aborted: that keeps the handles for later transactions
+    check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "mdb_txn_begin");
+    accounts_ = open(txn, "accounts");
+    guid_ = open(txn, "guid");
+    ident_ = open(txn, "ident");
+    segments_ = open(txn, "segments");
+    segnames_ = open(txn, "segnames");
+    heads_ = open(txn, "heads");
+    versions_ = open(txn, "versions");
+    check(mdb_txn_commit(txn), "mdb_txn_commit");
+  }
+  ~Store() { mdb_env_close(env_); }
+
+  // A read transaction on the calling thread's reader slot. Taking a fresh slot per call locks
+  // LMDB's reader table, a mutex shared with the server process; renewing the thread's own does not.
+  class Txn {
+   public:
+    explicit Txn(MDB_env* env) {
+      thread_local Slot slot;
+      if (slot.txn) {
+        check(mdb_txn_renew(slot.txn), "mdb_txn_renew");
+      } else {
+        check(mdb_txn_begin(env, nullptr, MDB_RDONLY, &slot.txn), "mdb_txn_begin");
+      }
+      txn_ = slot.txn;
+    }
+    ~Txn() { mdb_txn_reset(txn_); }
+    Txn(const Txn&) = delete;
+    bool get(MDB_dbi dbi, const std::string& key, MDB_val* out) const {
+      MDB_val k{key.size(), const_cast<char*>(key.data())};
+      return mdb_get(txn_, dbi, &k, out) == 0;
+    }
+    MDB_txn* txn_;
+  };
+
+  Txn begin() const { return Txn(env_); }
+  bool credentials_required() const {
+    MDB_val raw;
+    return begin().get(accounts_, kCredentialsFlag, &raw);
+  }
+
+  MDB_dbi accounts_, guid_, ident_, segments_, segnames_, heads_, versions_;
+
+ private:
+  struct Slot {             // freed when its thread ends
+    MDB_txn* txn = nullptr;
+    ~Slot() { if (txn) mdb_txn_abort(txn); }
+  };
+  static void check(int rc, const std::string& what) {
+    if (rc) throw std::runtime_error(what + ": " + mdb_strerror(rc));
+  }
+  static MDB_dbi open(MDB_txn* txn, const char* name) {
+    MDB_dbi dbi;
+    check(mdb_dbi_open(txn, name, 0, &dbi), std::string("open database ") + name);
+    return dbi;
+  }
+  MDB_env* env_ = nullptr;
+};
+
+using Bitmap = std::shared_ptr<roaring_bitmap_t>;
+
+// The deserialized bitmap of each segment's latest version seen. A version's bitmap never changes,
+// so an entry is right for as long as the head names its version.
+class BitmapCache {
+ public:
+  Bitmap get(const Store::Txn& txn, const Store& store, const std::string& segment_key, uint64_t version) {
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      auto it = entries_.find(segment_key);
+      if (it != entries_.end() && it->second.first == version) return it->second.second;
+    }
+    MDB_val raw;
+    if (!txn.get(store.versions_, segment_key + be32(uint32_t(version)), &raw)) return nullptr;
+    roaring_bitmap_t* bm =
+        roaring_bitmap_portable_deserialize_safe(static_cast<const char*>(raw.mv_data), raw.mv_size);
+    if (!bm) return nullptr;
+    Bitmap loaded(bm, roaring_bitmap_free);
+    std::lock_guard<std::mutex> hold(lock_);
+    if (entries_.size() >= kMaxEntries) entries_.clear();  // deleted segments must not pile up
+    auto& slot = entries_[segment_key];
+    if (!slot.second || slot.first < version) slot = {version, loaded};
+    return loaded;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 4096;
+  std::mutex lock_;
+  std::map<std::string, std::pair<uint64_t, Bitmap>> entries_;  // account + segment id -> (version, bitmap)
+};
+
+// Credentials the Python server has accepted: account id -> SHA-256 of "id\0passcode", as
+// core/accounts.py remembers them (passcodes are never changed, only created).
+class Verified {
+ public:
+  static std::string digest(const std::string& account, const std::string& passcode) {
+    std::string text = account + '\0' + passcode;
+    unsigned char out[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), out);
+    return std::string(reinterpret_cast<char*>(out), sizeof out);
+  }
+  bool known(const std::string& account, const std::string& passcode) {
+    std::string d = digest(account, passcode);
+    std::lock_guard<std::mutex> hold(lock_);
+    auto it = digests_.find(account);
+    return it != digests_.end() && CRYPTO_memcmp(it->second.data(), d.data(), d.size()) == 0;
+  }
+  void remember(const std::string& account, const std::string& passcode) {
+    std::string d = digest(account, passcode);
+    std::lock_guard<std::mutex> hold(lock_);
+    digests_[account] = d;
+  }
+
+ private:
+  std::mutex lock_;
+  std::map<std::string, std::string> digests_;
+};
+
+std::string metadata(const grpc::CallbackServerContext* ctx, const char* key) {
+  auto it = ctx->client_metadata().find(key);
+  return it == ctx->client_metadata().end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+class Membership final : public v1::Membership::CallbackService {
+ public:
+  Membership(Store& store, std::shared_ptr<grpc::Channel> backend)
+      : store_(store), backend_(v1::Membership::NewStub(backend)) {}
+
+  grpc::ServerUnaryReactor* IsMember(grpc::CallbackServerContext* ctx, const v1::IsMemberRequest* req,
+                                     v1::IsMemberResponse* resp) override {
+    if (answer(ctx, *req, resp)) {
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->IsMember(a...); });
+  }
+  grpc::ServerUnaryReactor* CheckMembers(grpc::CallbackServerContext* ctx, const v1::CheckMembersRequest* req,
+                                         v1::CheckMembersResponse* resp) override {
+    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->CheckMembers(a...); });
+  }
+  grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* ctx, const v1::ListMembersRequest* req,
+                                        v1::ListMembersResponse* resp) override {
+    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->ListMembers(a...); });
+  }
+
+ private:
+  // IsMember as core/segments.py check_members answers it, or false when only the server can answer.
+  bool answer(const grpc::CallbackServerContext* ctx, const v1::IsMemberRequest& req, v1::IsMemberResponse* resp) {
+    const char* table;
+    if (req.type() == v1::IDENTITY_TYPE_GUID) table = "g";
+    else if (req.type() == v1::IDENTITY_TYPE_IDENTITY) table = "i";
+    else return false;
+    std::string key = strip(req.identity());
+    if (key.empty() || key.size() + 4 > kMaxKey) return false;
+
+    auto txn = store_.begin();
+    std::string prefix;
+    if (!account(ctx, txn, &prefix)) return false;
+    std::string segment_key;
+    if (!segment(txn, prefix, req.segment(), &segment_key)) return false;
+    MDB_val raw;
+    uint64_t version = txn.get(store_.heads_, segment_key, &raw) ? from_be(raw) : 0;
+    bool member = false;
+    if (version != 0) {
+      Bitmap bm = cache_.get(txn, store_, segment_key, version);
+      if (!bm) return false;
+      MDB_dbi keys = table[0] == 'g' ? store_.guid_ : store_.ident_;
+      if (txn.get(keys, prefix + key, &raw) && raw.mv_size == 4) {
+        uint32_t uid;
+        std::memcpy(&uid, raw.mv_data, 4);  // uids are stored little-endian (core/store.py uid_value)
+        member = roaring_bitmap_contains(bm.get(), uid);
+      }
+    }
+    resp->set_member(member);
+    resp->set_version(version);
+    return true;
+  }
+
+  // The caller's account prefix: the default account while no passcode exists, else the named
+  // account if the server has accepted this passcode for it before.
+  bool account(const grpc::CallbackServerContext* ctx, const Store::Txn& txn, std::string* prefix) {
+    MDB_val raw;
+    std::string name = kDefaultAccount;
+    if (txn.get(store_.accounts_, kCredentialsFlag, &raw)) {
+      name = metadata(ctx, "x-account-id");
+      if (name.empty() || !verified_.known(name, metadata(ctx, "x-passcode"))) return false;
+    }
+    if (!txn.get(store_.accounts_, "n" + name, &raw)) return false;
+    *prefix = be32(uint32_t(from_be(raw)));
+    return true;
+  }
+
+  // account + segment id for "42", "segments/42" or a name (server/convert.py segment_ref).
+  bool segment(const Store::Txn& txn, const std::string& prefix, std::string ref, std::string* segment_key) {
+    if (ref.rfind("segments/", 0) == 0) ref.erase(0, 9);
+    if (ref.empty()) return false;
+    MDB_val raw;
+    if (ref.find_first_not_of("0123456789") == std::string::npos) {
+      if (ref.size() > 9) return false;
+      *segment_key = prefix + be32(uint32_t(std::stoul(ref)));
+      return txn.get(store_.segments_, *segment_key, &raw);
+    }
+    if (prefix.size() + ref.size() > kMaxKey || !txn.get(store_.segnames_, prefix + ref, &raw)) return false;
+    *segment_key = prefix + be32(uint32_t(from_be(raw)));
+    return true;
+  }
+
+  static std::string strip(const std::string& s) {
+    size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+  }
+
+  // The call as it came, to the Python server; its answer, status and error details as they come back.
+  template <class Req, class Resp, class Send>
+  grpc::ServerUnaryReactor* relay(grpc::CallbackServerContext* ctx, const Req* req, Resp* resp, Send send) {
+    auto* reactor = ctx->DefaultReactor();
+    auto* call = new grpc::ClientContext();
+    for (const auto& [k, v] : ctx->client_metadata()) {
+      std::string key(k.data(), k.size());
+      if (key[0] != ':' && key.rfind("grpc-", 0) != 0 && key != "user-agent" && key != "content-type")
+        call->AddMetadata(key, std::string(v.data(), v.size()));
+    }
+    call->set_deadline(ctx->deadline());
+    std::string account = metadata(ctx, "x-account-id"), passcode = metadata(ctx, "x-passcode");
+    send(call, req, resp, std::function<void(grpc::Status)>([this, reactor, call, account, passcode](grpc::Status s) {
+      if (s.ok() && !account.empty()) verified_.remember(account, passcode);
+      reactor->Finish(grpc::Status(s.error_code(), s.error_message(), s.error_details()));
+      delete call;
+    }));
+    return reactor;
+  }
+
+  Store& store_;
+  std::unique_ptr<v1::Membership::Stub> backend_;
+  BitmapCache cache_;
+  Verified verified_;
+};
+
+struct Args {
+  std::string listen, backend, data, tls_cert, tls_key, backend_ca;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  std::map<std::string, std::string*> flags = {{"--listen", &a.listen},     {"--backend", &a.backend},
+                                               {"--data", &a.data},         {"--tls-cert", &a.tls_cert},
+                                               {"--tls-key", &a.tls_key},   {"--backend-ca", &a.backend_ca}};
+  for (int i = 1; i < argc; i++) {
+    auto it = flags.find(argv[i]);
+    if (it == flags.end() || i + 1 >= argc) throw std::runtime_error(std::string("unknown or empty flag ") + argv[i]);
+    *it->second = argv[++i];
+  }
+  if (a.listen.empty() || a.backend.empty() || a.data.empty())
+    throw std::runtime_error("--listen, --backend and --data are required");
+  if (a.tls_cert.empty() != a.tls_key.empty()) throw std::runtime_error("--tls-cert and --tls-key go together");
+  return a;
+}
+
+bool is_loopback(std::string host) {
+  if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+int run(const Args& args) {
+  Store store(args.data);
+  // As the server (server/app.py): with no passcode anywhere, every caller is the default account,
+  // so only this machine may call.
+  if (!store.credentials_required() && !is_loopback(args.listen.substr(0, args.listen.rfind(':'))))
+    throw std::runtime_error("no account exists, so the front listens only on a loopback address; create one with "
+                             "`listseg accounts create NAME` to listen on " + args.listen);
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(kMaxSend);
+  channel_args.SetMaxSendMessageSize(kMaxReceive);
+  std::shared_ptr<grpc::ChannelCredentials> backend_creds = grpc::InsecureChannelCredentials();
+  if (!args.backend_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = read_file(args.backend_ca);
+    backend_creds = grpc::SslCredentials(ssl);
+  }
+  Membership service(store, grpc::CreateCustomChannel(args.backend, backend_creds, channel_args));
+
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!args.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({read_file(args.tls_key), read_file(args.tls_cert)});
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(args.listen, creds, &port);
+  builder.SetMaxReceiveMessageSize(kMaxReceive);
+  builder.SetMaxSendMessageSize(kMaxSend);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || !port) {
+    std::fprintf(stderr, "listseg-front: cannot listen on %s\n", args.listen.c_str());
+    return 1;
+  }
+  std::printf("{\"msg\": \"front serving\", \"listen\": \"%s\", \"port\": %d, \"pid\": %d}\n", args.listen.c_str(),
+              port, int(getpid()));
+  std::fflush(stdout);
+
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  int sig;
+  sigwait(&stop, &sig);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Before grpc starts its threads: SIGTERM and SIGINT are taken by sigwait in run(), not delivered.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  try {
+    return run(parse(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "listseg-front: %s\n", e.what());
+    return 2;
+  }
+}

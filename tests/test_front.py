@@ -1,0 +1,218 @@
+"""The native membership front (server/native/membership_front.cc) against the server it fronts.
+
+It must answer exactly as the server does, from the same version, see every write at once, relay
+what it does not answer (errors keep their status and reason), and take only passcodes the server
+has accepted. Real processes on loopback ports; the server runs in this process so tests can write
+to its engine directly.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from conftest import start_server, stop_server, wait_healthy, wait_until
+from listseg import Client, ListsegError
+from listseg.core.accounts import Credentials
+from listseg.core.engine import Engine
+from listseg.server import front
+from listseg.server.app import create_server
+from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.skipif(not os.access(front.BINARY, os.X_OK), reason="the front is not built (make install)")
+
+PROFILES = b"guid,identity,channels\n" + b"".join(
+    b"g%d,%s,email\n" % (k, b"user%d@x.com" % k if k % 2 == 0 else b"") for k in range(200))
+GUID, IDENT = pb.IDENTITY_TYPE_GUID, pb.IDENTITY_TYPE_IDENTITY
+
+
+class Pair:
+    """The server and its front, with a raw Membership stub on each."""
+
+    def __init__(self, tmp_path):
+        self.engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+        self.server, port = create_server(self.engine)
+        self.target = f"127.0.0.1:{port}"
+        self.front = front.Front("127.0.0.1:0", self.target, str(tmp_path / "data"))
+        self.front_target = f"127.0.0.1:{self.front.port}"
+        self.channels = [grpc.insecure_channel(t) for t in (self.target, self.front_target)]
+        self.direct, self.fronted = (pb_grpc.MembershipStub(ch) for ch in self.channels)
+
+    def close(self):
+        for ch in self.channels:
+            ch.close()
+        self.front.stop()
+        self.server.stop(0)
+        self.engine.close()
+
+    def both(self, method, request, metadata=()):
+        """(server's answer, front's answer), each an answer message or (status code, reason)."""
+        answers = []
+        for stub in (self.direct, self.fronted):
+            try:
+                answers.append(getattr(stub, method)(request, metadata=metadata, timeout=10))
+            except grpc.RpcError as e:
+                answers.append((e.code(), ListsegError.from_rpc(e).reason))
+        return answers
+
+
+@pytest.fixture
+def pair(tmp_path):
+    p = Pair(tmp_path)
+    yield p
+    p.close()
+
+
+def csv(rows):
+    return b"Type,Identity\n" + b"".join(b"%s,%s\n" % (t.encode(), k.encode()) for t, k in rows)
+
+
+def is_member(segment, identity, kind=GUID):
+    return pb.IsMemberRequest(segment=segment, type=kind, identity=identity)
+
+
+def test_front_answers_every_look_up_as_the_server(pair):
+    with Client(pair.target) as c:
+        c.import_profiles(PROFILES)
+        rows = [("g", f"g{k}") for k in range(0, 200, 3)] + [("i", f"user{k}@x.com") for k in range(0, 200, 5)]
+        up = c.upload(csv(rows + [("g", "nobody")]), name="vip")
+    assert up.report.qualified > 50
+    keys = [(GUID, f"g{k}") for k in range(200)] + [(IDENT, f"user{k}@x.com") for k in range(200)]
+    keys += [(GUID, " g3\t"), (GUID, "nobody"), (IDENT, "user1@x.com"), (GUID, "G3"), (IDENT, "g0")]
+    inside = {k for k in range(200) if k % 3 == 0 or k % 10 == 0}      # identities exist for even k only
+    expected = [k in inside for k in range(200)] + [k in inside and k % 2 == 0 for k in range(200)]
+    expected += [True, False, False, False, False]
+    for ref in ("vip", up.segment, f"segments/{up.segment}"):
+        for (kind, key), want in zip(keys, expected):
+            direct, fronted = pair.both("IsMember", is_member(ref, key, kind))
+            assert isinstance(fronted, pb.IsMemberResponse), (ref, key, fronted)
+            assert (fronted.member, fronted.version) == (direct.member, direct.version) == (want, up.report.version), \
+                (ref, key)
+
+
+def test_front_sees_each_replace_and_delete_at_once(pair):
+    with Client(pair.target) as c:
+        c.import_profiles(PROFILES)
+        c.upload(csv([("g", "g1")]), name="s")
+        for round_ in range(4):                     # each replace: a new version with other members
+            wanted = {f"g{k}" for k in range(round_, 200, 4)}
+            version = c.upload(csv([("g", g) for g in sorted(wanted)]), replace="s").report.version
+            for k in range(0, 200, 7):
+                answer = pair.fronted.IsMember(is_member("s", f"g{k}"))
+                assert (answer.member, answer.version) == (f"g{k}" in wanted, version)
+        assert pair.fronted.IsMember(is_member("s", "g3")).member
+        c.delete_profiles(["g3"])
+        assert not pair.fronted.IsMember(is_member("s", "g3")).member      # no longer a profile
+        c.delete_segment("s")
+    direct, fronted = pair.both("IsMember", is_member("s", "g7"))
+    assert direct == fronted == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+
+
+def test_front_relays_errors_and_the_other_calls(pair):
+    with Client(pair.target) as c:
+        c.import_profiles(PROFILES)
+        c.upload(csv([("g", f"g{k}") for k in range(0, 200, 2)]), name="even")
+    for request, error in ((is_member("nope", "g1"), grpc.StatusCode.NOT_FOUND),
+                           (is_member("", "g1"), grpc.StatusCode.INVALID_ARGUMENT),
+                           (is_member("even", "g1", kind=0), grpc.StatusCode.INVALID_ARGUMENT),
+                           (is_member("segments/99999999999", "g1"), grpc.StatusCode.NOT_FOUND),
+                           (is_member("even", ""), None), (is_member("even", "x" * 600), None)):
+        direct, fronted = pair.both("IsMember", request)          # the last two: relayed, answered there
+        assert fronted == direct, (request, direct, fronted)
+        assert (direct[0] if isinstance(direct, tuple) else None) == error
+    ids = [f"g{k}" for k in range(50)] + ["nobody"]
+    for request in (pb.CheckMembersRequest(segment="even", type=GUID, identities=ids),
+                    pb.CheckMembersRequest(segment="even", type=GUID, identity_lines="".join(i + "\n" for i in ids).encode()),
+                    pb.CheckMembersRequest(segment="even", type=GUID, identity_lines=b"g1"),
+                    pb.ListMembersRequest(segment="even", page_size=30),
+                    pb.ListMembersRequest(segment="nope")):
+        method = "CheckMembers" if isinstance(request, pb.CheckMembersRequest) else "ListMembers"
+        direct, fronted = pair.both(method, request)
+        assert fronted == direct, request
+    assert sum(pair.fronted.CheckMembers(pb.CheckMembersRequest(segment="even", type=GUID, identities=ids)).members) == 25
+
+
+def test_front_takes_only_passcodes_the_server_accepts(pair):
+    creds = Credentials(pair.engine)
+    a_id, a_pass = creds.create("Shop A")
+    b_id, b_pass = creds.create("Shop B")
+    with Client(pair.target, a_id, a_pass) as a:
+        a.import_profiles(PROFILES)
+        a.upload(csv([("g", "g1")]), name="vip")
+
+    def ask(account, passcode, segment="vip"):
+        md = tuple((k, v) for k, v in (("x-account-id", account), ("x-passcode", passcode)) if v)
+        direct, fronted = pair.both("IsMember", is_member(segment, "g1"), metadata=md)
+        assert direct == fronted or (fronted.member, fronted.version) == (direct.member, direct.version)
+        return fronted
+
+    for _ in range(2):                              # the second round: after the server has accepted a_pass
+        assert ask(None, None) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+        assert ask(a_id, "wrong") == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+        assert ask(b_id, a_pass) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+        assert ask(a_id, a_pass).member
+        assert ask(b_id, b_pass) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")   # A's segment is not B's
+
+
+def test_front_answers_is_member_itself(pair):
+    creds = Credentials(pair.engine)
+    account, passcode = creds.create("Shop")
+    md = (("x-account-id", account), ("x-passcode", passcode))
+    with Client(pair.target, account, passcode) as c:
+        c.import_profiles(PROFILES)
+        c.upload(csv([("g", "g1")]), name="s")
+    assert pair.fronted.IsMember(is_member("s", "g1"), metadata=md).member      # relayed: a passcode not seen yet
+    pair.server.stop(0)
+    assert pair.fronted.IsMember(is_member("s", "g1"), metadata=md).member      # with no server behind it
+    assert not pair.fronted.IsMember(is_member("s", "g2"), metadata=md).member
+    for request, method in ((is_member("s", "g1"), "IsMember"),                # a passcode never accepted
+                            (pb.CheckMembersRequest(segment="s", type=GUID, identities=["g1"]), "CheckMembers")):
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(pair.fronted, method)(request, metadata=(md[0], ("x-passcode", "other")), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_front_refuses_a_public_address_without_accounts(tmp_path):
+    Engine(str(tmp_path / "d"), map_size=1 << 26).close()
+    run = subprocess.run([front.BINARY, "--listen", "0.0.0.0:0", "--backend", "127.0.0.1:1",
+                          "--data", str(tmp_path / "d")], capture_output=True, timeout=30)
+    assert run.returncode != 0 and b"loopback" in run.stderr
+    with pytest.raises(front.FrontError):
+        front.Front("0.0.0.0:0", "127.0.0.1:1", str(tmp_path / "d"))
+
+
+def _front_pids(port):
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"listseg-front" in cmdline and f"127.0.0.1:{port}".encode() in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop):
+    from conftest import free_port
+    port = free_port()
+    proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}")
+    try:
+        wait_healthy(f"127.0.0.1:{port}")
+        with Client(target) as c:
+            c.import_profiles(PROFILES)
+            c.upload(csv([("g", "g5")]), name="s")
+        with Client(f"127.0.0.1:{port}") as via_front:
+            assert via_front.is_member("s", guid="g5") and not via_front.is_member("s", guid="g6")
+        assert len(_front_pids(port)) == 1
+    finally:
+        if stop == "sigterm":
+            stop_server(proc)
+        else:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    wait_until(lambda: not _front_pids(port), timeout=10)
