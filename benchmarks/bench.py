@@ -119,21 +119,26 @@ def free_port():
 
 # -- the two servers ------------------------------------------------------------------------------
 class ListsegServer:
-    """`listseg serve` as a subprocess; `pids` are the processes serving (the workers, if any)."""
+    """`listseg serve` as a subprocess; `pids` are the processes serving (the workers, if any, and
+    the membership front). `membership` is where Membership calls go: the native front
+    (`--membership-listen`), or with front=False the server itself."""
 
-    def __init__(self, datadir, logpath, workers=1, port=None):
+    def __init__(self, datadir, logpath, workers=1, port=None, front=True):
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.membership = f"127.0.0.1:{free_port()}" if front else self.target
         exe = os.path.join(os.path.dirname(sys.executable), "listseg")
         cmd = [exe, "serve", "--data", datadir, "--listen", self.target, "--grace", "5"]
         if workers > 1:
             cmd += ["--workers", str(workers)]
+        if front:
+            cmd += ["--membership-listen", self.membership]
         self.logpath = logpath
         self.log = open(logpath, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log)
-        self.pids = self._wait_serving(workers)
+        self.pids = self._wait_serving(workers + front)
 
-    def _wait_serving(self, workers, timeout=120):
+    def _wait_serving(self, processes, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = []
@@ -141,10 +146,11 @@ class ListsegServer:
                 for line in f:
                     with contextlib.suppress(ValueError):
                         rec = json.loads(line)
-                        if rec.get("msg") == "serving" and rec.get("listen") == self.target:
+                        if rec.get("msg") in ("serving", "membership front serving") and \
+                                rec.get("listen") in (self.target, self.membership):
                             pids.append(rec["pid"])
-            if len(pids) >= workers:
-                return pids[-workers:]
+            if len(pids) >= processes:
+                return pids[-processes:]
             if self.proc.poll() is not None:
                 raise RuntimeError(f"listseg serve exited with {self.proc.returncode}; see {self.logpath}")
             time.sleep(0.05)
@@ -526,18 +532,23 @@ def versions(redis_version):
     for pkg in ("listseg", "grpcio", "protobuf", "pyroaring", "lmdb", "redis", "hiredis", "Cython"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
+    for pkg in ("libgrpc++-dev", "libroaring-dev", "liblmdb-dev"):           # what the front is built with
+        dpkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True)
+        if dpkg.returncode == 0:
+            out[pkg] = dpkg.stdout
     git = subprocess.run(["git", "-C", os.path.dirname(HERE), "describe", "--always", "--dirty"],
                          capture_output=True, text=True)
     out["listseg_commit"] = git.stdout.strip() if git.returncode == 0 else "unknown"
     return out
 
 
-def measure_replace_read(target, workdir, segment, replaces=REPLACES):
-    """IsMember p99 from a reader process while this process replaces the N-row segment, `replaces`
+def measure_replace_read(target, membership, workdir, segment, replaces=REPLACES):
+    """IsMember p99 from a reader process (calling `membership`) while this process replaces the N-row
+    segment through `target`, `replaces`
     times a second apart: one replace of 1M rows now takes ~0.2 s, a window of ~200 calls whose
     p99 is their second slowest; the calls of several replaces give a steadier p99."""
     from listseg import Client
-    reader = subprocess.Popen([sys.executable, __file__, "--worker", "reader", target, workdir, segment],
+    reader = subprocess.Popen([sys.executable, __file__, "--worker", "reader", membership, workdir, segment],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     windows = []
     try:
@@ -580,9 +591,10 @@ def run(args):
                            "export_redis", "python")}
     ours = peer = None
     try:
-        ours = ListsegServer(datadir, os.path.join(workdir, "listseg.log"), workers=args.workers)
+        ours = ListsegServer(datadir, os.path.join(workdir, "listseg.log"), workers=args.workers,
+                             front=not args.no_front)
         peer = RedisServer(workdir, os.path.join(workdir, "redis.log"))
-        log(f"listseg serve on {ours.target} (pids {ours.pids}), redis-server {peer.version} on port {peer.port}")
+        log(f"listseg serve on {ours.target}, Membership on {ours.membership} (pids {ours.pids}), redis-server {peer.version} on port {peer.port}")
 
         imp = run_worker("ours_import", ours.target, workdir)
         rp = run_worker("redis_profiles", peer.port, workdir)
@@ -599,12 +611,12 @@ def run(args):
         assert raw["ingest_listseg"][0]["size"] == raw["redis_members"]["size"] == qualified, raw
 
         for _ in range(args.repeat):
-            raw["check_listseg"].append(run_worker("check_batch", "listseg", ours.target, workdir, SEGMENT))
+            raw["check_listseg"].append(run_worker("check_batch", "listseg", ours.membership, workdir, SEGMENT))
             raw["check_redis"].append(run_worker("check_batch", "redis", peer.port, workdir, MEMBERS_KEY))
         assert len({r["hits"] for r in raw["check_listseg"] + raw["check_redis"]}) == 1, raw
         log(f"check_batch: {raw['check_listseg']}, {raw['check_redis']}")
 
-        raw["is_member_listseg"] = run_worker("is_member", "listseg", ours.target, workdir, SEGMENT, args.seconds,
+        raw["is_member_listseg"] = run_worker("is_member", "listseg", ours.membership, workdir, SEGMENT, args.seconds,
                                               args.workers)
         raw["is_member_redis"] = run_worker("is_member", "redis", peer.port, workdir, MEMBERS_KEY, args.seconds)
         log(f"is_member: {raw['is_member_listseg']}, {raw['is_member_redis']}")
@@ -620,7 +632,7 @@ def run(args):
         assert raw["reach_listseg"]["count"] == raw["reach_redis"]["count"], raw
         log(f"reach: {raw['reach_listseg']}, {raw['reach_redis']}")
 
-        raw["replace_read"] = measure_replace_read(ours.target, workdir, SEGMENT)
+        raw["replace_read"] = measure_replace_read(ours.target, ours.membership, workdir, SEGMENT)
         log(f"replace_read: {raw['replace_read']}")
     finally:
         for server in (ours, peer):
@@ -650,7 +662,8 @@ def run(args):
         "replace_read_p99_ms": round(raw["replace_read"]["p99_ms"], 3),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "versions": dict(versions(peer.version), listseg_workers=args.workers),
+        "versions": dict(versions(peer.version), listseg_workers=args.workers,
+                         listseg_membership="server" if args.no_front else "front"),
     }
     for side in ("is_member_listseg", "is_member_redis"):
         if raw[side]["errors"]:
@@ -695,7 +708,8 @@ def rows_of(result):
 
 def table(result):
     out = [f"SCALE={result['scale']:,}, {result['cpu']}, {result['cores']} cores, listseg serve --workers "
-           f"{result['versions'].get('listseg_workers', 1)}, redis-server {result['versions']['redis-server']}",
+           f"{result['versions'].get('listseg_workers', 1)}, Membership calls to the "
+           f"{result['versions'].get('listseg_membership', 'server')}, redis-server {result['versions']['redis-server']}",
            "", "| case | listseg | peer | ours vs peer | bar | holds |", "|---|---|---|---|---|---|"]
     for case, ours, peer, adv, bar, holds in rows_of(result):
         out.append(f"| {case} | {ours} | {peer} | {'' if adv is None else f'{adv:.2f}x'} | {bar} | "
@@ -709,6 +723,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each timed IsMember run")
     ap.add_argument("--workers", type=int, default=1,
                     help="listseg serve --workers (2 measured slower on 2 cores: the clients need one)")
+    ap.add_argument("--no-front", action="store_true",
+                    help="Membership calls to the Python server, not the native front (listseg serve --membership-listen)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of ingest, check_batch and export; best kept")
     ap.add_argument("--workdir", default=os.path.join(HERE, "data", "bench"))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
