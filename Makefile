@@ -82,10 +82,11 @@ bench: install $(VENV)/.bench-deps | bench-sysdeps
 bench-soak: install $(VENV)/.bench-deps | bench-sysdeps
 	$(BIN)/python benchmarks/soak.py
 
-# Serve gRPC on 127.0.0.1:50051 and the dashboard on http://127.0.0.1:8080, LMDB in ./data
+# Serve gRPC on 127.0.0.1:50051, the membership front on 127.0.0.1:50052 and the dashboard on
+# http://127.0.0.1:8080, LMDB in ./data
 # (override: make run ARGS="--listen 127.0.0.1:6000 --http 127.0.0.1:9000").
 run: install
-	$(BIN)/listseg serve --data ./data --http 127.0.0.1:8080 $(ARGS)
+	$(BIN)/listseg serve --data ./data --membership-listen 127.0.0.1:50052 --http 127.0.0.1:8080 $(ARGS)
 
 clean:
 	rm -rf build *.egg-info $(FRONT) core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis

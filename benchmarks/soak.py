@@ -5,11 +5,12 @@ two lists A and B of --list-rows rows each; segment "soak" made from A. Then, fo
 - process 0, the writer, every --write-interval seconds, in turn: replace "soak" with B (then A),
   and create "soak-tmp" from A then delete it;
 - the other processes, readers, one call at a time in rotation: IsMember, CheckMembers (1,000 ids),
-  ListMembers (a whole pass over "soak", 100,000 a page), GetSegment.
+  ListMembers (a whole pass over "soak", 100,000 a page), these three through the membership front as
+  a campaign engine would call them, and GetSegment.
 Each process stops at the deadline or after --max-calls calls. Reports per RPC the calls, errors (the
 run fails unless there are none), p50/p99/max latency, and the server's RSS at the start of the load,
 at its end and its peak, in all (with the LMDB file pages it has mapped, which grow with the data) and
-anonymous (its own heap: a leak would show there). Writes benchmarks/results/soak.json.
+anonymous (its own heap: a leak would show there); the front's process counts in both. Writes benchmarks/results/soak.json.
 """
 import argparse
 import json
@@ -31,7 +32,7 @@ PAGE = 100_000
 
 
 # -- load processes --------------------------------------------------------------------------------
-def run_load(role, target, workdir, seconds, max_calls, write_interval, out_path):
+def run_load(role, target, membership, workdir, seconds, max_calls, write_interval, out_path):
     from listseg import Client
     ids = bench.read_ids(workdir)
     stats = {}                          # rpc -> {"latencies": [...], "errors": n, "messages": [...]}
@@ -57,7 +58,7 @@ def run_load(role, target, workdir, seconds, max_calls, write_interval, out_path
     def list_all(c):
         return sum(page.count for page in c.list_members(SEGMENT, page_size=PAGE))
 
-    with Client(target, timeout=60) as c:
+    with Client(target, timeout=60) as c, Client(membership, timeout=60) as m:
         if int(role) == 0:
             lists = {}
             for name in "AB":
@@ -76,9 +77,9 @@ def run_load(role, target, workdir, seconds, max_calls, write_interval, out_path
                                         deadline - time.monotonic())))
         else:
             reads = [
-                ("IsMember", lambda: c.is_member(SEGMENT, guid=ids[rng.randrange(len(ids))])),
-                ("CheckMembers", lambda: c.check_members(SEGMENT, rng.sample(ids, min(CHECK_BATCH, len(ids))))),
-                ("ListMembers (whole segment)", lambda: list_all(c)),
+                ("IsMember", lambda: m.is_member(SEGMENT, guid=ids[rng.randrange(len(ids))])),
+                ("CheckMembers", lambda: m.check_members(SEGMENT, rng.sample(ids, min(CHECK_BATCH, len(ids))))),
+                ("ListMembers (whole segment)", lambda: list_all(m)),
                 ("GetSegment", lambda: c.get_segment(SEGMENT)),
             ]
             k = 0
@@ -153,8 +154,8 @@ def main():
         outs = [os.path.join(workdir, f"load-{k}.json") for k in range(args.procs)]
         t0 = time.monotonic()
         rss.append((0.0, server.rss(), server.rss("RssAnon")))
-        procs = [subprocess.Popen([sys.executable, __file__, "--load", str(k), server.target, workdir,
-                                   str(args.seconds), str(args.max_calls), str(args.write_interval), outs[k]])
+        procs = [subprocess.Popen([sys.executable, __file__, "--load", str(k), server.target, server.membership,
+                                   workdir, str(args.seconds), str(args.max_calls), str(args.write_interval), outs[k]])
                  for k in range(args.procs)]
         while any(p.poll() is None for p in procs):
             time.sleep(min(1.0, max(0.1, args.seconds / 20)))

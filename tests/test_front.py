@@ -175,6 +175,30 @@ def test_front_answers_is_member_itself(pair):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_front_serves_and_relays_over_tls(tmp_path):
+    from test_limits_security import _certificates
+    certs = _certificates(tmp_path)
+    tls = (certs["cert"], certs["key"])
+    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    server, port = create_server(engine, tls=tls)
+    fronted = front.Front("127.0.0.1:0", f"127.0.0.1:{port}", str(tmp_path / "data"), tls, certs["ca"])
+    try:
+        with Client(f"127.0.0.1:{port}", tls_ca=certs["ca"]) as c:
+            c.import_profiles(PROFILES)
+            c.upload(csv([("g", "g1")]), name="s")
+        with Client(f"127.0.0.1:{fronted.port}", tls_ca=certs["ca"]) as c:
+            assert c.is_member("s", guid="g1") and not c.is_member("s", guid="g2")       # answered
+            assert c.check_members("s", ["g1", "g2"])[1] == [True, False]              # relayed over TLS
+        with Client(f"127.0.0.1:{fronted.port}", timeout=3) as plain:
+            with pytest.raises(ListsegError) as e:
+                plain.is_member("s", guid="g1")
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        fronted.stop()
+        server.stop(0)
+        engine.close()
+
+
 def test_front_refuses_a_public_address_without_accounts(tmp_path):
     Engine(str(tmp_path / "d"), map_size=1 << 26).close()
     run = subprocess.run([front.BINARY, "--listen", "0.0.0.0:0", "--backend", "127.0.0.1:1",
