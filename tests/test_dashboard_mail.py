@@ -19,7 +19,7 @@ from listseg import Client, ListsegError
 from listseg.clients import cli
 from listseg.core.engine import Engine
 from listseg.dashboard.server import Dashboard
-from listseg.server.app import _start_dashboard, create_server
+from listseg.server.app import Helpers, create_server
 from listseg.server.mail import Mailer
 from test_dashboard import PROFILES, Web, csv, wait_for
 
@@ -258,12 +258,13 @@ def test_serve_http_over_tls(tmp_path):
     certs = _certificates(tmp_path)
     engine = Engine(str(tmp_path / "data"), map_size=1 << 26)
     server, port = create_server(engine, tls=(certs["cert"], certs["key"]))
-    dash = _start_dashboard(("127.0.0.1:0", certs["ca"]), "127.0.0.1:0", port, (certs["cert"], certs["key"]))
+    helpers = Helpers(str(tmp_path / "data"), "127.0.0.1:0", (certs["cert"], certs["key"]), certs["ca"],
+                      "127.0.0.1:0", None).start(port)
     try:
-        page = Web(dash.url).get("/")
+        page = Web(helpers.running[0].url).get("/")
         assert page.status == 200 and "No segments yet" in page.text
     finally:
-        dash.stop()
+        helpers.stop()
         server.stop(0)
         engine.close()
 

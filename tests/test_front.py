@@ -220,11 +220,12 @@ def _front_pids(port):
     return pids
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
-def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop):
+@pytest.mark.parametrize("stop,workers", [("sigterm", 1), ("sigkill", 1), ("sigterm", 2)])
+def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, workers):
     from conftest import free_port
     port = free_port()
-    proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}")
+    proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}",
+                                "--workers", str(workers))
     try:
         wait_healthy(f"127.0.0.1:{port}")
         with Client(target) as c:
