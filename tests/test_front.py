@@ -233,6 +233,9 @@ def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, w
             c.upload(csv([("g", "g5")]), name="s")
         with Client(f"127.0.0.1:{port}") as via_front:
             assert via_front.is_member("s", guid="g5") and not via_front.is_member("s", guid="g6")
+            with pytest.raises(ListsegError) as e:                  # the front serves Membership only
+                via_front.get_segment("s")
+            assert e.value.code == grpc.StatusCode.UNIMPLEMENTED and target in str(e.value)
         assert len(_front_pids(port)) == 1
     finally:
         if stop == "sigterm":

@@ -12,6 +12,7 @@
 //                      [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <lmdb.h>
@@ -319,6 +320,24 @@ class Membership final : public v1::Membership::CallbackService {
   Verified verified_;
 };
 
+// Any method but Membership's and health's: UNIMPLEMENTED, saying where to call instead.
+class ElsewhereService final : public grpc::CallbackGenericService {
+ public:
+  explicit ElsewhereService(std::string backend) : backend_(std::move(backend)) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    class Refusal : public grpc::ServerGenericBidiReactor {
+     public:
+      explicit Refusal(const std::string& message) { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, message)); }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal("this is listseg's membership front: it serves listseg.v1.Membership only; call " +
+                       ctx->method() + " on the server, " + backend_);
+  }
+
+ private:
+  std::string backend_;
+};
+
 struct Args {
   std::string listen, backend, data, tls_cert, tls_key, backend_ca;
 };
@@ -375,6 +394,8 @@ int run(const Args& args) {
   builder.SetMaxReceiveMessageSize(kMaxReceive);
   builder.SetMaxSendMessageSize(kMaxSend);
   builder.RegisterService(&service);
+  ElsewhereService elsewhere(args.backend);
+  builder.RegisterCallbackGenericService(&elsewhere);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || !port) {
     std::fprintf(stderr, "listseg-front: cannot listen on %s\n", args.listen.c_str());
