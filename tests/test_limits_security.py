@@ -48,6 +48,26 @@ def test_upload_over_the_size_limit_is_refused_and_changes_nothing(make_server):
         assert c.export("s") == csv("g1")
 
 
+def test_an_over_long_file_name_is_refused_and_creates_nothing(make_server):
+    _, target = make_server()
+    with Client(target) as c:
+        c.import_profiles(PROFILES)
+        stub = pb_grpc.SegmentsStub(c.channel)
+        for file_name, ok in (("x" * 255, True), ("é" * 128, False), ("x" * 100_000, False)):
+            data = csv("g1")
+            requests = iter([pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=f"n{len(file_name)}",
+                                                                     file_name=file_name)),
+                             pb.UploadListRequest(data=data),
+                             pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=len(data)))])
+            if ok:
+                assert stub.UploadList(requests, timeout=10).file_name == file_name
+                continue
+            with pytest.raises(grpc.RpcError) as e:
+                stub.UploadList(requests, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "255 bytes" in e.value.details()
+        assert [s.name for s in c.list_segments()] == ["n255"]
+
+
 def test_concurrent_uploads_per_account_are_limited(make_server):
     _, target = make_server(max_uploads=1)
     release = threading.Event()
