@@ -210,17 +210,11 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
     def segment_rows():
         jobs = st.jobs.active(g.account)
         rows, names = [], set()
-        for s in g.client.list_segments():
-            try:
-                full = g.client.get_segment(str(s.id))       # for its last upload
-            except ListsegError as exc:
-                if exc.code == grpc.StatusCode.NOT_FOUND:    # deleted meanwhile
-                    continue
-                raise
+        for s in g.client.list_segments():                   # each with its last upload
             names.add(s.name)
             job = next((j for j in jobs if (j.mode == "replace" and j.target == str(s.id))
                         or (j.mode == "name" and j.target == s.name)), None)
-            rows.append(Row.of(full, job))
+            rows.append(Row.of(s, job))
         for j in jobs:                                       # creates the server has not seen yet
             if j.mode == "name" and j.target not in names:
                 rows.append(Row(None, j.target, 0, "processing", busy=True, note=f"Uploading {j.file_name}…"))

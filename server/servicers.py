@@ -62,6 +62,17 @@ class Services:
         return self.credentials.authenticate(md.get("x-account-id"), md.get("x-passcode"))
 
 
+def last_upload(account, seg, with_errors=True):
+    """The segment's last upload record, if any; without its report's rejected rows for a list (a
+    page of segments each with up to 100 of them would be mostly errors)."""
+    if not seg["last_upload"]:
+        return None
+    rec = account.get_upload(seg["last_upload"])
+    if not with_errors and rec.get("report"):
+        rec = dict(rec, report=dict(rec["report"], errors=[]))
+    return rec
+
+
 class SegmentsServicer(pb_grpc.SegmentsServicer):
     def __init__(self, services):
         self.s = services
@@ -174,8 +185,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         if not 0 <= request.sample_size <= 100:
             raise InvalidArgument("sample_size is 0 to 100", field="sample_size")
         seg = account.segments.get(convert.segment_ref(request.segment), sample=request.sample_size)
-        last = account.get_upload(seg["last_upload"]) if seg["last_upload"] else None
-        return convert.segment(seg, last)
+        return convert.segment(seg, last_upload(account, seg))
 
     @rpc
     def ListSegments(self, account, request, context):
@@ -185,7 +195,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         page = segs[start:start + size]
         more = start + size < len(segs)
         return pb.ListSegmentsResponse(
-            segments=[convert.segment(s) for s in page],
+            segments=[convert.segment(s, last_upload(account, s, with_errors=False)) for s in page],
             next_page_token=convert.page_token({"o": start + size}) if more else "")
 
     @rpc

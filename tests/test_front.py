@@ -8,11 +8,9 @@ to its engine directly.
 import os
 import signal
 import subprocess
-import time
 
 import grpc
 import pytest
-
 from conftest import start_server, stop_server, wait_healthy, wait_until
 from listseg import Client, ListsegError
 from listseg.core.accounts import Credentials
@@ -202,7 +200,7 @@ def test_front_serves_and_relays_over_tls(tmp_path):
 def test_front_refuses_a_public_address_without_accounts(tmp_path):
     Engine(str(tmp_path / "d"), map_size=1 << 26).close()
     run = subprocess.run([front.BINARY, "--listen", "0.0.0.0:0", "--backend", "127.0.0.1:1",
-                          "--data", str(tmp_path / "d")], capture_output=True, timeout=30)
+                          "--data", str(tmp_path / "d")], capture_output=True, timeout=30, check=False)
     assert run.returncode != 0 and b"loopback" in run.stderr
     with pytest.raises(front.FrontError):
         front.Front("0.0.0.0:0", "127.0.0.1:1", str(tmp_path / "d"))
@@ -212,7 +210,8 @@ def _front_pids(port):
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
         except OSError:
             continue
         if b"listseg-front" in cmdline and f"127.0.0.1:{port}".encode() in cmdline:

@@ -57,7 +57,9 @@ def test_upload_show_query_export(client):
     assert not client.is_member("vip", guid="g4")
     assert client.check_members("vip", ["g1", "g4", "g3", "zz"]) == (1, [True, False, True, False])
     assert client.export("vip") == b"Type,Identity\ng,g1\ng,g2\ng,g3\n"
-    assert [s.name for s in client.list_segments()] == ["vip"]
+    listed, = client.list_segments()              # with its last upload, as GetSegment, less the errors
+    assert (listed.name, listed.size, listed.last_upload.id, listed.last_upload.report.invalid) == ("vip", 3, up.id, 1)
+    assert len(seg.last_upload.report.errors) == 1 and not listed.last_upload.report.errors
     assert client.upload_errors(up.id) == [(7, "bad type")]
     assert client.get_upload(up.id).state == pb.UPLOAD_STATE_SUCCEEDED
     assert client.get_profile(guid="g4").identity == "user4@x.com"
