@@ -8,6 +8,9 @@ to its engine directly.
 import os
 import signal
 import subprocess
+import threading
+import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -195,6 +198,34 @@ def test_front_serves_and_relays_over_tls(tmp_path):
         fronted.stop()
         server.stop(0)
         engine.close()
+
+
+def test_a_caller_that_cancels_cancels_the_relayed_call(tmp_path):
+    Engine(str(tmp_path / "d"), map_size=1 << 26).close()        # the files the front opens
+    started, ended = threading.Event(), threading.Event()
+
+    class Stalled(pb_grpc.MembershipServicer):                  # a server busy with one long call
+        def CheckMembers(self, request, context):
+            context.add_callback(ended.set)
+            started.set()
+            while context.is_active():
+                time.sleep(0.01)
+            return pb.CheckMembersResponse()
+    backend = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_MembershipServicer_to_server(Stalled(), backend)
+    port = backend.add_insecure_port("127.0.0.1:0")
+    backend.start()
+    fronted = front.Front("127.0.0.1:0", f"127.0.0.1:{port}", str(tmp_path / "d"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{fronted.port}") as channel:
+            call = pb_grpc.MembershipStub(channel).CheckMembers.future(
+                pb.CheckMembersRequest(segment="s", type=GUID, identities=["g1"]), timeout=120)
+            assert started.wait(10)
+            call.cancel()
+            assert ended.wait(10)                                # not at the 120 s deadline
+    finally:
+        fronted.stop()
+        backend.stop(0)
 
 
 def test_front_refuses_a_public_address_without_accounts(tmp_path):

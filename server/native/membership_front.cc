@@ -293,25 +293,32 @@ class Membership final : public v1::Membership::CallbackService {
     return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
   }
 
+  // One relayed call: the server side's reactor owns the call to the Python server, so that a
+  // caller who cancels cancels that call too. grpc calls OnDone last, after the relay has finished.
+  class Relay : public grpc::ServerUnaryReactor {
+   public:
+    void OnCancel() override { call.TryCancel(); }
+    void OnDone() override { delete this; }
+    grpc::ClientContext call;
+  };
+
   // The call as it came, to the Python server; its answer, status and error details as they come back.
   template <class Req, class Resp, class Send>
   grpc::ServerUnaryReactor* relay(grpc::CallbackServerContext* ctx, const Req* req, Resp* resp, Send send) {
-    auto* reactor = ctx->DefaultReactor();
-    auto* call = new grpc::ClientContext();
+    auto* relay = new Relay();
     for (const auto& [k, v] : ctx->client_metadata()) {
       std::string key(k.data(), k.size());
       if (key[0] != ':' && key.rfind("grpc-", 0) != 0 && key != "user-agent" && key != "content-type")
-        call->AddMetadata(key, std::string(v.data(), v.size()));
+        relay->call.AddMetadata(key, std::string(v.data(), v.size()));
     }
-    call->set_deadline(ctx->deadline());
+    relay->call.set_deadline(ctx->deadline());
     std::string account = metadata(ctx, "x-account-id"), passcode = metadata(ctx, "x-passcode");
-    send(call, req, resp, std::function<void(grpc::Status)>([this, reactor, call, account, passcode](grpc::Status s) {
+    send(&relay->call, req, resp, std::function<void(grpc::Status)>([this, relay, account, passcode](grpc::Status s) {
       // Only while passcodes are required: in dev mode the server accepts any metadata.
       if (s.ok() && !account.empty() && store_.credentials_required()) verified_.remember(account, passcode);
-      reactor->Finish(grpc::Status(s.error_code(), s.error_message(), s.error_details()));
-      delete call;
+      relay->Finish(grpc::Status(s.error_code(), s.error_message(), s.error_details()));
     }));
-    return reactor;
+    return relay;
   }
 
   Store& store_;
