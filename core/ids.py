@@ -15,6 +15,9 @@ from listseg.core.keyindex import ProfileIndex, resolve_rows
 from listseg.core.store import U64, UNKNOWN, u32, uid_value
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
+# Beside the channels' bitmaps: every deleted profile's uid. Versions are immutable, so a deleted
+# member stays in its segment's bitmap until the next version; sizes subtract this set meanwhile.
+DELETED = "#deleted"
 _CHANNEL_BIT = {name: 1 << i for i, name in enumerate(CHANNELS)}
 _PROFILE_HEAD = struct.Struct("<BH")   # channel bits, guid length; then guid, then identity
 
@@ -232,15 +235,15 @@ class Profiles:
         txn.put(db.profile, p + u32(huid), _encode(bits, raw[start:start + glen], b""))
 
     def _update_channels(self, txn, adds, drops):
-        """adds and drops: {channel: array('I')}, disjoint."""
-        for name in CHANNELS:
-            if not adds[name] and not drops[name]:
+        """adds and drops: {channel or DELETED: array('I')}, disjoint."""
+        for name in adds.keys() | drops.keys():
+            if not adds.get(name) and not drops.get(name):
                 continue
             key = self.prefix + name.encode()
             raw = txn.get(self.db.channels, key)
             bm = BitMap.deserialize(raw) if raw else BitMap()
-            bm |= BitMap(adds[name])
-            bm -= BitMap(drops[name])
+            bm |= BitMap(adds.get(name, ()))
+            bm -= BitMap(drops.get(name, ()))
             txn.put(self.db.channels, key, bm.serialize())
 
     def delete(self, guids):
@@ -251,6 +254,7 @@ class Profiles:
     def _delete(self, txn, keys):
         db, p = self.db, self.prefix
         drops = {name: array("I") for name in CHANNELS}
+        gone = array("I")
         deleted = 0
         for g in keys:
             old = txn.get(db.guid, p + g)
@@ -266,10 +270,11 @@ class Profiles:
             txn.delete(db.profile, p + u32(uid))
             for name in channel_names(bits):
                 drops[name].append(uid)
+            gone.append(uid)
             deleted += 1
         if deleted:
             self._changed(txn)
-        self._update_channels(txn, {name: array("I") for name in CHANNELS}, drops)
+        self._update_channels(txn, {DELETED: gone}, drops)
         return deleted
 
     def import_csv(self, chunks, batch_rows=500_000):
@@ -413,6 +418,11 @@ class Profiles:
             ident = raw[head.size + glen:]
             out.append((uid, raw[head.size:head.size + glen].decode(), ident.decode() if ident else None))
         return out
+
+    def deleted(self, txn):
+        """The uids of every profile deleted so far (uids are never reused)."""
+        raw = txn.get(self.db.channels, self.prefix + DELETED.encode())
+        return FrozenBitMap.deserialize(raw) if raw else FrozenBitMap()
 
     def channel_bitmaps(self, txn):
         out = {}

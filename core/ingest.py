@@ -192,6 +192,9 @@ class Upload:
         else:
             _, live = self.segments.bitmap(txn, seg["id"])
             new = live | self.members if self.mode == "append" else live - self.members
+        deleted = self.account.profiles.deleted(txn)
+        if new.intersect(deleted):          # deleted since they were resolved, or (append) in the old version
+            new = new - deleted
         report = self._report(len(new))
         if not self.dry_run:
             seg["last_upload"] = self.id

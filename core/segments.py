@@ -55,6 +55,11 @@ def check_name(name):
     return name
 
 
+def live_size(bm, deleted):
+    """Members that still have a profile: a version keeps the uids of profiles deleted after it."""
+    return len(bm) - bm.intersection_cardinality(deleted) if deleted else len(bm)
+
+
 class Segments:
     def __init__(self, database, account, profiles, cache, retention_s):
         self.database = database
@@ -166,7 +171,7 @@ class Segments:
             rec = self.record(txn, seg_id)
             version, bm = self.bitmap(txn, seg_id)
             channels = self.profiles.channel_bitmaps(txn)
-            out = dict(rec, version=version, size=len(bm),
+            out = dict(rec, version=version, size=live_size(bm, self.profiles.deleted(txn)),
                        reachability={name: bm.intersection_cardinality(channels[name]) for name in CHANNELS},
                        trend=self._trend(txn, seg_id))
             if sample:
@@ -181,10 +186,11 @@ class Segments:
         """Every segment of the account with its size, in id order."""
         out = []
         with self.database.read() as txn:
+            deleted = self.profiles.deleted(txn)
             for _, raw in Database.scan(txn, self.db.segments, self.prefix):
                 rec = loads(raw)
                 version, bm = self.bitmap(txn, rec["id"])
-                out.append(dict(rec, version=version, size=len(bm)))
+                out.append(dict(rec, version=version, size=live_size(bm, deleted)))
         return out
 
     def delete(self, segment):

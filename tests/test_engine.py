@@ -45,6 +45,23 @@ def test_profile_delete(account):
     assert account.profiles.find(guid="g9").uid == 4                    # uids are never reused
 
 
+def test_deleted_profiles_leave_sizes_at_once_and_the_next_version_for_good(account):
+    account.profiles.upsert(people(8))
+    csv = b"Type,Identity\n" + b"".join(b"g,g%d\n" % k for k in range(6))
+    upload(account, csv, name="s")
+    upload(account, csv, name="t")
+    account.profiles.delete(["g1", "g4"])
+    for seg in (account.segments.get("s"), *account.segments.list()):
+        assert (seg["version"], seg["size"]) == (1, 4)            # the version is unchanged, its size is not
+    assert account.segments.get("s")["reachability"]["email"] == 2     # g0 and g3: deleted g4 had email too
+    up = upload(account, b"Type,Identity\ng,g7\n", "append", segment="s")
+    assert up["report"]["size"] == 5
+    assert list(account.segments.members("s")[1]) == [0, 2, 3, 5, 7]      # g1 and g4 are gone for good
+    assert b"".join(account.segments.export("t")) == b"Type,Identity\n" + b"".join(b"g,g%d\n" % k for k in (0, 2, 3, 5))
+    removed = upload(account, b"Type,Identity\ng,g0\n", "remove", segment="t")
+    assert removed["report"]["size"] == 3 and list(account.segments.members("t")[1]) == [2, 3, 5]
+
+
 def test_profile_validation(account):
     with pytest.raises(InvalidProfile):
         account.profiles.upsert([("g1", None, ["fax"])])
