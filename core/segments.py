@@ -275,7 +275,10 @@ class Segments:
         return version, uids, (start + len(uids) if last < hi else None)
 
     def _sample(self, txn, bm, n):
-        """Up to n profiles picked at random ranks of bm."""
+        """Up to n profiles picked at random ranks of bm's members that still have a profile."""
+        deleted = self.profiles.deleted(txn)
+        if bm.intersect(deleted):
+            bm = bm - deleted
         ranks = sorted(random.sample(range(len(bm)), min(n, len(bm))))
         found = (self.profiles.get(txn, bm[r]) for r in ranks)
         return [p for p in found if p is not None]

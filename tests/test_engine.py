@@ -54,6 +54,8 @@ def test_deleted_profiles_leave_sizes_at_once_and_the_next_version_for_good(acco
     for seg in (account.segments.get("s"), *account.segments.list()):
         assert (seg["version"], seg["size"]) == (1, 4)            # the version is unchanged, its size is not
     assert account.segments.get("s")["reachability"]["email"] == 2     # g0 and g3: deleted g4 had email too
+    for _ in range(5):                                   # 4 of 6 ranks would rarely miss both deleted
+        assert sorted(p.guid for p in account.segments.sample("t", 4)) == ["g0", "g2", "g3", "g5"]
     up = upload(account, b"Type,Identity\ng,g7\n", "append", segment="s")
     assert up["report"]["size"] == 5
     assert list(account.segments.members("s")[1]) == [0, 2, 3, 5, 7]      # g1 and g4 are gone for good
