@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server import servicers
+from listseg.server.decoding import add_servicer
 from listseg.server.logs import setup_logging
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
@@ -80,12 +81,12 @@ class Server:
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc"),
                                 options=options)
-        pb_grpc.add_SegmentsServicer_to_server(servicers.SegmentsServicer(self.services), self.grpc)
+        add_servicer(pb_grpc.add_SegmentsServicer_to_server, servicers.SegmentsServicer(self.services), self.grpc)
         self.lookups = futures.ThreadPoolExecutor(lookup_threads, thread_name_prefix="lookup")
-        pb_grpc.add_MembershipServicer_to_server(
-            on_pool(servicers.MembershipServicer(self.services), ("IsMember", "CheckMembers"), self.lookups),
-            self.grpc)
-        pb_grpc.add_ProfilesServicer_to_server(servicers.ProfilesServicer(self.services), self.grpc)
+        add_servicer(pb_grpc.add_MembershipServicer_to_server,
+                     on_pool(servicers.MembershipServicer(self.services), ("IsMember", "CheckMembers"), self.lookups),
+                     self.grpc)
+        add_servicer(pb_grpc.add_ProfilesServicer_to_server, servicers.ProfilesServicer(self.services), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(SERVICE_NAMES + [reflection.SERVICE_NAME, health.SERVICE_NAME],

@@ -172,7 +172,7 @@ class Model:
             return CODE.INVALID_ARGUMENT
         first, rest = seen[0], seen[1:]
         if first[0] == "corrupt":
-            return CODE.INTERNAL                    # grpc cannot deserialize it
+            return CODE.INVALID_ARGUMENT            # no message at all (server/decoding.py)
         if first[0] == "frame":
             return CODE.RESOURCE_EXHAUSTED          # grpc refuses it before the servicer sees it
         if first[0] != "spec":
@@ -205,7 +205,7 @@ class Model:
             if msg[0] == "frame" and create and not dry:
                 self.maybe.add(name)                # grpc may refuse the call before the spec is read
             if msg[0] in ("spec", "corrupt", "frame"):
-                return {"spec": CODE.INVALID_ARGUMENT, "corrupt": CODE.INTERNAL,
+                return {"spec": CODE.INVALID_ARGUMENT, "corrupt": CODE.INVALID_ARGUMENT,
                         "frame": CODE.RESOURCE_EXHAUSTED}[msg[0]]
             if msg[0] == "data":
                 if len(msg[1]) > MAX_DATA:
@@ -274,14 +274,14 @@ def test_upload_stream_fuzz(server, calls, pick):
             r = got.report
             state = {pb.UPLOAD_STATE_SUCCEEDED: "succeeded", pb.UPLOAD_STATE_FAILED: "failed"}[got.state]
             assert (state, (r.rows, r.qualified, r.unknown, r.invalid, r.duplicates), r.size) == want, items
-        _check_uploads_ended(account, 2 if want in (CODE.INTERNAL, CODE.RESOURCE_EXHAUSTED) else 0)
+        _check_uploads_ended(account, 2 if want == CODE.RESOURCE_EXHAUSTED else 0)
         _check_segments(account, model)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _check_uploads_ended(account, grace):
-    """No upload is left receiving or processing. When grpc itself ends a stream (a corrupt or oversized
+    """No upload is left receiving or processing. When grpc itself ends a stream (an oversized
     message) the client has its status while the servicer is still failing the upload: `grace` seconds."""
     deadline = time.time() + grace
     while True:

@@ -134,8 +134,8 @@ def test_errors_carry_status_and_reason(client):
         (lambda: client.upload(csv("g1"), name="vip"), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
         (lambda: client.upload(csv("g1"), replace="nope"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
         (lambda: client.upload(csv("g1"), name=""), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
-        (lambda: client.check_members("vip", ["x"], type="q") if False else client.membership.IsMember(
-            pb.IsMemberRequest(segment="vip", identity="g1"), timeout=5), grpc.StatusCode.INVALID_ARGUMENT, None),
+        (lambda: client.membership.IsMember(pb.IsMemberRequest(segment="vip", identity="g1"), timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT, None),
         (lambda: client.get_profile(guid="nobody"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     ]
     for call, code, reason in cases:
@@ -145,6 +145,27 @@ def test_errors_carry_status_and_reason(client):
         assert err.code == code
         if reason:
             assert err.reason == reason
+
+
+def test_requests_that_do_not_parse_are_invalid_argument(client):
+    client.upload(csv("g1"), name="vip")
+    garbage = b"\xff\xff\xff"                                 # a field tag cut short
+    for method, streams in (("/listseg.v1.Membership/IsMember", False), ("/listseg.v1.Membership/CheckMembers", False),
+                            ("/listseg.v1.Segments/GetSegment", False), ("/listseg.v1.Segments/ExportMembers", True)):
+        call = client.channel.unary_stream(method) if streams else client.channel.unary_unary(method)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call(garbage, timeout=5)) if streams else call(garbage, timeout=5)
+        err = ListsegError.from_rpc(e.value)
+        assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), method
+        assert "not a valid listseg.v1." in str(err)
+    replace = pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="vip"))
+    upload = client.channel.stream_unary("/listseg.v1.Segments/UploadList")
+    with pytest.raises(grpc.RpcError) as e:                    # a good spec and data, then garbage
+        upload(iter([replace.SerializeToString(), pb.UploadListRequest(data=csv("g2")).SerializeToString(),
+                     garbage]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.get_upload(2).state == pb.UPLOAD_STATE_FAILED
+    assert client.export("vip") == b"Type,Identity\ng,g1\n"
 
 
 def test_in_use_is_failed_precondition_naming_consumers(client):
