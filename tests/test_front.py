@@ -134,6 +134,13 @@ def test_front_relays_errors_and_the_other_calls(pair):
         direct, fronted = pair.both(method, request)
         assert fronted == direct, request
     assert sum(pair.fronted.CheckMembers(pb.CheckMembersRequest(segment="even", type=GUID, identities=ids)).members) == 25
+    for method in ("IsMember", "CheckMembers", "ListMembers"):           # bytes that are no message at all
+        answers = []
+        for channel in pair.channels:
+            with pytest.raises(grpc.RpcError) as e:
+                channel.unary_unary(f"/listseg.v1.Membership/{method}")(b"\xff\xff\xff", timeout=10)
+            answers.append((e.value.code(), ListsegError.from_rpc(e.value).reason))
+        assert answers[0] == answers[1] == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), method
 
 
 def test_front_takes_only_passcodes_the_server_accepts(pair):

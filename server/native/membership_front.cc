@@ -13,6 +13,7 @@
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
 #include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <lmdb.h>
@@ -197,13 +198,18 @@ std::string metadata(const grpc::CallbackServerContext* ctx, const char* key) {
   return it == ctx->client_metadata().end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
-class Membership final : public v1::Membership::CallbackService {
- public:
-  Membership(Store& store, std::shared_ptr<grpc::Channel> backend)
-      : store_(store), backend_(v1::Membership::NewStub(backend)) {}
+// The service's methods take and give bytes: a relayed call is passed on as it came, unparsed, and
+// a request that does not parse goes to the server too, which refuses it as INVALID_ARGUMENT (grpc
+// C++ would answer UNIMPLEMENTED).
+using RawMembership = v1::Membership::WithRawCallbackMethod_IsMember<v1::Membership::WithRawCallbackMethod_CheckMembers<
+    v1::Membership::WithRawCallbackMethod_ListMembers<v1::Membership::CallbackService>>>;
 
-  grpc::ServerUnaryReactor* IsMember(grpc::CallbackServerContext* ctx, const v1::IsMemberRequest* req,
-                                     v1::IsMemberResponse* resp) override {
+class Membership final : public RawMembership {
+ public:
+  Membership(Store& store, std::shared_ptr<grpc::Channel> backend) : store_(store), backend_(backend) {}
+
+  grpc::ServerUnaryReactor* IsMember(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                     grpc::ByteBuffer* resp) override {
     bool answered = false;
     try {
       answered = answer(ctx, *req, resp);
@@ -215,20 +221,24 @@ class Membership final : public v1::Membership::CallbackService {
       reactor->Finish(grpc::Status::OK);
       return reactor;
     }
-    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->IsMember(a...); });
+    return relay(ctx, "/listseg.v1.Membership/IsMember", req, resp);
   }
-  grpc::ServerUnaryReactor* CheckMembers(grpc::CallbackServerContext* ctx, const v1::CheckMembersRequest* req,
-                                         v1::CheckMembersResponse* resp) override {
-    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->CheckMembers(a...); });
+  grpc::ServerUnaryReactor* CheckMembers(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                         grpc::ByteBuffer* resp) override {
+    return relay(ctx, "/listseg.v1.Membership/CheckMembers", req, resp);
   }
-  grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* ctx, const v1::ListMembersRequest* req,
-                                        v1::ListMembersResponse* resp) override {
-    return relay(ctx, req, resp, [this](auto... a) { backend_->async()->ListMembers(a...); });
+  grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                        grpc::ByteBuffer* resp) override {
+    return relay(ctx, "/listseg.v1.Membership/ListMembers", req, resp);
   }
 
  private:
   // IsMember as core/segments.py check_members answers it, or false when only the server can answer.
-  bool answer(const grpc::CallbackServerContext* ctx, const v1::IsMemberRequest& req, v1::IsMemberResponse* resp) {
+  bool answer(const grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* out) {
+    v1::IsMemberRequest req;
+    grpc::Slice whole;
+    if (!raw_request.TrySingleSlice(&whole).ok() && !raw_request.DumpToSingleSlice(&whole).ok()) return false;
+    if (!req.ParseFromArray(whole.begin(), int(whole.size()))) return false;
     const char* table;
     if (req.type() == v1::IDENTITY_TYPE_GUID) table = "g";
     else if (req.type() == v1::IDENTITY_TYPE_IDENTITY) table = "i";
@@ -254,8 +264,12 @@ class Membership final : public v1::Membership::CallbackService {
         member = roaring_bitmap_contains(bm.get(), uid);
       }
     }
-    resp->set_member(member);
-    resp->set_version(version);
+    v1::IsMemberResponse resp;
+    resp.set_member(member);
+    resp.set_version(version);
+    std::string bytes = resp.SerializeAsString();
+    grpc::Slice slice(bytes);
+    *out = grpc::ByteBuffer(&slice, 1);
     return true;
   }
 
@@ -303,8 +317,8 @@ class Membership final : public v1::Membership::CallbackService {
   };
 
   // The call as it came, to the Python server; its answer, status and error details as they come back.
-  template <class Req, class Resp, class Send>
-  grpc::ServerUnaryReactor* relay(grpc::CallbackServerContext* ctx, const Req* req, Resp* resp, Send send) {
+  grpc::ServerUnaryReactor* relay(grpc::CallbackServerContext* ctx, const char* method, const grpc::ByteBuffer* req,
+                                  grpc::ByteBuffer* resp) {
     auto* relay = new Relay();
     for (const auto& [k, v] : ctx->client_metadata()) {
       std::string key(k.data(), k.size());
@@ -313,16 +327,16 @@ class Membership final : public v1::Membership::CallbackService {
     }
     relay->call.set_deadline(ctx->deadline());
     std::string account = metadata(ctx, "x-account-id"), passcode = metadata(ctx, "x-passcode");
-    send(&relay->call, req, resp, std::function<void(grpc::Status)>([this, relay, account, passcode](grpc::Status s) {
+    backend_.UnaryCall(&relay->call, method, {}, req, resp, [this, relay, account, passcode](grpc::Status s) {
       // Only while passcodes are required: in dev mode the server accepts any metadata.
       if (s.ok() && !account.empty() && store_.credentials_required()) verified_.remember(account, passcode);
       relay->Finish(grpc::Status(s.error_code(), s.error_message(), s.error_details()));
-    }));
+    });
     return relay;
   }
 
   Store& store_;
-  std::unique_ptr<v1::Membership::Stub> backend_;
+  grpc::GenericStub backend_;
   BitmapCache cache_;
   Verified verified_;
 };
