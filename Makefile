@@ -31,7 +31,7 @@ $(FRONT): server/native/membership_front.cc $(PROTO) | sysdeps front-sysdeps
 	rm -rf build/front && mkdir -p build/front
 	protoc -Iproto --cpp_out=build/front --grpc_out=build/front --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin $(PROTO)
 	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $< build/front/listseg/v1/listseg.pb.cc \
-	  build/front/listseg/v1/listseg.grpc.pb.cc $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lroaring
+	  build/front/listseg/v1/listseg.grpc.pb.cc $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lgrpc++_reflection -lroaring
 
 $(VENV)/.deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

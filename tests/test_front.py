@@ -274,6 +274,12 @@ def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, w
                 via_front.get_segment("s")
             assert e.value.code == grpc.StatusCode.UNIMPLEMENTED and target in str(e.value)
         assert len(_front_pids(port)) == 1
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        assert {s.name for s in answer.list_services_response.service} >= {"listseg.v1.Membership",
+                                                                          "grpc.health.v1.Health"}
     finally:
         if stop == "sigterm":
             stop_server(proc)

@@ -12,6 +12,7 @@
 //                      [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -409,6 +410,7 @@ int run(const Args& args) {
     creds = grpc::SslServerCredentials(ssl);
   }
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // as the server: grpcurl can list and describe
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(args.listen, creds, &port);
