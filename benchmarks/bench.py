@@ -544,9 +544,9 @@ def versions(redis_version):
 
 def measure_replace_read(target, membership, workdir, segment, replaces=REPLACES):
     """IsMember p99 from a reader process (calling `membership`) while this process replaces the N-row
-    segment through `target`, `replaces`
-    times a second apart: one replace of 1M rows now takes ~0.2 s, a window of ~200 calls whose
-    p99 is their second slowest; the calls of several replaces give a steadier p99."""
+    segment through `target`, `replaces` times a second apart: one replace of 1M rows now takes
+    ~0.2 s, a window of ~200 calls whose p99 is their second slowest; the calls of several replaces
+    give a steadier p99."""
     from listseg import Client
     reader = subprocess.Popen([sys.executable, __file__, "--worker", "reader", membership, workdir, segment],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
