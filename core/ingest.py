@@ -14,6 +14,7 @@ from pyroaring import BitMap
 from listseg.core import parser
 from listseg.core.errors import InvalidArgument, ListsegError, NotFound, TooLarge
 from listseg.core.store import UNKNOWN, Database, dumps, loads, u32, u64
+from listseg.core.segments import without_deleted
 
 MODES = ("create", "replace", "append", "remove")
 ACTIVE_STATES = ("receiving", "processing")
@@ -192,9 +193,8 @@ class Upload:
         else:
             _, live = self.segments.bitmap(txn, seg["id"])
             new = live | self.members if self.mode == "append" else live - self.members
-        deleted = self.account.profiles.deleted(txn)
-        if new.intersect(deleted):          # deleted since they were resolved, or (append) in the old version
-            new = new - deleted
+        # profiles deleted since they were resolved, or (append, remove) still in the old version
+        new = without_deleted(new, self.account.profiles.deleted(txn))
         report = self._report(len(new))
         if not self.dry_run:
             seg["last_upload"] = self.id

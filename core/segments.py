@@ -60,6 +60,11 @@ def live_size(bm, deleted):
     return len(bm) - bm.intersection_cardinality(deleted) if deleted else len(bm)
 
 
+def without_deleted(bm, deleted):
+    """bm less the deleted uids; bm itself (no copy) when it holds none."""
+    return bm - deleted if bm.intersect(deleted) else bm
+
+
 class Segments:
     def __init__(self, database, account, profiles, cache, retention_s):
         self.database = database
@@ -171,11 +176,12 @@ class Segments:
             rec = self.record(txn, seg_id)
             version, bm = self.bitmap(txn, seg_id)
             channels = self.profiles.channel_bitmaps(txn)
-            out = dict(rec, version=version, size=live_size(bm, self.profiles.deleted(txn)),
+            deleted = self.profiles.deleted(txn)
+            out = dict(rec, version=version, size=live_size(bm, deleted),
                        reachability={name: bm.intersection_cardinality(channels[name]) for name in CHANNELS},
                        trend=self._trend(txn, seg_id))
             if sample:
-                out["sample"] = [p.to_dict() for p in self._sample(txn, bm, sample)]
+                out["sample"] = [p.to_dict() for p in self._sample(txn, without_deleted(bm, deleted), sample)]
             return out
 
     def _trend(self, txn, seg_id):
@@ -275,10 +281,7 @@ class Segments:
         return version, uids, (start + len(uids) if last < hi else None)
 
     def _sample(self, txn, bm, n):
-        """Up to n profiles picked at random ranks of bm's members that still have a profile."""
-        deleted = self.profiles.deleted(txn)
-        if bm.intersect(deleted):
-            bm = bm - deleted
+        """Up to n profiles picked at random ranks of bm (give it without_deleted's members)."""
         ranks = sorted(random.sample(range(len(bm)), min(n, len(bm))))
         found = (self.profiles.get(txn, bm[r]) for r in ranks)
         return [p for p in found if p is not None]
@@ -286,7 +289,7 @@ class Segments:
     def sample(self, segment, n=10):
         with self.database.read() as txn:
             _, bm = self.bitmap(txn, self.find_id(txn, segment))
-            return self._sample(txn, bm, n)
+            return self._sample(txn, without_deleted(bm, self.profiles.deleted(txn)), n)
 
     def member_guids(self, txn, uids):
         """(guids, found) of ascending uids: each guid followed by a newline, and the uids that

@@ -49,6 +49,12 @@ def split_address(address):
     return host, int(port)
 
 
+def local_host(listen):
+    """The host a client on this machine dials to reach a server listening on `listen`."""
+    host = split_address(listen)[0]
+    return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+
+
 def on_pool(servicer, names, pool):
     """Run the servicer's methods `names` on `pool` rather than the server's pool (grpc's per-method
     `experimental_thread_pool`). Short look-ups queue for a few threads instead of 32 threads
@@ -151,9 +157,7 @@ class Helpers:
         self.running = []
 
     def start(self, port):
-        host = split_address(self.listen)[0]
-        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
-        backend = f"{host}:{port}"
+        backend = f"{local_host(self.listen)}:{port}"
         try:
             if self.membership_listen:
                 from listseg.server.front import Front
@@ -232,8 +236,7 @@ def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None
 
 def _wait_listening(listen, procs, timeout=60.0):
     """Until a worker accepts connections on listen (so its LMDB databases exist), or one dies."""
-    host, port = split_address(listen)
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "::1", "": "127.0.0.1"}.get(host, host.strip("[]"))
+    host, port = local_host(listen).strip("[]"), split_address(listen)[1]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and all(p.is_alive() for p in procs):
         try:
