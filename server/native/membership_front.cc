@@ -211,6 +211,7 @@ class Membership final : public RawMembership {
 
   grpc::ServerUnaryReactor* IsMember(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
                                      grpc::ByteBuffer* resp) override {
+    if (!req->Valid()) return without_request(ctx);
     bool answered = false;
     try {
       answered = answer(ctx, *req, resp);
@@ -317,9 +318,22 @@ class Membership final : public RawMembership {
     grpc::ClientContext call;
   };
 
+  // grpc runs a raw method with no buffer at all when the call ended before its request came (a
+  // deadline of a millisecond, a cancel) or the caller half-closed without one. Relaying that
+  // buffer aborts the process (GRPC_CALL_ERROR_INVALID_MESSAGE), so it is answered here.
+  static grpc::ServerUnaryReactor* without_request(grpc::CallbackServerContext* ctx) {
+    auto* reactor = ctx->DefaultReactor();
+    if (ctx->deadline() <= std::chrono::system_clock::now())
+      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the request came"));
+    else
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+    return reactor;
+  }
+
   // The call as it came, to the Python server; its answer, status and error details as they come back.
   grpc::ServerUnaryReactor* relay(grpc::CallbackServerContext* ctx, const char* method, const grpc::ByteBuffer* req,
                                   grpc::ByteBuffer* resp) {
+    if (!req->Valid()) return without_request(ctx);
     auto* relay = new Relay();
     for (const auto& [k, v] : ctx->client_metadata()) {
       std::string key(k.data(), k.size());
