@@ -18,20 +18,30 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq liblmdb-dev >/dev/null; \
 	  else echo "liblmdb-dev is missing: run 'sudo apt-get install liblmdb-dev'" >&2; exit 1; fi; }
 
-# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256.
-FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h
+# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256,
+# and grpc's own .proto files (health, reflection v1 and v1alpha) for the front's reflection.
+GRPC_PROTO_DIR := /usr/share/grpc-proto
+FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h \
+  $(GRPC_PROTO_DIR)/grpc/health/v1/health.proto
 front-sysdeps:
 	@for f in $(FRONT_HEADERS); do test -e $$f || missing=1; done; [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libgrpc++-dev protobuf-compiler-grpc \
-	    libprotobuf-dev libroaring-dev libssl-dev pkg-config >/dev/null; \
-	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev'" >&2; exit 1; fi; }
+	    libprotobuf-dev libroaring-dev libssl-dev grpc-proto pkg-config >/dev/null; \
+	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev grpc-proto'" >&2; exit 1; fi; }
 
-# C++ stubs from the same .proto, then one binary (server/front.py starts it).
-$(FRONT): server/native/membership_front.cc $(PROTO) | sysdeps front-sysdeps
+# C++ stubs from the same .proto, the messages the front's health, reflection and errors carry (so
+# reflection can describe them; google/rpc from the pinned googleapis-common-protos), then one binary
+# (server/front.py starts it).
+FRONT_SRC    := server/native/membership_front.cc server/native/reflection.cc
+FRONT_PROTOS := grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto
+RPC_PROTOS   := google/rpc/status.proto google/rpc/error_details.proto
+$(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sysdeps front-sysdeps
 	rm -rf build/front && mkdir -p build/front
-	protoc -Iproto --cpp_out=build/front --grpc_out=build/front --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin $(PROTO)
-	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $< build/front/listseg/v1/listseg.pb.cc \
-	  build/front/listseg/v1/listseg.grpc.pb.cc $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lgrpc++_reflection -lroaring
+	rpc=$$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(m.__file__.rsplit("/google/", 1)[0])') && \
+	protoc -Iproto -I$(GRPC_PROTO_DIR) -I$$rpc --cpp_out=build/front $(PROTO) $(FRONT_PROTOS) $(RPC_PROTOS)
+	protoc -Iproto --grpc_out=build/front --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin $(PROTO)
+	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $(FRONT_SRC) $$(find build/front -name '*.pb.cc') \
+	  $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lroaring
 
 $(VENV)/.deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,11 +54,14 @@ $(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
-# Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package).
-$(STUBS): $(PROTO) $(VENV)/.deps
+# Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package), with the
+# descriptor of reflection v1 (server/introspection.py serves it; grpcio-reflection has only v1alpha).
+$(STUBS): $(PROTO) $(VENV)/.deps | front-sysdeps
 	rm -rf build/gen && mkdir -p build/gen
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
+	$(BIN)/python -m grpc_tools.protoc -I$(GRPC_PROTO_DIR) --python_out=build/gen grpc/reflection/v1/reflection.proto
 	cp build/gen/listseg/v1/*.py build/gen/listseg/v1/*.pyi v1/
+	cp build/gen/grpc/reflection/v1/reflection_pb2.py v1/reflection_v1_pb2.py
 
 # The dashboard's browser tests drive Debian's chromium through its chromedriver (no browser download).
 browser-sysdeps:

@@ -5,10 +5,8 @@
 
 `listseg serve --http HOST:PORT` runs one beside the gRPC server; `listseg dashboard` runs one alone.
 """
-import ipaddress
 import logging
 import signal
-import socket
 import threading
 import time
 
@@ -16,6 +14,7 @@ import waitress
 from waitress import wasyncore
 
 from listseg.dashboard import web
+from listseg.server.addresses import is_loopback, split_address
 from listseg.server.logs import setup_logging
 
 log = logging.getLogger("listseg.dashboard")
@@ -23,27 +22,11 @@ log = logging.getLogger("listseg.dashboard")
 MAX_BODY = 256 << 20       # waitress refuses bigger request bodies outright; the app's limit is 50 MB
 
 
-def split_address(address):
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"the dashboard's address must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host):
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
-
-
 class Dashboard:
     def __init__(self, target, address="127.0.0.1:8080", tls_ca=None, threads=8, **app_options):
         self.target = target
-        self.host, self.requested_port = split_address(address)
+        host, self.requested_port = split_address(address, "the dashboard's address")
+        self.host = host.strip("[]")
         if is_loopback(self.host):
             app_options.setdefault("allowed_hosts", web.LOOPBACK_NAMES + (self.host,))
         self.app = web.create_app(target, tls_ca=tls_ca, **app_options)

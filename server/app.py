@@ -1,6 +1,5 @@
 """Building and running the gRPC server: services, health, reflection, TLS, workers, SIGTERM drain."""
 import functools
-import ipaddress
 import logging
 import multiprocessing
 import os
@@ -13,11 +12,11 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
-from listseg.server import servicers
+from listseg.server import front, introspection, servicers
+from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import add_servicer
 from listseg.server.logs import setup_logging
 from listseg.v1 import listseg_pb2 as pb
@@ -28,31 +27,6 @@ log = logging.getLogger("listseg.server")
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Segments", "Membership", "Profiles")]
 LOOKUP_THREADS = 2               # threads for IsMember and CheckMembers; see on_pool
 MAX_MESSAGE = 4 << 20            # a 2 MiB data message plus framing; bigger ones are refused by grpc
-
-
-def is_loopback(host):
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
-
-
-def split_address(address):
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"listen address must be HOST:PORT, got {address!r}")
-    return host, int(port)
-
-
-def local_host(listen):
-    """The host a client on this machine dials to reach a server listening on `listen`."""
-    host = split_address(listen)[0]
-    return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
 
 
 def on_pool(servicer, names, pool):
@@ -95,8 +69,8 @@ class Server:
         add_servicer(pb_grpc.add_ProfilesServicer_to_server, servicers.ProfilesServicer(self.services), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(SERVICE_NAMES + [reflection.SERVICE_NAME, health.SERVICE_NAME],
-                                            self.grpc)
+        introspection.enable_reflection(SERVICE_NAMES + [health.SERVICE_NAME], self.grpc)
+        self.grpc.add_generic_rpc_handlers((introspection.UnknownMethods(),))     # last: after every service
         if tls:
             cert, key = tls
             creds = grpc.ssl_server_credentials([(open(key, "rb").read(), open(cert, "rb").read())])
@@ -114,6 +88,12 @@ class Server:
     def _set_health(self, status):
         for name in ["", *SERVICE_NAMES]:
             self.health.set(name, status)
+
+    def set_front_health(self, serving):
+        """The membership front's state, under its own name (server/front.py HEALTH_NAME), so that a
+        probe of this server sees the front down while it restarts."""
+        self.health.set(front.HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if serving
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def stop(self, grace=None):
         """Refuse new calls, let calls in flight (uploads) finish for up to `grace` seconds."""
@@ -156,15 +136,17 @@ class Helpers:
         self.tls_ca = (tls_ca or tls[0]) if tls else None
         self.running = []
 
-    def start(self, port):
+    def start(self, port, on_front=lambda serving: None):
+        """`on_front(serving)` hears each time the membership front comes up or goes down."""
         backend = f"{local_host(self.listen)}:{port}"
         try:
             if self.membership_listen:
-                from listseg.server.front import Front
-                front = Front(self.membership_listen, backend, self.data, self.tls, self.tls_ca)
-                self.running.append(front)
+                supervisor = front.Supervisor(self.membership_listen, backend, self.data, self.tls, self.tls_ca,
+                                              on_front)
+                self.running.append(supervisor)
                 log.info("membership front serving", extra={"fields": {"listen": self.membership_listen,
-                                                                       "port": front.port, "pid": front.proc.pid}})
+                                                                       "port": supervisor.port,
+                                                                       "pid": supervisor.front.proc.pid}})
             if self.http:
                 from listseg.dashboard.server import Dashboard
                 self.running.append(Dashboard(backend, self.http, tls_ca=self.tls_ca).start())
@@ -178,7 +160,9 @@ class Helpers:
             self.running.pop().stop()
 
 
-def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=None):
+def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=None, front_up=None):
+    """One server process. With `helpers` it runs them too; a worker instead mirrors `front_up`, the
+    parent's view of the front (a shared flag), into its health service."""
     from listseg.server.mail import Mailer
     limits = dict(limits)
     engine = Engine(data, profile_index=limits.pop("profile_index", True))   # after the fork, in each worker
@@ -188,7 +172,11 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
                                           "pid": os.getpid()}})
     try:
         if helpers:
-            helpers.start(server.port)
+            if helpers.membership_listen:
+                server.set_front_health(False)
+            helpers.start(server.port, on_front=server.set_front_health)
+        if front_up is not None:
+            threading.Thread(target=_mirror_front_health, args=(front_up, server), daemon=True).start()
     except BaseException:
         server.stop(0)
         engine.close()
@@ -208,13 +196,14 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
 
 def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None):
     ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
-    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits, mail), daemon=False)
+    front_up = ctx.Value("b", 0) if helpers.membership_listen else None
+    procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits, mail, front_up), daemon=False)
              for _ in range(workers)]
     for p in procs:
         p.start()
     try:
         _wait_listening(listen, procs)
-        helpers.start(split_address(listen)[1])
+        helpers.start(split_address(listen)[1], on_front=lambda serving: setattr(front_up, "value", int(serving)))
     except BaseException:
         for p in procs:
             os.kill(p.pid, signal.SIGTERM)
@@ -247,6 +236,16 @@ def _wait_listening(listen, procs, timeout=60.0):
     raise OSError(f"no worker is listening on {listen}")
 
 
-def _worker(data, listen, grace, tls, limits, mail=None):
+def _mirror_front_health(front_up, server, interval=0.1):
+    """A worker's health for the front follows the parent's flag (the parent supervises the front)."""
+    serving = None
+    while True:
+        if bool(front_up.value) != serving:
+            serving = bool(front_up.value)
+            server.set_front_health(serving)
+        time.sleep(interval)
+
+
+def _worker(data, listen, grace, tls, limits, mail=None, front_up=None):
     setup_logging()
-    sys.exit(_serve_one(data, listen, grace, tls, limits, reuse_port=True, mail=mail))
+    sys.exit(_serve_one(data, listen, grace, tls, limits, reuse_port=True, mail=mail, front_up=front_up))

@@ -2,33 +2,57 @@
 
 It serves the Membership service on its own address: IsMember from the server's LMDB files in native
 code, everything else relayed to this server. Campaign engines that make one look-up per call point
-at it; the server itself is unchanged.
+at it; the server itself is unchanged. `Supervisor` keeps it running: campaign engines call it on
+every event, so an exit is logged, reported through the server's health and followed by a restart.
 """
 import json
+import logging
 import os
 import select
+import signal
 import subprocess
+import threading
+import time
+
+from listseg.server.addresses import is_loopback, split_address
 
 BINARY = os.environ.get("LISTSEG_FRONT") or os.path.join(os.path.dirname(__file__), "native", "listseg-front")
 READY_TIMEOUT = 30.0
+HEALTH_NAME = "listseg.front"     # the server's health service reports the front under this name
+FIRST_BACKOFF_S = 0.1             # restart delays double from this...
+MAX_BACKOFF_S = 10.0              # ...up to this,
+STEADY_S = 30.0                   # and start again from the first once a front has run this long
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
+
+log = logging.getLogger("listseg.server")
 
 
 class FrontError(OSError):
     pass
 
 
+def describe_exit(returncode):
+    """Log fields for a process's exit status: {"exit_code": N} or {"signal": "SIGSEGV"}."""
+    if returncode < 0:
+        return {"signal": signal.Signals(-returncode).name}
+    return {"exit_code": returncode}
+
+
 class Front:
-    """A running front: `port`, `stop()`. `backend` is this server's HOST:PORT as a client dials
-    it; with TLS, `tls` is (cert, key) and `backend_ca` what the front trusts for the backend."""
+    """A running front process: `port`, `proc`, `stop()`. `backend` is this server's HOST:PORT as a
+    client dials it; with TLS, `tls` is (cert, key) and `backend_ca` what the front trusts for it."""
 
     def __init__(self, listen, backend, data, tls=None, backend_ca=None):
         if not os.access(BINARY, os.X_OK):
             raise FrontError(f"the membership front is not built ({BINARY}); run `make install`")
         args = [BINARY, "--listen", listen, "--backend", backend, "--data", os.path.abspath(data)]
+        if is_loopback(split_address(listen)[0]):
+            args.append("--listen-is-loopback")
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1], "--backend-ca", backend_ca or tls[0]]
         # stderr is the server's: the front's own errors land in the same log
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
         self.port = self._wait_ready()
 
     def _wait_ready(self):
@@ -40,6 +64,8 @@ class Front:
         return json.loads(line)["port"]
 
     def stop(self, timeout=5.0):
+        """SIGTERM, then SIGKILL if it lingers; returns the exit status. A front that crashed on the
+        way out or had to be killed is logged as such (the suite fails on either)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -47,4 +73,76 @@ class Front:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                log.error("membership front did not stop; killed", extra={"fields": {"pid": self.proc.pid}})
         self.proc.stdout.close()
+        if self.proc.returncode < 0 and -self.proc.returncode in CRASH_SIGNALS:
+            log.error("membership front crashed", extra={"fields": {"pid": self.proc.pid,
+                                                                    **describe_exit(self.proc.returncode)}})
+        return self.proc.returncode
+
+
+class Supervisor:
+    """Runs a Front and restarts it whenever it exits, with growing delays; `on_change(serving)` hears
+    each start and exit (the server's health). Restarts keep the port the first start bound."""
+
+    def __init__(self, listen, backend, data, tls=None, backend_ca=None, on_change=lambda serving: None):
+        self.args = (backend, data, tls, backend_ca)
+        self.on_change = on_change
+        self.front = Front(listen, *self.args)           # a first start that fails is the caller's error
+        self.listen = f"{split_address(listen)[0]}:{self.front.port}"
+        self.restarts = 0
+        self._lock = threading.Lock()                    # held while self.front is replaced or stopped
+        self._stopping = threading.Event()
+        on_change(True)
+        self._thread = threading.Thread(target=self._watch, name="front-supervisor", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self):
+        return self.front.port
+
+    def _watch(self):
+        delay = FIRST_BACKOFF_S
+        while True:
+            proc = self.front.proc
+            returncode = proc.wait()
+            if self._stopping.is_set():
+                return
+            ran = time.monotonic() - self.front.started
+            self.on_change(False)
+            crashed = returncode < 0 and -returncode in CRASH_SIGNALS
+            log.error("membership front crashed" if crashed else "membership front exited",
+                      extra={"fields": {"pid": proc.pid, **describe_exit(returncode), "ran_s": round(ran, 3)}})
+            if ran >= STEADY_S:
+                delay = FIRST_BACKOFF_S
+            while not self._restart(delay):
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                if self._stopping.is_set():
+                    return
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _restart(self, delay):
+        """After `delay` seconds, a new front in place of the dead one; False if it did not start."""
+        log.warning("restarting the membership front", extra={"fields": {"in_s": delay, "restarts": self.restarts}})
+        if self._stopping.wait(delay):
+            return True
+        with self._lock:
+            if self._stopping.is_set():
+                return True
+            try:
+                self.front = Front(self.listen, *self.args)
+            except (FrontError, OSError, ValueError) as exc:
+                log.error("membership front did not restart", extra={"fields": {"error": str(exc)}})
+                return False
+            self.restarts += 1
+        log.info("membership front restarted", extra={"fields": {"pid": self.front.proc.pid, "port": self.front.port,
+                                                                 "restarts": self.restarts}})
+        self.on_change(True)
+        return True
+
+    def stop(self, timeout=5.0):
+        with self._lock:
+            self._stopping.set()
+            self.front.stop(timeout)
+        self._thread.join(timeout)
+        self.on_change(False)

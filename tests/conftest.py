@@ -1,8 +1,10 @@
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -86,11 +88,48 @@ def wait_healthy(target, timeout=30):
     raise TimeoutError(f"no healthy server at {target}")
 
 
+# What server/front.py logs when a membership front ends by a crash signal or has to be killed.
+# No test may cause either: the front is what campaign engines call on every event.
+FRONT_FAILURES = ("membership front crashed", "membership front did not stop; killed")
+
+
+class _FrontFailures(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.seen = []
+
+    def emit(self, record):
+        if record.getMessage() in FRONT_FAILURES:
+            self.seen.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def front_never_crashes(request):
+    """Fails a test in whose process a membership front crashed or hung (see stop_server for the
+    fronts of `listseg serve` processes). Mark a test `front_crash_expected` to crash one on purpose."""
+    handler = _FrontFailures()
+    logger = logging.getLogger("listseg.server")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    if not request.node.get_closest_marker("front_crash_expected"):
+        assert not handler.seen, f"a membership front failed: {handler.seen}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "front_crash_expected: the test crashes a membership front on purpose")
+
+
 def start_server(data, *args, port=None):
-    """`listseg serve` as a real process on a free loopback port; returns (process, target) once healthy."""
+    """`listseg serve` as a real process on a free loopback port; returns (process, target) once
+    healthy. Its log goes to a file; `proc.stderr` reads it from the start."""
     port = port or free_port()
+    log = tempfile.NamedTemporaryFile(prefix="listseg-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
-                             "--listen", f"127.0.0.1:{port}", *args], stderr=subprocess.PIPE)
+                             "--listen", f"127.0.0.1:{port}", *args], stderr=log)
+    log.close()
+    proc.stderr = open(log.name, "rb")
+    os.unlink(log.name)                 # the open handles keep it until both ends close
     try:
         wait_healthy(f"127.0.0.1:{port}")
     except BaseException:
@@ -100,7 +139,8 @@ def start_server(data, *args, port=None):
 
 
 def stop_server(proc, timeout=30):
-    """SIGTERM a server started by start_server (it drains and exits), SIGKILL it if it lingers."""
+    """SIGTERM a server started by start_server (it drains and exits), SIGKILL it if it lingers.
+    Fails if its log says a membership front crashed or had to be killed."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -108,6 +148,10 @@ def stop_server(proc, timeout=30):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if proc.stderr is not None:
+        with open(f"/proc/self/fd/{proc.stderr.fileno()}", "rb") as log:
+            failures = [line for line in log if any(f'"msg": "{m}"'.encode() in line for m in FRONT_FAILURES)]
+        assert not failures, f"a membership front failed: {failures}"
 
 
 def wait_until(condition, timeout=30):

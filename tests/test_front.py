@@ -5,6 +5,7 @@ what it does not answer (errors keep their status and reason), and take only pas
 has accepted. Real processes on loopback ports; the server runs in this process so tests can write
 to its engine directly.
 """
+import json
 import os
 import signal
 import subprocess
@@ -34,10 +35,11 @@ class Pair:
     """The server and its front, with a raw Membership stub on each."""
 
     def __init__(self, tmp_path):
-        self.engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+        self.data = str(tmp_path / "data")
+        self.engine = Engine(self.data, map_size=1 << 30)
         self.server, port = create_server(self.engine)
         self.target = f"127.0.0.1:{port}"
-        self.front = front.Front("127.0.0.1:0", self.target, str(tmp_path / "data"))
+        self.front = front.Front("127.0.0.1:0", self.target, self.data)
         self.front_target = f"127.0.0.1:{self.front.port}"
         self.channels = [grpc.insecure_channel(t) for t in (self.target, self.front_target)]
         self.direct, self.fronted = (pb_grpc.MembershipStub(ch) for ch in self.channels)
@@ -287,3 +289,116 @@ def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, w
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     wait_until(lambda: not _front_pids(port), timeout=10)
+
+
+def _health(target, service):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(target) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        except grpc.RpcError as e:
+            return e.code()
+
+
+def _log_records(proc, msg):
+    with open(f"/proc/self/fd/{proc.stderr.fileno()}", "rb") as log:
+        records = [json.loads(line) for line in log if line.startswith(b"{")]
+    return [r for r in records if r["msg"] == msg]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_restarts_a_front_that_dies_and_its_health_says_so(tmp_path, workers):
+    from conftest import free_port
+    from grpc_health.v1 import health_pb2
+    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    port = free_port()
+    proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}",
+                                "--workers", str(workers))
+    try:
+        wait_healthy(f"127.0.0.1:{port}")
+        with Client(target) as c:
+            c.import_profiles(PROFILES)
+            c.upload(csv([("g", "g5")]), name="s")
+        wait_until(lambda: _health(target, front.HEALTH_NAME) == SERVING, timeout=10)
+        pids = []
+        for kill in range(3):                       # each restart waits twice as long as the one before
+            [pid] = _front_pids(port)
+            pids.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            if kill == 2:                           # down for >= 0.4 s: the server's health shows it
+                wait_until(lambda: _health(target, front.HEALTH_NAME) == NOT_SERVING, timeout=10)
+            wait_until(lambda: _front_pids(port) not in ([], [pid]), timeout=20)
+            wait_until(lambda: _health(target, front.HEALTH_NAME) == SERVING, timeout=20)
+            with Client(f"127.0.0.1:{port}") as via_front:        # the same port, answering again
+                assert via_front.is_member("s", guid="g5") and not via_front.is_member("s", guid="g6")
+        assert len(set(pids)) == 3
+        assert _health(target, "listseg.v1.Membership") == SERVING
+        exits = _log_records(proc, "membership front exited")
+        assert [(e["pid"], e["signal"]) for e in exits] == [(p, "SIGKILL") for p in pids]
+        assert [r["in_s"] for r in _log_records(proc, "restarting the membership front")] == [0.1, 0.2, 0.4]
+        assert [r["restarts"] for r in _log_records(proc, "membership front restarted")] == [1, 2, 3]
+    finally:
+        stop_server(proc)
+    wait_until(lambda: not _front_pids(port), timeout=10)
+
+
+@pytest.mark.front_crash_expected
+def test_a_front_that_crashes_is_logged_as_crashed(tmp_path, caplog):
+    """What the suite's front_never_crashes check looks for (tests/conftest.py)."""
+    Engine(str(tmp_path / "d"), map_size=1 << 26).close()
+    fronted = front.Front("127.0.0.1:0", "127.0.0.1:1", str(tmp_path / "d"))
+    os.kill(fronted.proc.pid, signal.SIGSEGV)
+    fronted.proc.wait(10)
+    assert fronted.stop() == -signal.SIGSEGV
+    assert [(r.getMessage(), r.fields["signal"]) for r in caplog.records] == [("membership front crashed", "SIGSEGV")]
+
+
+def test_both_ports_serve_health_by_name_and_reflection_v1_and_v1alpha(pair):
+    from grpc_health.v1 import health_pb2
+    from listseg.v1 import reflection_v1_pb2 as refl
+    assert _health(pair.front_target, "listseg.v1.Membership") == health_pb2.HealthCheckResponse.SERVING
+    assert _health(pair.front_target, "") == health_pb2.HealthCheckResponse.SERVING
+    symbols = ["listseg.v1.Membership", "grpc.health.v1.Health", "google.rpc.ErrorInfo",
+               "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+    for target in (pair.target, pair.front_target):
+        for version in ("v1", "v1alpha"):
+            with grpc.insecure_channel(target) as channel:
+                call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                             request_serializer=refl.ServerReflectionRequest.SerializeToString,
+                                             response_deserializer=refl.ServerReflectionResponse.FromString)
+                answers = list(call(iter([refl.ServerReflectionRequest(list_services="")] +
+                                         [refl.ServerReflectionRequest(file_containing_symbol=s) for s in symbols] +
+                                         [refl.ServerReflectionRequest(file_containing_symbol="no.Such")]), timeout=10))
+            listed = {s.name for s in answers[0].list_services_response.service}
+            assert listed >= {"listseg.v1.Membership", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                              "grpc.reflection.v1alpha.ServerReflection"}, (target, version)
+            for symbol, answer in zip(symbols, answers[1:]):       # each resolves to a file that defines it
+                from google.protobuf import descriptor_pb2
+                files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                         for raw in answer.file_descriptor_response.file_descriptor_proto]
+                package, _, name = symbol.rpartition(".")
+                assert any(f.package == package and (name in {s.name for s in f.service} or
+                                                      name in {m.name for m in f.message_type}) for f in files), \
+                    (target, version, symbol)
+            assert answers[-1].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_every_error_either_port_makes_carries_an_error_info(pair):
+    for channel, reason in zip(pair.channels, ("UNKNOWN_METHOD", "NOT_ON_FRONT")):
+        for method in ("/no.Such/Method", "/listseg.v1.Segments/GetSegment"):
+            if reason == "UNKNOWN_METHOD" and method.startswith("/listseg"):
+                continue                                    # the server serves that one
+            with pytest.raises(grpc.RpcError) as e:
+                channel.unary_unary(method)(b"", timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert ListsegError.from_rpc(e.value).reason == reason, method
+    dead = front.Front("127.0.0.1:0", "127.0.0.1:1", pair.data)        # a front whose server is gone
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{dead.port}") as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                pb_grpc.MembershipStub(channel).ListMembers(pb.ListMembersRequest(segment="s"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ListsegError.from_rpc(e.value).reason == "SERVER_UNAVAILABLE"
+    finally:
+        dead.stop()

@@ -8,11 +8,11 @@
 // exactly: an error of any kind, and credentials it has not yet seen the server accept. So the server
 // stays the one place that decides what an error or an account means.
 //
-// Usage: listseg-front --listen HOST:PORT --backend HOST:PORT --data DIR
+// Usage: listseg-front --listen HOST:PORT --backend HOST:PORT --data DIR [--listen-is-loopback]
 //                      [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
+// Beside Membership it serves health (listseg.v1.Membership and "") and reflection v1 and v1alpha.
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -33,10 +33,14 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "listseg/v1/listseg.grpc.pb.h"
+#include "reflection.h"
+#include "status.h"
 
 namespace v1 = listseg::v1;
+using listseg::front::error;
 
 namespace {
 
@@ -84,32 +88,33 @@ class Store {
     versions_ = open(txn, "versions");
     check(mdb_txn_commit(txn), "mdb_txn_commit");
   }
-  ~Store() { mdb_env_close(env_); }
+  ~Store() {
+    for (MDB_txn* txn : idle_) mdb_txn_abort(txn);
+    mdb_env_close(env_);
+  }
 
-  // A read transaction on the calling thread's reader slot. Taking a fresh slot per call locks
-  // LMDB's reader table, a mutex shared with the server process; renewing the thread's own does not.
+  // A read transaction for one call, from the store's pool of reset ones. Renewing a reset
+  // transaction keeps its reader slot; taking a fresh slot per call locks LMDB's reader table, a
+  // mutex shared with the server process. The pool belongs to the store, not to grpc's threads, so
+  // every transaction ends before the environment closes (thread-local ones were aborted after
+  // mdb_env_close at exit and crashed in liblmdb).
   class Txn {
    public:
-    explicit Txn(MDB_env* env) {
-      thread_local Slot slot;
-      if (slot.txn) {
-        check(mdb_txn_renew(slot.txn), "mdb_txn_renew");
-      } else {
-        check(mdb_txn_begin(env, nullptr, MDB_RDONLY, &slot.txn), "mdb_txn_begin");
-      }
-      txn_ = slot.txn;
-    }
-    ~Txn() { mdb_txn_reset(txn_); }
+    explicit Txn(Store& store) : store_(store), txn_(store.acquire()) {}
+    ~Txn() { store_.release(txn_); }
     Txn(const Txn&) = delete;
     bool get(MDB_dbi dbi, const std::string& key, MDB_val* out) const {
       MDB_val k{key.size(), const_cast<char*>(key.data())};
       return mdb_get(txn_, dbi, &k, out) == 0;
     }
+
+   private:
+    Store& store_;
     MDB_txn* txn_;
   };
 
-  Txn begin() const { return Txn(env_); }
-  bool credentials_required() const noexcept {
+  Txn begin() { return Txn(*this); }
+  bool credentials_required() noexcept {
     try {
       MDB_val raw;
       return begin().get(accounts_, kCredentialsFlag, &raw);
@@ -121,10 +126,28 @@ class Store {
   MDB_dbi accounts_, guid_, ident_, segments_, segnames_, heads_, versions_;
 
  private:
-  struct Slot {             // freed when its thread ends
+  MDB_txn* acquire() {
     MDB_txn* txn = nullptr;
-    ~Slot() { if (txn) mdb_txn_abort(txn); }
-  };
+    {
+      std::lock_guard<std::mutex> hold(idle_lock_);
+      if (!idle_.empty()) {
+        txn = idle_.back();
+        idle_.pop_back();
+      }
+    }
+    if (!txn) {
+      check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "mdb_txn_begin");
+    } else if (int rc = mdb_txn_renew(txn)) {
+      mdb_txn_abort(txn);
+      check(rc, "mdb_txn_renew");
+    }
+    return txn;
+  }
+  void release(MDB_txn* txn) {
+    mdb_txn_reset(txn);
+    std::lock_guard<std::mutex> hold(idle_lock_);
+    idle_.push_back(txn);
+  }
   static void check(int rc, const std::string& what) {
     if (rc) throw std::runtime_error(what + ": " + mdb_strerror(rc));
   }
@@ -134,6 +157,8 @@ class Store {
     return dbi;
   }
   MDB_env* env_ = nullptr;
+  std::mutex idle_lock_;
+  std::vector<MDB_txn*> idle_;   // reset read transactions, each holding its reader slot
 };
 
 using Bitmap = std::shared_ptr<roaring_bitmap_t>;
@@ -324,9 +349,11 @@ class Membership final : public RawMembership {
   static grpc::ServerUnaryReactor* without_request(grpc::CallbackServerContext* ctx) {
     auto* reactor = ctx->DefaultReactor();
     if (ctx->deadline() <= std::chrono::system_clock::now())
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the request came"));
+      reactor->Finish(error(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the request came",
+                            "DEADLINE_EXCEEDED"));
     else
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+      reactor->Finish(error(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message",
+                            "INVALID_ARGUMENT", {{"field", "request"}}));
     return reactor;
   }
 
@@ -340,14 +367,40 @@ class Membership final : public RawMembership {
       if (key[0] != ':' && key.rfind("grpc-", 0) != 0 && key != "user-agent" && key != "content-type")
         relay->call.AddMetadata(key, std::string(v.data(), v.size()));
     }
-    relay->call.set_deadline(ctx->deadline());
+    auto deadline = ctx->deadline();
+    relay->call.set_deadline(deadline);
     std::string account = metadata(ctx, "x-account-id"), passcode = metadata(ctx, "x-passcode");
-    backend_.UnaryCall(&relay->call, method, {}, req, resp, [this, relay, account, passcode](grpc::Status s) {
+    backend_.UnaryCall(&relay->call, method, {}, req, resp,
+                       [this, relay, account, passcode, deadline, resp](grpc::Status s) {
       // Only while passcodes are required: in dev mode the server accepts any metadata.
       if (s.ok() && !account.empty() && store_.credentials_required()) verified_.remember(account, passcode);
-      relay->Finish(grpc::Status(s.error_code(), s.error_message(), s.error_details()));
+      if (s.ok() && !arrives_in_time(resp->Length(), deadline))
+        s = error(grpc::StatusCode::DEADLINE_EXCEEDED, "the answer cannot reach the caller before its deadline",
+                  "DEADLINE_EXCEEDED");
+      relay->Finish(s.ok() || !s.error_details().empty() ? s : made_by_grpc(s));
     });
     return relay;
+  }
+
+  // Whether `bytes` sent now reach the caller before `deadline`. A deadline that strikes while a
+  // big answer is on the wire resets the stream, and clients report that as INTERNAL ("unexpected
+  // EOF" in grpc-go), not DEADLINE_EXCEEDED, which retry policies depend on. The relay receives the
+  // whole answer before it sends any, so it is later on the wire than the server would be: an
+  // answer that cannot make it is a clean DEADLINE_EXCEEDED instead.
+  static bool arrives_in_time(size_t bytes, std::chrono::system_clock::time_point deadline) {
+    constexpr double kBytesPerSecond = 0.5e9; // loopback, measured from the suite's grpcurl runs (README)
+    auto left = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+    return left > double(bytes) / kBytesPerSecond;
+  }
+
+  // A status grpc made on the way (the server unreachable, the deadline) carries no ErrorInfo: add one.
+  static grpc::Status made_by_grpc(const grpc::Status& s) {
+    const char* reason = s.error_code() == grpc::StatusCode::UNAVAILABLE         ? "SERVER_UNAVAILABLE"
+                         : s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? "DEADLINE_EXCEEDED"
+                         : s.error_code() == grpc::StatusCode::CANCELLED         ? "CANCELLED"
+                         : s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? "MESSAGE_TOO_LARGE"
+                                                                                  : "RELAY_FAILED";
+    return error(s.error_code(), s.error_message(), reason);
   }
 
   Store& store_;
@@ -356,26 +409,38 @@ class Membership final : public RawMembership {
   Verified verified_;
 };
 
-// Any method but Membership's and health's: UNIMPLEMENTED, saying where to call instead.
-class ElsewhereService final : public grpc::CallbackGenericService {
+// Server reflection (both versions), and for any other method but Membership's and health's,
+// UNIMPLEMENTED saying where to call instead.
+class OtherMethods final : public grpc::CallbackGenericService {
  public:
-  explicit ElsewhereService(std::string backend) : backend_(std::move(backend)) {}
+  explicit OtherMethods(std::string backend) : backend_(std::move(backend)) {}
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    if (ctx->method() == listseg::front::kReflectionV1 || ctx->method() == listseg::front::kReflectionV1Alpha)
+      return listseg::front::reflection_stream(kServices);
     class Refusal : public grpc::ServerGenericBidiReactor {
      public:
-      explicit Refusal(const std::string& message) { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, message)); }
+      explicit Refusal(const grpc::Status& status) { Finish(status); }
       void OnDone() override { delete this; }
     };
-    return new Refusal("this is listseg's membership front: it serves listseg.v1.Membership only; call " +
-                       ctx->method() + " on the server, " + backend_);
+    return new Refusal(error(grpc::StatusCode::UNIMPLEMENTED,
+                             "this is listseg's membership front: it serves listseg.v1.Membership only; call " +
+                                 ctx->method() + " on the server, " + backend_,
+                             "NOT_ON_FRONT", {{"server", backend_}, {"method", ctx->method()}}));
   }
+
+  static const std::vector<std::string> kServices;  // what reflection lists
 
  private:
   std::string backend_;
 };
 
+const std::vector<std::string> OtherMethods::kServices = {
+    v1::Membership::service_full_name(), "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection"};
+
 struct Args {
   std::string listen, backend, data, tls_cert, tls_key, backend_ca;
+  bool loopback = false;  // --listen-is-loopback: listseg serve says the listen address is loopback
 };
 
 Args parse(int argc, char** argv) {
@@ -384,6 +449,10 @@ Args parse(int argc, char** argv) {
                                                {"--data", &a.data},         {"--tls-cert", &a.tls_cert},
                                                {"--tls-key", &a.tls_key},   {"--backend-ca", &a.backend_ca}};
   for (int i = 1; i < argc; i++) {
+    if (std::strcmp(argv[i], "--listen-is-loopback") == 0) {
+      a.loopback = true;
+      continue;
+    }
     auto it = flags.find(argv[i]);
     if (it == flags.end() || i + 1 >= argc) throw std::runtime_error(std::string("unknown or empty flag ") + argv[i]);
     *it->second = argv[++i];
@@ -394,16 +463,11 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-bool is_loopback(std::string host) {
-  if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
-
 int run(const Args& args) {
   Store store(args.data);
-  // As the server (server/app.py): with no passcode anywhere, every caller is the default account,
-  // so only this machine may call.
-  if (!store.credentials_required() && !is_loopback(args.listen.substr(0, args.listen.rfind(':'))))
+  // As the server: with no passcode anywhere, every caller is the default account, so only this
+  // machine may call. Which hosts are loopback is server/addresses.py's rule, told by a flag.
+  if (!store.credentials_required() && !args.loopback)
     throw std::runtime_error("no account exists, so the front listens only on a loopback address; create one with "
                              "`listseg accounts create NAME` to listen on " + args.listen);
   grpc::ChannelArguments channel_args;
@@ -424,20 +488,20 @@ int run(const Args& args) {
     creds = grpc::SslServerCredentials(ssl);
   }
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // as the server: grpcurl can list and describe
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(args.listen, creds, &port);
   builder.SetMaxReceiveMessageSize(kMaxReceive);
   builder.SetMaxSendMessageSize(kMaxSend);
   builder.RegisterService(&service);
-  ElsewhereService elsewhere(args.backend);
-  builder.RegisterCallbackGenericService(&elsewhere);
+  OtherMethods others(args.backend);
+  builder.RegisterCallbackGenericService(&others);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || !port) {
     std::fprintf(stderr, "listseg-front: cannot listen on %s\n", args.listen.c_str());
     return 1;
   }
+  server->GetHealthCheckService()->SetServingStatus(v1::Membership::service_full_name(), true);
   std::printf("{\"msg\": \"front serving\", \"listen\": \"%s\", \"port\": %d, \"pid\": %d}\n", args.listen.c_str(),
               port, int(getpid()));
   std::fflush(stdout);
