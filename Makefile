@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SCALE  ?= 10000000
 PYX    := $(wildcard core/*.pyx)
 PROTO  := proto/listseg/v1/listseg.proto
-STUBS  := v1/listseg_pb2.py
+STUBS  := v1/listseg_pb2.py v1/reflection_v1_pb2.py
 FRONT  := server/native/listseg-front
 
 .PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps
@@ -56,7 +56,7 @@ $(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
 
 # Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package), with the
 # descriptor of reflection v1 (server/introspection.py serves it; grpcio-reflection has only v1alpha).
-$(STUBS): $(PROTO) $(VENV)/.deps | front-sysdeps
+$(STUBS) &: $(PROTO) $(VENV)/.deps | front-sysdeps
 	rm -rf build/gen && mkdir -p build/gen
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
 	$(BIN)/python -m grpc_tools.protoc -I$(GRPC_PROTO_DIR) --python_out=build/gen grpc/reflection/v1/reflection.proto
