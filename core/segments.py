@@ -267,14 +267,21 @@ class Segments:
         """A page of member uids in uid order, from one version.
 
         The members are split into shard_count contiguous rank ranges; this pages through range
-        shard_index, from rank `start` within it. Returns (version, uids array, next start or None)."""
+        shard_index, from rank `start` within it. Returns (version, uids array, next start or None).
+        A later page's start and version come from a page token, so they are checked: a version the
+        segment never had, or a start outside the shard, is InvalidArgument (field page_token)."""
         if not 0 <= shard_index < shard_count:
             raise InvalidArgument("shard_index must be in [0, shard_count)", field="shard_index")
         with self.database.read() as txn:
             seg_id = self.find_id(txn, segment)
+            if version is not None and not 0 < version <= self.head(txn, seg_id):
+                raise InvalidArgument(f"segment {seg_id} has no version {version}", field="page_token")
             version, bm = self.bitmap(txn, seg_id, version)
         n = len(bm)
         lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
+        if start and not 0 < start < hi - lo:
+            raise InvalidArgument(f"position {start} is outside shard {shard_index} of {hi - lo} members",
+                                  field="page_token")
         first = lo + start
         last = min(hi, first + count)
         uids = bm[first:last].to_array() if first < last else array("I")
