@@ -217,7 +217,8 @@ class Client:
 
     @_calls
     def list_members(self, segment, page_size=100_000, shard_index=0, shard_count=1):
-        """Yield pages (ListMembersResponse) of one consistent version of the segment."""
+        """Yield pages (ListMembersResponse) of one consistent version of the segment: at most
+        page_size members each, fewer when the guids are long (a page stays under 4 MiB)."""
         token = ""
         while True:
             resp = self.membership.ListMembers(pb.ListMembersRequest(

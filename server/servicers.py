@@ -22,6 +22,10 @@ log = logging.getLogger("listseg.server")
 
 MAX_DATA_MESSAGE = 2 << 20        # bytes of CSV in one UploadList message
 MAX_CHECK = 100_000               # identities in one CheckMembers call
+# the payload of one response message (a ListMembers page's guids and uids, an ExportMembers chunk):
+# stock clients (grpc-js, grpcurl, grpclib) receive at most 4 MiB a message, and 100,000 members of
+# long guids are more; 256 KiB is left for the rest of the message
+MAX_RESPONSE_BYTES = (4 << 20) - (256 << 10)
 WATCH_INTERVAL_S = 0.5
 STREAM_ENDED = "the stream ended early: cancelled by the client, past its deadline or disconnected"
 
@@ -216,7 +220,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
 
     @rpc
     def ExportMembers(self, account, request, context):
-        for chunk in account.segments.export(convert.segment_ref(request.segment)):
+        for chunk in account.segments.export(convert.segment_ref(request.segment), max_bytes=MAX_RESPONSE_BYTES):
             yield pb.ExportMembersResponse(data=chunk)
 
     @rpc
@@ -275,11 +279,9 @@ class MembershipServicer(pb_grpc.MembershipServicer):
         # the core checks the rest against the segment: a version it has had, a position inside the shard
         state = token.read(request.page_token, segment=seg_id, version=range(1, 1 << 32),
                            position=range(1, 1 << 32), shard_index=request.shard_index, shard_count=shards)
-        version, uids, nxt = account.segments.members(
+        version, guids, found, nxt = account.segments.member_page(
             seg_id, state["position"] if state else 0, count, state["version"] if state else None,
-            request.shard_index, shards)
-        with account.database.read() as txn:
-            guids, found = account.segments.member_guids(txn, uids)
+            request.shard_index, shards, max_bytes=MAX_RESPONSE_BYTES)
         return pb.ListMembersResponse(
             guids=guids, uids=found, count=len(found) // 4, version=version,
             next_page_token=token.write(segment=seg_id, version=version, position=nxt,

@@ -1,8 +1,9 @@
 """The read side's contract as third-party clients meet it (grpcurl, grpc-js, grpclib): page tokens are
-checked, never trusted. A real server on loopback; "stock" calls go through a channel with grpc's
-default options."""
+checked, never trusted; every ListMembers page and ExportMembers message fits a stock client's 4 MiB.
+A real server on loopback; "stock" calls go through a channel with grpc's default 4 MiB receive limit."""
 import base64
 import json
+from array import array
 
 import grpc
 import pytest
@@ -11,12 +12,13 @@ from conftest import people, start_server, stop_server, upload
 from listseg import Client, ListsegError
 from listseg.core.engine import Engine
 from listseg.core.ingest import REJECTS_KEPT
+from listseg.core.parser import MAX_FIELD
 from listseg.server import convert
 from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
-GUID = pb.IDENTITY_TYPE_GUID
+STOCK_LIMIT = 4 << 20               # what grpc-js, grpcurl, grpclib and grpcio receive by default
 PROFILES = b"guid,identity,channels\n" + b"".join(b"g%d,user%d@x.com,email\n" % (k, k) for k in range(300))
 
 
@@ -147,3 +149,95 @@ def test_page_tokens_outlive_the_server_process(tmp_path):
         guids += page.guids.split()
         tokens.append(page.next_page_token)
     assert guids == [b"g%d" % k for k in range(100)] and tokens[-1] == ""
+
+
+# -- ListMembers pages fit 4 MiB -----------------------------------------------------------------
+N_LONG = 60_000
+
+
+def long_guid(k):
+    """Unique guids, most of them as long as a guid may be (MAX_FIELD bytes), some short."""
+    return b"%07d" % k + b"x" * ((MAX_FIELD - 7) if k % 5 else k % 40)
+
+
+@pytest.fixture(scope="module")
+def long_guids(tmp_path_factory):
+    """A server whose segment "long" has N_LONG members with long guids, every 7th profile deleted."""
+    engine, server, target = serve(str(tmp_path_factory.mktemp("long") / "data"))
+    guids = [long_guid(k) for k in range(N_LONG)]
+    with Client(target, timeout=120) as c:
+        c.import_profiles(b"guid,identity,channels\n" + b"".join(g + b",,\n" for g in guids))
+        assert c.upload(csv(guids), name="long").report.size == N_LONG
+        gone = guids[::7]
+        assert c.delete_profiles([g.decode() for g in gone]) == len(gone)
+    yield target, set(guids) - set(gone)
+    server.stop(0)
+    engine.close()
+
+
+def stock_pages(stock, **request):
+    """Every page of ListMembers through a channel with grpc's default receive limit."""
+    stub, token, pages = pb_grpc.MembershipStub(stock), "", []
+    while True:
+        page = stub.ListMembers(pb.ListMembersRequest(page_token=token, **request), timeout=30)
+        pages.append(page)
+        token = page.next_page_token
+        if not token or len(pages) > 1000:
+            return pages
+
+
+def members_of(pages):
+    guids = [g for p in pages for g in p.guids.split(b"\n")[:-1]]
+    uids = array("I")
+    for p in pages:
+        uids.frombytes(p.uids)
+    assert len(guids) == len(uids) == sum(p.count for p in pages)
+    assert list(uids) == sorted(set(uids)), "uids repeat or go back"
+    return guids
+
+
+@pytest.mark.parametrize("request_", [{}, {"page_size": 1_000_000}, {"shard_count": 2}],
+                         ids=["default-page", "largest-page", "sharded"])
+def test_every_list_members_page_fits_a_stock_client(long_guids, request_):
+    target, expected = long_guids
+    with grpc.insecure_channel(target) as stock:
+        shards = request_.get("shard_count", 1)
+        pages, guids = [], []
+        for shard in range(shards):
+            got = stock_pages(stock, segment="long", shard_index=shard, **request_)
+            pages += got
+            guids += members_of(got)
+    assert len(guids) == len(set(guids)) and set(guids) == expected      # none lost, none repeated
+    assert len(pages) > shards                                          # the byte budget cut pages
+    assert max(p.ByteSize() for p in pages) < STOCK_LIMIT - (128 << 10)   # with margin
+
+
+def test_every_export_message_fits_a_stock_client(long_guids):
+    target, expected = long_guids
+    with grpc.insecure_channel(target) as stock:
+        messages = list(pb_grpc.SegmentsStub(stock).ExportMembers(pb.ExportMembersRequest(segment="long"),
+                                                                    timeout=60))
+    assert max(m.ByteSize() for m in messages) < STOCK_LIMIT - (128 << 10)
+    rows = b"".join(m.data for m in messages).split(b"\n")
+    assert rows[0] == b"Type,Identity" and rows[-1] == b""
+    assert sorted(rows[1:-1]) == sorted(b"g," + g for g in expected)
+
+
+def test_member_pages_cut_by_bytes_lose_and_repeat_nothing(account):
+    """The core's byte budget at every scale: guids of 1 to 256 bytes, deleted profiles between
+    members, budgets down to less than one member (a page still holds one)."""
+    guids = [b"%d-" % k + b"y" * (k * 37 % (MAX_FIELD - 5)) for k in range(600)]
+    account.profiles.upsert([(g.decode(), None, []) for g in guids])
+    upload(account, csv(guids[::2]), name="s")
+    account.profiles.delete([g.decode() for g in guids[::6]])
+    live = [g for g in guids[::2] if g not in set(guids[::6])]
+    for budget in (1, 300, 1000, 5000, 1 << 20):
+        for count in (1, 7, 1000):
+            got, start, version = [], 0, None
+            while start is not None:
+                version, page, found, start = account.segments.member_page(
+                    "s", start, count, version, max_bytes=budget)
+                assert len(page) + len(found) <= budget or len(found) == 4      # or one member alone
+                assert page.count(b"\n") == len(found) // 4
+                got += page.split(b"\n")[:-1]
+            assert got == live, (budget, count)
