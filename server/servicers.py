@@ -21,7 +21,7 @@ from listseg.v1 import listseg_pb2_grpc as pb_grpc
 log = logging.getLogger("listseg.server")
 
 MAX_DATA_MESSAGE = 2 << 20        # bytes of CSV in one UploadList message
-MAX_CHECK = 100_000               # identities in one CheckMembers call
+MAX_CHECK = 100_000               # identities in one CheckMembers call (and 4 MiB a request: app.MAX_MESSAGE)
 # the payload of one response message (a ListMembers page's guids and uids, an ExportMembers chunk):
 # stock clients (grpc-js, grpcurl, grpclib) receive at most 4 MiB a message, and 100,000 members of
 # long guids are more; 256 KiB is left for the rest of the message
@@ -258,11 +258,12 @@ class MembershipServicer(pb_grpc.MembershipServicer):
             if not lines.endswith(b"\n"):
                 raise InvalidArgument("every identity in identity_lines ends with a newline", field="identity_lines")
             if lines.count(b"\n") > MAX_CHECK:
-                raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identity_lines")
+                raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identity_lines",
+                                      limit=MAX_CHECK)
             version, flags = account.segments.check_lines(ref, lines, kind)
             return pb.CheckMembersResponse(member_flags=flags, version=version)
         if len(request.identities) > MAX_CHECK:
-            raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities")
+            raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities", limit=MAX_CHECK)
         version, answers = account.segments.check_members(ref, request.identities, kind)
         return pb.CheckMembersResponse(members=answers, version=version)
 

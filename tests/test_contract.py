@@ -1,8 +1,10 @@
 """The read side's contract as third-party clients meet it (grpcurl, grpc-js, grpclib): page tokens are
-checked, never trusted; every ListMembers page and ExportMembers message fits a stock client's 4 MiB.
+checked, never trusted; every ListMembers page fits a stock client's 4 MiB; CheckMembers names its limits
+and the Python client splits a check that does not fit one call.
 A real server on loopback; "stock" calls go through a channel with grpc's default 4 MiB receive limit."""
 import base64
 import json
+import struct
 from array import array
 
 import grpc
@@ -19,6 +21,7 @@ from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
 STOCK_LIMIT = 4 << 20               # what grpc-js, grpcurl, grpclib and grpcio receive by default
+GUID = pb.IDENTITY_TYPE_GUID
 PROFILES = b"guid,identity,channels\n" + b"".join(b"g%d,user%d@x.com,email\n" % (k, k) for k in range(300))
 
 
@@ -241,3 +244,58 @@ def test_member_pages_cut_by_bytes_lose_and_repeat_nothing(account):
                 assert page.count(b"\n") == len(found) // 4
                 got += page.split(b"\n")[:-1]
             assert got == live, (budget, count)
+
+
+# -- CheckMembers' limits ------------------------------------------------------------------------
+def test_check_members_names_its_limits(served):
+    client, stock = served
+    client.upload(csv([b"g1"]), name="s")
+    check = pb_grpc.MembershipStub(stock).CheckMembers
+    for field, kw in (("identity_lines", {"identity_lines": b"g1\n" * 100_001}),
+                      ("identities", {"identities": ["g1"] * 100_001})):
+        err = refused(lambda: check(pb.CheckMembersRequest(segment="s", type=GUID, **kw), timeout=30))
+        assert err.metadata == {"field": field, "limit": "100000"}
+    # over the server's 4 MiB receive limit: refused by grpc itself, before any handler (no ErrorInfo)
+    refused(lambda: check(pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\n" * 1_500_000),
+                          timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_the_client_splits_a_check_that_does_not_fit_one_call(long_guids):
+    target, members = long_guids
+    probe = [long_guid(k) for k in range(0, 2 * N_LONG, 3)]         # 40,000 guids, 8.4 MB of them
+    assert len(b"\n".join(probe)) > STOCK_LIMIT
+    expected = [g in members for g in probe]
+    with Client(target, timeout=30) as c:
+        text = [g.decode() for g in probe]
+        assert c.check_members("long", text) == (1, expected)                            # identity_lines
+        assert c.check_members("long", text + ["two\nlines"]) == (1, expected + [False])  # identities
+        short = [long_guid(k).decode() for k in (5, 10, 15, 20, 25)] + ["nobody"]
+        assert c.check_members("long", short * 16_668) == (1, ([True] * 5 + [False]) * 16_668)  # 100,008
+
+
+class ReplacingAfterEachCall:
+    """The real Membership stub, but a replace of the segment follows some of its CheckMembers calls:
+    a split check then straddles two versions."""
+
+    def __init__(self, client, replaces):
+        self.client, self.stub, self.replaces = client, client.membership, replaces
+
+    def CheckMembers(self, request, **kw):
+        resp = self.stub.CheckMembers(request, **kw)
+        if self.replaces:
+            self.replaces -= 1
+            self.client.upload(csv([b"g%d" % (resp.version % 2)]), replace="s")
+        return resp
+
+
+def test_a_split_check_answers_from_one_version(served, monkeypatch):
+    client, _ = served
+    client.upload(csv([b"g0"]), name="s")                  # version 1: g0; 2: g1; 3: g0; ...
+    probe = ["g0", "g1"] * 60_000                          # two calls (100,000 a call)
+    monkeypatch.setattr(client, "membership", ReplacingAfterEachCall(client, replaces=1))
+    version, answers = client.check_members("s", probe)
+    assert version == 2 and answers == [False, True] * 60_000
+    monkeypatch.setattr(client, "membership", ReplacingAfterEachCall(client, replaces=100))
+    with pytest.raises(ListsegError) as e:
+        client.check_members("s", probe)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.ABORTED, "VERSION_CHANGED")
