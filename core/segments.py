@@ -252,7 +252,12 @@ class Segments:
 
     def check_lines(self, segment, lines, kind):
         """(version, bytes: 1 for a member, else 0) for newline-ended keys all of `kind`: the bulk
-        form of check_members, with no Python object per key on the way in."""
+        form of check_members, with no Python object per key on the way in. Lines may end in CRLF:
+        a line's trailing CR is dropped here, once, for the profile index and LMDB alike (no stored
+        guid or identity holds a CR; IsMember and the plain form keep a CR as part of the key)."""
+        if b"\r" in lines:
+            lines = lines.replace(b"\r\n", b"\n")
+
         def resolve(txn):
             uids = self.profiles.lookup_lines(txn, lines, kind)
             return uids if uids is not None else self.profiles.resolve_keys(txn, lines.split(b"\n")[:-1], kind)

@@ -1,6 +1,6 @@
 """The read side's contract as third-party clients meet it (grpcurl, grpc-js, grpclib): page tokens are
 checked, never trusted; every ListMembers page fits a stock client's 4 MiB; CheckMembers names its limits
-and the Python client splits a check that does not fit one call.
+and the Python client splits a check that does not fit one call; identity_lines may end lines in CRLF.
 A real server on loopback; "stock" calls go through a channel with grpc's default 4 MiB receive limit."""
 import base64
 import json
@@ -299,3 +299,38 @@ def test_a_split_check_answers_from_one_version(served, monkeypatch):
     with pytest.raises(ListsegError) as e:
         client.check_members("s", probe)
     assert (e.value.code, e.value.reason) == (grpc.StatusCode.ABORTED, "VERSION_CHANGED")
+
+
+# -- CRLF in identity_lines ----------------------------------------------------------------------
+CRLF_PROBE = b"g0\r\ng1\r\n g2 \r\ng4\ng6\t\r\ng0\r\r\n\r\n"
+CRLF_FLAGS = b"\x01\x00\x01\x01\x01\x00\x00"          # "g0\r" (one CR left) and "" are no members
+
+
+def test_crlf_identity_lines_through_lmdb_and_the_index(account):
+    """The same answers from LMDB (the profile index not built yet) and from the index, with the
+    compiled store and its twin (and, in `make test-twin`, the twin index)."""
+    account.profiles.upsert(people(10))
+    upload(account, csv(b"g%d" % k for k in range(0, 10, 2)), name="s")
+    with account.database.read() as txn:
+        assert account.profiles.index.get(txn, build=False) is None          # not built: LMDB answers
+    assert account.segments.check_lines("s", CRLF_PROBE, "g") == (1, CRLF_FLAGS)       # LMDB
+    assert account.segments.check_lines("s", b"id1\r\nid2\r\nid3\r\n", "i") == (1, b"\x00\x00\x00")
+    account.profiles.index.wait()
+    with account.database.read() as txn:
+        assert account.profiles.index.get(txn) is not None, "the index was not built"
+    assert account.segments.check_lines("s", CRLF_PROBE, "g") == (1, CRLF_FLAGS)       # the index
+    upload(account, csv([b"g1", b"g3"]), "replace", segment="s")
+    assert account.segments.check_lines("s", b"id1\r\nid2\r\nid3\r\n", "i")[1] == b"\x01\x00\x01"
+    # a key's own CR is kept where no line ends: IsMember and the plain form (as the membership front)
+    assert account.segments.check_members("s", ["g1\r", "g1"], "g")[1] == [False, True]
+
+
+def test_crlf_identity_lines_over_grpc(served):
+    client, stock = served
+    client.upload(csv([b"g1", b"g3"]), name="s")
+    check = pb_grpc.MembershipStub(stock).CheckMembers
+    resp = check(pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\r\ng2\r\ng3\r\n"), timeout=10)
+    assert resp.member_flags == b"\x01\x00\x01"
+    resp = check(pb.CheckMembersRequest(segment="s", type=pb.IDENTITY_TYPE_IDENTITY,
+                                        identity_lines=b"user1@x.com\r\nuser3@x.com\r\n"), timeout=10)
+    assert resp.member_flags == b"\x01\x01"
