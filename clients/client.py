@@ -21,6 +21,11 @@ from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 CHUNK = 1 << 20                      # bytes per UploadList data message (the server takes up to 2 MiB)
+# CheckMembers takes at most 100,000 identities and a request of at most 4 MiB (listseg.proto); the
+# client leaves 64 KiB of the 4 MiB for the segment and the framing
+CHECK_COUNT = 100_000
+CHECK_BYTES = (4 << 20) - (64 << 10)
+CHECK_ATTEMPTS = 3                   # tries to answer a split check from one version
 MODES = {"name": pb.UPLOAD_MODE_CREATE, "replace": pb.UPLOAD_MODE_REPLACE,
          "append": pb.UPLOAD_MODE_APPEND, "remove": pb.UPLOAD_MODE_REMOVE}
 KINDS = {"campaign": pb.CONSUMER_KIND_CAMPAIGN, "journey": pb.CONSUMER_KIND_JOURNEY}
@@ -204,20 +209,34 @@ class Client:
 
     @_calls
     def check_members(self, segment, identities, type="g"):
-        """(version, [bool]) for a batch of guids (type "g") or identities (type "i")."""
+        """(version, [bool]) for a batch of guids (type "g") or identities (type "i"), any number of
+        them. A call takes at most CHECK_COUNT identities and CHECK_BYTES of them, so a bigger batch
+        goes as several calls; its answers still come from one version: if the segment was replaced
+        between calls they are asked again (ABORTED, VERSION_CHANGED after CHECK_ATTEMPTS tries)."""
         identities = list(identities)
-        lines = "\n".join(identities) + "\n" if identities else ""
-        if lines.count("\n") == len(identities):        # no identity holds a newline: the bulk form
-            resp = self.membership.CheckMembers(pb.CheckMembersRequest(
-                segment=str(segment), type=_TYPES[type], identity_lines=lines.encode()), **self._kw())
-            return resp.version, list(map(bool, resp.member_flags))
-        resp = self.membership.CheckMembers(pb.CheckMembersRequest(
-            segment=str(segment), type=_TYPES[type], identities=identities), **self._kw())
-        return resp.version, list(resp.members)
+        lines = ("\n".join(identities) + "\n").encode() if identities else b""
+        if lines.count(b"\n") == len(identities):      # no identity holds a newline: the bulk form
+            requests = [{"identity_lines": part} for part in _line_batches(identities, lines)]
+        else:
+            requests = [{"identities": part} for part in _batches(identities)]
+        for _ in range(CHECK_ATTEMPTS):
+            version, answers = None, []
+            for fields in requests or [{}]:
+                resp = self.membership.CheckMembers(pb.CheckMembersRequest(
+                    segment=str(segment), type=_TYPES[type], **fields), **self._kw())
+                if version is not None and resp.version != version:
+                    break
+                version = resp.version
+                answers += map(bool, resp.member_flags) if "identity_lines" in fields else resp.members
+            else:
+                return version, answers
+        raise ListsegError(grpc.StatusCode.ABORTED, f"segment {segment} was replaced during each of "
+                           f"{CHECK_ATTEMPTS} tries to check {len(identities)} identities", "VERSION_CHANGED")
 
     @_calls
     def list_members(self, segment, page_size=100_000, shard_index=0, shard_count=1):
-        """Yield pages (ListMembersResponse) of one consistent version of the segment."""
+        """Yield pages (ListMembersResponse) of one consistent version of the segment: at most
+        page_size members each, fewer when the guids are long (a page stays under 4 MiB)."""
         token = ""
         while True:
             resp = self.membership.ListMembers(pb.ListMembersRequest(
@@ -247,6 +266,34 @@ class Client:
     def get_profile(self, guid=None, identity=None):
         kind, value = _identity(guid, identity)
         return self.profiles.GetProfile(pb.GetProfileRequest(type=kind, identity=value), **self._kw())
+
+
+def _line_batches(identities, lines):
+    """lines (identities, each followed by a newline) cut into CheckMembers calls: whole lines, at
+    most CHECK_COUNT and CHECK_BYTES each (an identity longer than that goes alone, to be refused)."""
+    for i in range(0, len(identities), CHECK_COUNT):
+        part = lines if len(identities) <= CHECK_COUNT else (
+            "\n".join(identities[i:i + CHECK_COUNT]) + "\n").encode()
+        at = 0
+        while at < len(part):
+            end = part.rfind(b"\n", at, at + CHECK_BYTES) + 1 or part.index(b"\n", at) + 1
+            yield part[at:end]
+            at = end
+
+
+def _batches(identities):
+    """Identities (the plain form) cut into CheckMembers calls of at most CHECK_COUNT identities and
+    CHECK_BYTES of message: a string costs its UTF-8 bytes and up to 6 of framing."""
+    batch, size = [], 0
+    for identity in identities:
+        cost = len(identity.encode()) + 6
+        if batch and (len(batch) == CHECK_COUNT or size + cost > CHECK_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(identity)
+        size += cost
+    if batch:
+        yield batch
 
 
 _TYPES = {"g": pb.IDENTITY_TYPE_GUID, "i": pb.IDENTITY_TYPE_IDENTITY}

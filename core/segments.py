@@ -5,6 +5,7 @@ A version is written once and never changed; a commit writes the new version and
 one LMDB transaction, so a reader sees either the old or the new version, never a mix. Superseded
 versions stay readable for `retention_s` so a reader paging through a pinned version can finish.
 """
+import bisect
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ from listseg.core.store import Database, dumps, loads, u32
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
 EXPORT_HEADER = b"Type,Identity\n"
+FIT_CHUNK = 16_384              # uids read at a time when a page has a byte budget (member_page)
 
 
 class BitmapCache:
@@ -250,7 +252,12 @@ class Segments:
 
     def check_lines(self, segment, lines, kind):
         """(version, bytes: 1 for a member, else 0) for newline-ended keys all of `kind`: the bulk
-        form of check_members, with no Python object per key on the way in."""
+        form of check_members, with no Python object per key on the way in. Lines may end in CRLF:
+        a line's trailing CR is dropped here, once, for the profile index and LMDB alike (no stored
+        guid or identity holds a CR; IsMember and the plain form keep a CR as part of the key)."""
+        if b"\r" in lines:
+            lines = lines.replace(b"\r\n", b"\n")
+
         def resolve(txn):
             uids = self.profiles.lookup_lines(txn, lines, kind)
             return uids if uids is not None else self.profiles.resolve_keys(txn, lines.split(b"\n")[:-1], kind)
@@ -267,18 +274,63 @@ class Segments:
         """A page of member uids in uid order, from one version.
 
         The members are split into shard_count contiguous rank ranges; this pages through range
-        shard_index, from rank `start` within it. Returns (version, uids array, next start or None)."""
+        shard_index, from rank `start` within it. Returns (version, uids array, next start or None).
+        A later page's start and version come from a page token, so they are checked: a version the
+        segment never had, or a start outside the shard, is InvalidArgument (field page_token)."""
         if not 0 <= shard_index < shard_count:
             raise InvalidArgument("shard_index must be in [0, shard_count)", field="shard_index")
         with self.database.read() as txn:
             seg_id = self.find_id(txn, segment)
+            if version is not None and not 0 < version <= self.head(txn, seg_id):
+                raise InvalidArgument(f"segment {seg_id} has no version {version}", field="page_token")
             version, bm = self.bitmap(txn, seg_id, version)
         n = len(bm)
         lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
+        if start and not 0 < start < hi - lo:
+            raise InvalidArgument(f"position {start} is outside shard {shard_index} of {hi - lo} members",
+                                  field="page_token")
         first = lo + start
         last = min(hi, first + count)
         uids = bm[first:last].to_array() if first < last else array("I")
         return version, uids, (start + len(uids) if last < hi else None)
+
+    def member_page(self, segment, start=0, count=10_000, version=None, shard_index=0, shard_count=1,
+                    max_bytes=None):
+        """members() with the members' guids: (version, guids, found, next start or None), guids and
+        found as member_guids gives them. With max_bytes, guids and found together hold at most that
+        many bytes (and at least one member): a page of long guids ends early, and next start is
+        then the rank after its last member, so the next page loses and repeats none."""
+        version, uids, nxt = self.members(segment, start, count, version, shard_index, shard_count)
+        with self.database.read() as txn:
+            guids, found, taken = self._fit_guids(txn, uids, max_bytes)
+        return version, guids, found, (start + taken if taken < len(uids) else nxt)
+
+    def _fit_guids(self, txn, uids, max_bytes):
+        """(guids, found, taken): member_guids of uids[:taken], the most leading uids whose members
+        fit in max_bytes. Reads FIT_CHUNK uids at a time, so a long page of long guids reads little
+        more than it sends."""
+        if max_bytes is None:
+            return (*self.member_guids(txn, uids), len(uids))
+        parts, size, taken = [], 0, 0
+        while taken < len(uids):
+            chunk = uids[taken:taken + FIT_CHUNK]
+            guids, found = self.member_guids(txn, chunk)
+            if size + len(guids) + len(found) <= max_bytes:
+                parts.append((guids, found))
+                size += len(guids) + len(found)
+                taken += len(chunk)
+                continue
+            end = kept = 0            # the chunk's first members that fit: guids[:end], `kept` of them
+            for _ in range(len(found) // 4):
+                nl = guids.index(b"\n", end) + 1
+                if (size or kept) and size + nl + 4 * (kept + 1) > max_bytes:
+                    break
+                end, kept = nl, kept + 1
+            parts.append((guids[:end], found[:4 * kept]))
+            # up to and including the last member kept: uids without a profile after it come again
+            taken += bisect.bisect_right(chunk, memoryview(found).cast("I")[kept - 1]) if kept else 0
+            break
+        return b"".join(g for g, _ in parts), b"".join(f for _, f in parts), taken
 
     def _sample(self, txn, bm, n):
         """Up to n profiles picked at random ranks of bm (give it without_deleted's members)."""
@@ -296,9 +348,10 @@ class Segments:
         still have a profile (packed uint32). One C loop, no object per member."""
         return txn.member_guids(self.db.profile, self.prefix, uids)
 
-    def export(self, segment, page=65_536):
-        """The members as a re-uploadable CSV (`Type,Identity` then `g,<guid>`), in byte chunks,
-        all from the version current when the export starts."""
+    def export(self, segment, page=65_536, max_bytes=None):
+        """The members as a re-uploadable CSV (`Type,Identity` then `g,<guid>`), in byte chunks of
+        whole rows (with max_bytes, of at most that many bytes), all from the version current when
+        the export starts."""
         with self.database.read() as txn:
             seg_id = self.find_id(txn, segment)
             version, bm = self.bitmap(txn, seg_id)
@@ -309,11 +362,22 @@ class Segments:
                 guids, found = self.member_guids(txn, uids)
             plain = not any(c in guids for c in (b",", b'"', b"\r")) and guids.count(b"\n") == len(found) // 4
             if plain:                   # the common case: no guid needs CSV quoting
-                yield b"g," + guids[:-1].replace(b"\n", b"\ng,") + b"\n" if guids else b""
+                chunk = b"g," + guids[:-1].replace(b"\n", b"\ng,") + b"\n" if guids else b""
             else:
                 with self.database.read() as txn:
                     rows = self.profiles.guids(txn, uids)
-                yield "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
+                chunk = "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
+            yield from _rows_within(chunk, max_bytes)
+
+
+def _rows_within(data, max_bytes):
+    """data (CSV rows) in pieces of whole rows, each at most max_bytes (or one longer row alone)."""
+    at = 0
+    while max_bytes is not None and len(data) - at > max_bytes:
+        end = data.rfind(b"\n", at, at + max_bytes) + 1 or data.index(b"\n", at) + 1
+        yield data[at:end]
+        at = end
+    yield data[at:] if at else data
 
 
 def _csv(value):

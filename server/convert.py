@@ -1,6 +1,6 @@
 """Engine dicts <-> listseg.v1 messages. Nothing here touches storage."""
 import base64
-import json
+import struct
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -80,21 +80,53 @@ def segment(seg, last_upload=None):
     return out
 
 
-def page_token(state):
-    return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode()
+class PageToken:
+    """The page token of one paged method: the one definition of its fields, used to write the token
+    and to read it back.
+
+    A token is a format byte, the method's tag and each field as an unsigned 64-bit integer, packed and
+    base64url-encoded: opaque to clients. It holds no secret (it must work across worker processes and
+    restarts), so reading trusts nothing: the encoding, the format, the method and every field are
+    checked against what the reader expects, and anything else is INVALID_ARGUMENT on page_token.
+    A forged token that passes only pages what the caller may read anyway."""
+
+    FORMAT = 1      # change it when a layout changes: older tokens are then refused, never misread
+
+    def __init__(self, tag, *fields):
+        self.tag, self.fields = tag, fields
+        self.layout = struct.Struct(">BB" + "Q" * len(fields))
+
+    def write(self, **values):
+        if set(values) != set(self.fields):
+            raise TypeError(f"a page token holds {self.fields}")
+        raw = self.layout.pack(self.FORMAT, self.tag, *(values[f] for f in self.fields))
+        return base64.urlsafe_b64encode(raw).decode()
+
+    def read(self, token, **expected):
+        """The fields of token as a dict, or None for no token (the first page). Each field must be
+        expected: equal to an int, or inside a range."""
+        if set(expected) != set(self.fields):
+            raise TypeError(f"expect a value or range for each of {self.fields}")
+        if not token:
+            return None
+        try:
+            raw = base64.b64decode(token, altchars=b"-_", validate=True)
+            form, tag, *values = self.layout.unpack(raw)
+        except (ValueError, struct.error):       # not base64 (binascii.Error is a ValueError), wrong length
+            raise InvalidArgument("page_token is not a page token of this method", field="page_token") from None
+        if form != self.FORMAT or tag != self.tag or base64.urlsafe_b64encode(raw).decode() != token:
+            raise InvalidArgument("page_token is not a page token of this method", field="page_token")
+        state = dict(zip(self.fields, values))
+        for name, want in expected.items():
+            if not (state[name] in want if isinstance(want, range) else state[name] == want):
+                raise InvalidArgument(f"page_token does not belong to this request ({name})", field="page_token")
+        return state
 
 
-def read_page_token(token, **expected):
-    """The state inside an opaque page token; INVALID_ARGUMENT if it is not ours or not for this call."""
-    if not token:
-        return None
-    try:
-        state = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except ValueError:
-        raise InvalidArgument("page_token is not valid", field="page_token") from None
-    if not isinstance(state, dict) or any(state.get(k) != v for k, v in expected.items()):
-        raise InvalidArgument("page_token does not belong to this request", field="page_token")
-    return state
+# The paged methods' tokens. Positions count from 1: a token is only written for a page that follows.
+MEMBERS_PAGE = PageToken(1, "segment", "version", "position", "shard_index", "shard_count")
+SEGMENTS_PAGE = PageToken(2, "position")
+UPLOAD_ERRORS_PAGE = PageToken(3, "upload", "position")
 
 
 def page_size(value, default, maximum):

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
+from listseg.core.ingest import REJECTS_KEPT
 from listseg.server import convert, mail, webhook
 from listseg.server.errors import rpc
 from listseg.v1 import listseg_pb2 as pb
@@ -20,7 +21,11 @@ from listseg.v1 import listseg_pb2_grpc as pb_grpc
 log = logging.getLogger("listseg.server")
 
 MAX_DATA_MESSAGE = 2 << 20        # bytes of CSV in one UploadList message
-MAX_CHECK = 100_000               # identities in one CheckMembers call
+MAX_CHECK = 100_000               # identities in one CheckMembers call (and 4 MiB a request: app.MAX_MESSAGE)
+# the payload of one response message (a ListMembers page's guids and uids, an ExportMembers chunk):
+# stock clients (grpc-js, grpcurl, grpclib) receive at most 4 MiB a message, and 100,000 members of
+# long guids are more; 256 KiB is left for the rest of the message
+MAX_RESPONSE_BYTES = (4 << 20) - (256 << 10)
 WATCH_INTERVAL_S = 0.5
 STREAM_ENDED = "the stream ended early: cancelled by the client, past its deadline or disconnected"
 
@@ -174,11 +179,13 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
 
     @rpc
     def ListUploadErrors(self, account, request, context):
-        state = convert.read_page_token(request.page_token, u=request.id) or {"u": request.id, "p": 0}
-        rows, nxt = account.upload_errors(request.id, state["p"], convert.page_size(request.page_size, 1000, 10_000))
+        token = convert.UPLOAD_ERRORS_PAGE
+        state = token.read(request.page_token, upload=request.id, position=range(1, REJECTS_KEPT + 1))
+        rows, nxt = account.upload_errors(request.id, state["position"] if state else 0,
+                                          convert.page_size(request.page_size, 1000, 10_000))
         return pb.ListUploadErrorsResponse(
             errors=[pb.RowError(line=line, reason=reason) for line, reason in rows],
-            next_page_token=convert.page_token({"u": request.id, "p": nxt}) if nxt is not None else "")
+            next_page_token=token.write(upload=request.id, position=nxt) if nxt is not None else "")
 
     @rpc
     def GetSegment(self, account, request, context):
@@ -190,13 +197,14 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
     @rpc
     def ListSegments(self, account, request, context):
         size = convert.page_size(request.page_size, 100, 1000)
-        start = (convert.read_page_token(request.page_token) or {"o": 0}).get("o", 0)
+        state = convert.SEGMENTS_PAGE.read(request.page_token, position=range(1, 1 << 32))
+        start = state["position"] if state else 0
         segs = account.segments.list()
         page = segs[start:start + size]
         more = start + size < len(segs)
         return pb.ListSegmentsResponse(
             segments=[convert.segment(s, last_upload(account, s, with_errors=False)) for s in page],
-            next_page_token=convert.page_token({"o": start + size}) if more else "")
+            next_page_token=convert.SEGMENTS_PAGE.write(position=start + size) if more else "")
 
     @rpc
     def DeleteSegment(self, account, request, context):
@@ -212,7 +220,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
 
     @rpc
     def ExportMembers(self, account, request, context):
-        for chunk in account.segments.export(convert.segment_ref(request.segment)):
+        for chunk in account.segments.export(convert.segment_ref(request.segment), max_bytes=MAX_RESPONSE_BYTES):
             yield pb.ExportMembersResponse(data=chunk)
 
     @rpc
@@ -250,11 +258,12 @@ class MembershipServicer(pb_grpc.MembershipServicer):
             if not lines.endswith(b"\n"):
                 raise InvalidArgument("every identity in identity_lines ends with a newline", field="identity_lines")
             if lines.count(b"\n") > MAX_CHECK:
-                raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identity_lines")
+                raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identity_lines",
+                                      limit=MAX_CHECK)
             version, flags = account.segments.check_lines(ref, lines, kind)
             return pb.CheckMembersResponse(member_flags=flags, version=version)
         if len(request.identities) > MAX_CHECK:
-            raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities")
+            raise InvalidArgument(f"at most {MAX_CHECK} identities a call", field="identities", limit=MAX_CHECK)
         version, answers = account.segments.check_members(ref, request.identities, kind)
         return pb.CheckMembersResponse(members=answers, version=version)
 
@@ -267,16 +276,18 @@ class MembershipServicer(pb_grpc.MembershipServicer):
         ref = convert.segment_ref(request.segment)
         with account.database.read() as txn:
             seg_id = account.segments.find_id(txn, ref)
-        state = convert.read_page_token(request.page_token, s=seg_id, i=request.shard_index, n=shards)
-        version, uids, nxt = account.segments.members(
-            seg_id, state["p"] if state else 0, count, state["v"] if state else None,
-            request.shard_index, shards)
-        with account.database.read() as txn:
-            guids, found = account.segments.member_guids(txn, uids)
-        token = (convert.page_token({"s": seg_id, "v": version, "p": nxt, "i": request.shard_index, "n": shards})
-                 if nxt is not None else "")
-        return pb.ListMembersResponse(guids=guids, uids=found, count=len(found) // 4, version=version,
-                                      next_page_token=token)
+        token = convert.MEMBERS_PAGE
+        # the core checks the rest against the segment: a version it has had, a position inside the shard
+        state = token.read(request.page_token, segment=seg_id, version=range(1, 1 << 32),
+                           position=range(1, 1 << 32), shard_index=request.shard_index, shard_count=shards)
+        version, guids, found, nxt = account.segments.member_page(
+            seg_id, state["position"] if state else 0, count, state["version"] if state else None,
+            request.shard_index, shards, max_bytes=MAX_RESPONSE_BYTES)
+        return pb.ListMembersResponse(
+            guids=guids, uids=found, count=len(found) // 4, version=version,
+            next_page_token=token.write(segment=seg_id, version=version, position=nxt,
+                                        shard_index=request.shard_index, shard_count=shards)
+            if nxt is not None else "")
 
 
 class ProfilesServicer(pb_grpc.ProfilesServicer):
