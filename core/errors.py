@@ -42,6 +42,11 @@ class TooLarge(ListsegError):
     reason = "UPLOAD_TOO_LARGE"
 
 
+class RequestTooLarge(ListsegError):
+    """A request message over the server's limit (server/decoding.py MAX_REQUEST)."""
+    reason = "REQUEST_TOO_LARGE"
+
+
 class TooManyUploads(ListsegError):
     """The account already has as many uploads running as the server allows."""
     reason = "TOO_MANY_UPLOADS"

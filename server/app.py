@@ -17,7 +17,7 @@ from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server import front, introspection, servicers
 from listseg.server.addresses import is_loopback, local_host, split_address
-from listseg.server.decoding import add_servicer
+from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
 from listseg.server.logs import setup_logging
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
@@ -26,7 +26,6 @@ log = logging.getLogger("listseg.server")
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Segments", "Membership", "Profiles")]
 LOOKUP_THREADS = 2               # threads for IsMember and CheckMembers; see on_pool
-MAX_MESSAGE = 4 << 20            # a 2 MiB data message plus framing; bigger ones are refused by grpc
 
 
 def on_pool(servicer, names, pool):
@@ -56,7 +55,7 @@ class Server:
                 f"address; create one with `listseg accounts create NAME` to listen on {host}")
         self.services = servicers.Services(engine, self.credentials, webhooks, max_uploads,
                                            max_upload_bytes or engine.max_upload_bytes, mailer)
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE),
+        options = [("grpc.max_receive_message_length", MAX_TRANSPORT_MESSAGE),    # MAX_REQUEST: decoding.py
                    ("grpc.max_send_message_length", 64 << 20),
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc"),

@@ -21,7 +21,7 @@ from listseg.v1 import listseg_pb2_grpc as pb_grpc
 log = logging.getLogger("listseg.server")
 
 MAX_DATA_MESSAGE = 2 << 20        # bytes of CSV in one UploadList message
-MAX_CHECK = 100_000               # identities in one CheckMembers call (and 4 MiB a request: app.MAX_MESSAGE)
+MAX_CHECK = 100_000               # identities in one CheckMembers call (and 4 MiB a request: decoding.MAX_REQUEST)
 # the payload of one response message (a ListMembers page's guids and uids, an ExportMembers chunk):
 # stock clients (grpc-js, grpcurl, grpclib) receive at most 4 MiB a message, and 100,000 members of
 # long guids are more; 256 KiB is left for the rest of the message

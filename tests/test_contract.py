@@ -255,9 +255,10 @@ def test_check_members_names_its_limits(served):
                       ("identities", {"identities": ["g1"] * 100_001})):
         err = refused(lambda: check(pb.CheckMembersRequest(segment="s", type=GUID, **kw), timeout=30))
         assert err.metadata == {"field": field, "limit": "100000"}
-    # over the server's 4 MiB receive limit: refused by grpc itself, before any handler (no ErrorInfo)
-    refused(lambda: check(pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\n" * 1_500_000),
-                          timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    # over the 4 MiB request limit: RESOURCE_EXHAUSTED with an ErrorInfo naming it
+    big = pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\n" * 1_500_000)
+    err = refused(lambda: check(big, timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert (err.reason, err.metadata) == ("REQUEST_TOO_LARGE", {"limit": str(4 << 20)})
 
 
 def test_the_client_splits_a_check_that_does_not_fit_one_call(long_guids):

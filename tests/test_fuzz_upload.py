@@ -30,7 +30,7 @@ from listseg.v1 import listseg_pb2 as pb
 
 TWIN = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
 MAX_DATA = 2 << 20                      # server/servicers.py MAX_DATA_MESSAGE
-MAX_FRAME = 4 << 20                     # server/app.py MAX_MESSAGE: grpc refuses bigger messages
+MAX_FRAME = 4 << 20                     # server/decoding.py MAX_REQUEST: bigger messages are refused
 CODE = grpc.StatusCode
 GUIDS = [f"g{k}" for k in range(1, 9)]
 

@@ -45,7 +45,9 @@ using listseg::front::error;
 namespace {
 
 constexpr size_t kMaxKey = 511;               // LMDB's default maximum key size
-constexpr int kMaxReceive = 4 << 20;          // as the Python server: server/app.py MAX_MESSAGE
+// Requests as big as the server's grpc takes (server/decoding.py MAX_TRANSPORT_MESSAGE): the server
+// refuses those over its own limit with an ErrorInfo, which grpc's refusal here would lack.
+constexpr int kMaxReceive = 16 << 20;
 constexpr int kMaxSend = 64 << 20;
 const char kCredentialsFlag[] = "#credentials";  // core/accounts.py: present once any passcode exists
 const char kDefaultAccount[] = "default";        // core/engine.py DEFAULT_ACCOUNT
