@@ -19,6 +19,7 @@ from listseg.core.store import Database, dumps, loads, u32
 
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
+ID_PREFIX = "segments/"          # a segment's resource name is segments/{id}
 EXPORT_HEADER = b"Type,Identity\n"
 
 
@@ -45,6 +46,13 @@ class BitmapCache:
         return bm
 
 
+def read_ref(text):
+    """What a reference to a segment names: the id (int) in "42" or "segments/42", else a name."""
+    text = text.removeprefix(ID_PREFIX)
+    # ASCII only: str.isdigit() also takes "²", which int() refuses, and "٣", which it reads as 3
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
 def check_name(name):
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("a segment name must not be empty", field="name")
@@ -52,6 +60,9 @@ def check_name(name):
     # bytes, not characters: the name is an LMDB key (511 bytes at most, with the account prefix)
     if len(name.encode()) > MAX_NAME or any(ord(c) < 32 for c in name):
         raise InvalidArgument(f"a segment name is at most {MAX_NAME} bytes of printable UTF-8", field="name")
+    if read_ref(name) != name:          # a reference "42" or "segments/42" names segment 42, not the name
+        raise InvalidArgument(f"a segment name cannot be all digits or begin with {ID_PREFIX!r}: "
+                              f"references read those as segment ids ({name!r})", field="name")
     return name
 
 
@@ -85,8 +96,9 @@ class Segments:
             raw = txn.get(self.db.segnames, self.prefix + str(segment).encode())
             if raw is not None:
                 return int.from_bytes(raw, "big")
-            if str(segment).isdigit():
-                return self.find_id(txn, int(segment))
+            ref = read_ref(str(segment))
+            if isinstance(ref, int):
+                return self.find_id(txn, ref)
         raise NotFound(f"no segment {segment!r}", segment=segment)
 
     def record(self, txn, seg_id):

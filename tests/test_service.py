@@ -147,6 +147,25 @@ def test_errors_carry_status_and_reason(client):
             assert err.reason == reason
 
 
+def test_names_a_reference_would_read_as_an_id_are_refused(client):
+    first = client.upload(csv("g1"), name="vip")
+    for name in ("42", str(first.segment), " 007 ", "segments/42", "segments/vip"):
+        for dry_run in (False, True):
+            with pytest.raises(ListsegError) as e:
+                client.upload(csv("g2"), name=name, dry_run=dry_run)
+            err = e.value
+            assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                                                            {"field": "name"}), name
+    assert [s.name for s in client.list_segments()] == ["vip"]
+    with pytest.raises(ListsegError) as e:
+        client.get_upload(first.id + 1)                   # refused before an upload began
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    for name in ("٣", "²", "vip 2", "2024-06"):            # digits beyond ASCII, digits among others: names
+        up = client.upload(csv("g2"), name=name)
+        assert client.get_segment(name).id == int(up.segment) and client.is_member(name, guid="g2"), name
+    assert client.get_segment("segments/" + first.segment).name == "vip"
+
+
 def test_requests_that_do_not_parse_are_invalid_argument(client):
     client.upload(csv("g1"), name="vip")
     garbage = b"\xff\xff\xff"                                 # a field tag cut short
