@@ -131,19 +131,33 @@ class Segments:
     def check_new_name(self, txn, name):
         """The name, trimmed, if it is valid and free; InvalidArgument or AlreadyExists otherwise."""
         name = check_name(name)
-        if txn.get(self.db.segnames, self.prefix + name.encode()) is not None:
-            raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+        self._claim(txn, name)
         return name
 
+    def _claim(self, txn, name):
+        """None if the name is free for a create; the segment the create takes over if the name is
+        held by a failed segment that never had a version; AlreadyExists otherwise. (A failed create
+        removes its segment, but keeps it, failed, when a consumer was attached meanwhile.)"""
+        raw = txn.get(self.db.segnames, self.prefix + name.encode())
+        if raw is None:
+            return None
+        rec = self.record(txn, int.from_bytes(raw, "big"))
+        if rec["state"] == "failed" and self.head(txn, rec["id"]) == 0:
+            return rec
+        raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+
     def create(self, txn, name, state="processing", now=None):
-        """A new segment record with no version yet (used by a create upload)."""
-        name = self.check_new_name(txn, name)
-        seg_id = self.account.allocate(txn, "next_segment")
+        """A segment record with no version yet, for a create upload: a new one, or a failed one
+        that never had a version taken over (its id and consumers kept)."""
+        name = check_name(name)
+        rec = self._claim(txn, name)
         now = now or time.time()
-        rec = {"id": seg_id, "name": name, "state": state, "created": now, "updated": now,
-               "consumers": [], "last_upload": None}
-        txn.put(self.db.segments, self.prefix + u32(seg_id), dumps(rec))
-        txn.put(self.db.segnames, self.prefix + name.encode(), u32(seg_id))
+        if rec is None:
+            rec = {"id": self.account.allocate(txn, "next_segment"), "name": name, "consumers": [],
+                   "last_upload": None}
+            txn.put(self.db.segnames, self.prefix + name.encode(), u32(rec["id"]))
+        rec.update(state=state, created=now, updated=now)
+        self.save(txn, rec)
         return rec
 
     def save(self, txn, rec):
@@ -213,18 +227,21 @@ class Segments:
 
     def delete(self, segment):
         def run(txn):
-            seg_id = self.find_id(txn, segment)
-            rec = self.record(txn, seg_id)
+            rec = self.record(txn, self.find_id(txn, segment))
             self.check_free(rec)
-            sid = self.prefix + u32(seg_id)
-            for dbi in (self.db.versions, self.db.history):
-                for key, _ in list(Database.scan(txn, dbi, sid)):
-                    txn.delete(dbi, key)
-            txn.delete(self.db.heads, sid)
-            txn.delete(self.db.segments, sid)
-            txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
+            self.remove(txn, rec)
             return rec
         return self.database.write(run)
+
+    def remove(self, txn, rec):
+        """Drop the segment: versions, history, pointer, record and name (in the caller's txn)."""
+        sid = self.prefix + u32(rec["id"])
+        for dbi in (self.db.versions, self.db.history):
+            for key, _ in list(Database.scan(txn, dbi, sid)):
+                txn.delete(dbi, key)
+        txn.delete(self.db.heads, sid)
+        txn.delete(self.db.segments, sid)
+        txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
 
     def attach(self, segment, kind, consumer_id, name=None):
         return self._consumers(segment, kind, consumer_id, name, attach=True)

@@ -225,8 +225,7 @@ def test_upload_stream_misuse(served, client):
         with pytest.raises(grpc.RpcError) as e:
             stub.UploadList(iter(messages), timeout=10)
         assert e.value.code() == code, messages[:1]
-    # the creates that had begun left failed segments with no members, nothing else
-    assert {(s.state, s.size) for s in client.list_segments()} <= {(pb.SEGMENT_STATE_FAILED, 0)}
+    assert client.list_segments() == []                # the creates that had begun left no segment
     assert all(client.get_upload(u).state == pb.UPLOAD_STATE_FAILED for u in range(1, 6))
     assert "without a finish message" in client.get_upload(4).reason
     assert client.get_upload(5).reason == "the finish message counts 999 bytes, 5 arrived"
@@ -257,6 +256,89 @@ def test_cancelled_upload_changes_nothing(client):
         "the stream ended early: cancelled by the client, past its deadline or disconnected",
         "the stream ended without a finish message: the file may be incomplete")
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
+
+
+def _spec(name):
+    return pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=name))
+
+
+def _hold_open(client, name, sent, release):
+    """A create's stream that sends a spec and some data, then waits for `release` (never finishes)."""
+    yield _spec(name)
+    yield pb.UploadListRequest(data=csv("g1", "g2"))
+    sent.set()
+    release.wait(30)
+
+
+def _fail_create(how, served, client, name):
+    """Run a create of `name` that fails in the way `how`; returns the reason its upload gives."""
+    stub = pb_grpc.SegmentsStub(client.channel)
+    data = pb.UploadListRequest(data=csv("g1"))
+    if how == "bad header":
+        assert client.upload(b"Name,Email\ng,g1\n", name=name).state == pb.UPLOAD_STATE_FAILED
+        return "bad header"
+    if how == "no row qualifies":
+        assert client.upload(csv("nobody"), name=name).state == pb.UPLOAD_STATE_FAILED
+        return "no row names a known profile"
+    if how == "strict, an invalid row":
+        assert client.upload(csv("g1") + b"q,zz\n", name=name, strict=True).state == pb.UPLOAD_STATE_FAILED
+        return "strict: 1 invalid rows"
+    if how == "over the size limit":
+        services = served[1].services
+        limit, services.max_upload_bytes = services.max_upload_bytes, 100
+        try:
+            with pytest.raises(ListsegError) as e:
+                client.upload(csv(*[f"g{k}" for k in range(50)]), name=name)
+        finally:
+            services.max_upload_bytes = limit
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        return "file too large"
+    if how in ("no finish message", "finish counts other bytes"):
+        messages = [_spec(name), data] + ([pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=999))]
+                                          if how == "finish counts other bytes" else [])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.UploadList(iter(messages), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return "without a finish message" if how == "no finish message" else "the finish message counts 999 bytes"
+    sent, release = threading.Event(), threading.Event()
+    call = stub.UploadList.future(_hold_open(client, name, sent, release), timeout=3 if how == "deadline" else 60)
+    try:
+        assert sent.wait(10)
+        wait_until(lambda: upload_state(client, 1) == pb.UPLOAD_STATE_RECEIVING)   # the server is mid-upload
+        if how == "client cancel":
+            call.cancel()
+        with pytest.raises(grpc.FutureCancelledError if how == "client cancel" else grpc.RpcError) as e:
+            call.result(30)
+        if how == "deadline":
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
+    wait_until(lambda: upload_state(client, 1) == pb.UPLOAD_STATE_FAILED)
+    return "the stream ended"                   # or, now and then for a cancel, "...without a finish message"
+
+
+CREATE_FAILURES = ["bad header", "no row qualifies", "strict, an invalid row", "over the size limit",
+                   "no finish message", "finish counts other bytes", "client cancel", "deadline"]
+
+
+@pytest.mark.parametrize("how", CREATE_FAILURES)
+def test_a_failed_create_leaves_no_segment_and_the_same_create_succeeds(served, client, how):
+    """"Fix the errors and re-upload the file": a create that fails, however it fails, makes no
+    segment, and its upload record still says why; the same create then just works."""
+    reason = _fail_create(how, served, client, "vip")
+    failed = client.get_upload(1)
+    assert (failed.state, failed.mode, failed.segment_name) == (pb.UPLOAD_STATE_FAILED, pb.UPLOAD_MODE_CREATE, "vip")
+    assert reason in failed.reason or (how == "client cancel" and "without a finish message" in failed.reason)
+    for ref in ("vip", failed.segment):
+        with pytest.raises(ListsegError) as e:
+            client.get_segment(ref)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert client.list_segments() == []
+    retry = client.upload(csv("g1", "g2"), name="vip")
+    assert retry.state == pb.UPLOAD_STATE_SUCCEEDED and retry.segment != failed.segment
+    seg = client.get_segment("vip")
+    assert (seg.size, seg.version, seg.state, seg.last_upload.id) == (2, 1, pb.SEGMENT_STATE_READY, retry.id)
+    assert client.get_upload(1).reason == failed.reason          # the failed upload's record stays
 
 
 def test_list_members_pinned_and_sharded(client):
