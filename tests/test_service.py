@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_port as _free_port
@@ -404,12 +405,14 @@ def test_dev_mode_refuses_a_public_address(tmp_path):
     engine.close()
 
 
-def test_webhook_receives_the_report(served, client):
+def test_webhook_receives_the_upload_the_call_returns(served, client):
+    """The body is {"upload": ...}: the Upload message the call returned, in proto3 JSON with every
+    field, and nothing of the stored record beyond it (its owner process, say)."""
     got = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            got.append((self.headers["Content-Type"], self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
 
@@ -417,12 +420,25 @@ def test_webhook_receives_the_report(served, client):
             pass
     httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    up = client.upload(csv("g1"), name="hooked", webhook_url=f"http://127.0.0.1:{httpd.server_port}/done")
-    deadline = time.time() + 5
-    while not got and time.time() < deadline:
-        time.sleep(0.05)
-    httpd.shutdown()
-    assert got and got[0]["upload"]["id"] == up.id and got[0]["upload"]["state"] == "succeeded"
+    hook = f"http://127.0.0.1:{httpd.server_port}/done"
+    try:
+        ups = [client.upload(csv("g1", "nobody") + b"q,zz\n", name="hooked", webhook_url=hook),
+               client.upload(csv("nobody"), replace="hooked", webhook_url=hook)]      # one failed
+        wait_until(lambda: len(got) == 2, timeout=10)
+    finally:
+        httpd.shutdown()
+    stored = served[0].account().get_upload(ups[0].id)
+    assert "owner" in stored                                        # the record has it; the body must not
+    for up in ups:
+        ctype, raw = next((c, r) for c, r in got if str(json.loads(r)["upload"]["id"]) == str(up.id))
+        body = json.loads(raw)
+        assert ctype == "application/json" and list(body) == ["upload"]
+        assert body["upload"] == json_format.MessageToDict(up, always_print_fields_with_no_presence=True)
+        assert json_format.ParseDict(body["upload"], pb.Upload()) == up == client.get_upload(up.id)
+        assert "owner" not in raw.decode() and set(body["upload"]) == {f.json_name for f in pb.Upload.DESCRIPTOR.fields}
+    failed = json.loads(next(r for _, r in got if str(json.loads(r)["upload"]["id"]) == str(ups[1].id)))["upload"]
+    assert (failed["state"], failed["reason"], failed["report"]["qualified"]) == (
+        "UPLOAD_STATE_FAILED", "no row names a known profile", "0")
     with pytest.raises(ListsegError) as e:
         client.upload(csv("g1"), name="x", webhook_url="ftp://example.com/")
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -433,7 +449,7 @@ def test_a_dead_webhook_never_fails_the_upload(served, client):
     notifier.backoff_s = 0.01
     up = client.upload(csv("g1"), name="h", webhook_url=f"http://127.0.0.1:{_free_port()}/gone")
     assert up.state == pb.UPLOAD_STATE_SUCCEEDED
-    assert notifier.notify(f"http://127.0.0.1:{_free_port()}/gone", {"id": 1}).result(10) is False
+    assert notifier.notify(f"http://127.0.0.1:{_free_port()}/gone", up).result(10) is False
 
 
 def test_sigterm_drains_an_upload_in_flight(tmp_path):
