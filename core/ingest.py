@@ -1,8 +1,9 @@
 """One upload: bytes -> parser -> resolver -> bitmap -> one commit, with its report.
 
 `feed(chunk)` any number of times, then `finish()` returns the upload's record with its report;
-`abort(reason)` or a crash changes nothing but the upload's own record. The segment's live version is
-only ever replaced by the single write transaction at the end of a successful upload.
+`abort(reason)` or a crash changes nothing but the upload's own record (and takes away the segment a
+failed create had made). The segment's live version is only ever replaced by the single write
+transaction at the end of a successful upload.
 """
 import os
 import threading
@@ -242,14 +243,20 @@ class Upload:
 
 
 def note_failure(segments, txn, upload):
-    """Point the segment's last upload at a failed one; a failed create leaves state failed."""
+    """Point the segment's last upload at a failed one. A failed create removes the segment it made,
+    so the same create can run again; its upload record keeps the name and the reason. Only a
+    campaign or journey attached meanwhile keeps the segment, failed (the next create of the name
+    takes it over: Segments.create)."""
     if upload["dry_run"] or upload["segment"] is None:
         return
     try:
         seg = segments.record(txn, upload["segment"])
     except ListsegError:
         return                          # deleted meanwhile
-    if seg["state"] == "processing":
+    if upload["mode"] == "create" and seg["state"] == "processing":   # as the create left it: nothing committed
+        if not seg["consumers"] and segments.head(txn, seg["id"]) == 0:
+            segments.remove(txn, seg)
+            return
         seg["state"] = "failed"
     seg["last_upload"] = upload["id"]
     segments.save(txn, seg)

@@ -20,6 +20,7 @@ from listseg.core.store import Database, dumps, loads, u32
 
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
+ID_PREFIX = "segments/"          # a segment's resource name is segments/{id}
 EXPORT_HEADER = b"Type,Identity\n"
 FIT_CHUNK = 16_384              # uids read at a time when a page has a byte budget (member_page)
 
@@ -47,6 +48,13 @@ class BitmapCache:
         return bm
 
 
+def read_ref(text):
+    """What a reference to a segment names: the id (int) in "42" or "segments/42", else a name."""
+    text = text.removeprefix(ID_PREFIX)
+    # ASCII only: str.isdigit() also takes "²", which int() refuses, and "٣", which it reads as 3
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
 def check_name(name):
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("a segment name must not be empty", field="name")
@@ -54,6 +62,9 @@ def check_name(name):
     # bytes, not characters: the name is an LMDB key (511 bytes at most, with the account prefix)
     if len(name.encode()) > MAX_NAME or any(ord(c) < 32 for c in name):
         raise InvalidArgument(f"a segment name is at most {MAX_NAME} bytes of printable UTF-8", field="name")
+    if read_ref(name) != name:          # a reference "42" or "segments/42" names segment 42, not the name
+        raise InvalidArgument(f"a segment name cannot be all digits or begin with {ID_PREFIX!r}: "
+                              f"references read those as segment ids ({name!r})", field="name")
     return name
 
 
@@ -87,8 +98,9 @@ class Segments:
             raw = txn.get(self.db.segnames, self.prefix + str(segment).encode())
             if raw is not None:
                 return int.from_bytes(raw, "big")
-            if str(segment).isdigit():
-                return self.find_id(txn, int(segment))
+            ref = read_ref(str(segment))
+            if isinstance(ref, int):
+                return self.find_id(txn, ref)
         raise NotFound(f"no segment {segment!r}", segment=segment)
 
     def record(self, txn, seg_id):
@@ -121,19 +133,33 @@ class Segments:
     def check_new_name(self, txn, name):
         """The name, trimmed, if it is valid and free; InvalidArgument or AlreadyExists otherwise."""
         name = check_name(name)
-        if txn.get(self.db.segnames, self.prefix + name.encode()) is not None:
-            raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+        self._claim(txn, name)
         return name
 
+    def _claim(self, txn, name):
+        """None if the name is free for a create; the segment the create takes over if the name is
+        held by a failed segment that never had a version; AlreadyExists otherwise. (A failed create
+        removes its segment, but keeps it, failed, when a consumer was attached meanwhile.)"""
+        raw = txn.get(self.db.segnames, self.prefix + name.encode())
+        if raw is None:
+            return None
+        rec = self.record(txn, int.from_bytes(raw, "big"))
+        if rec["state"] == "failed" and self.head(txn, rec["id"]) == 0:
+            return rec
+        raise AlreadyExists(f"a segment named {name!r} exists", name=name)
+
     def create(self, txn, name, state="processing", now=None):
-        """A new segment record with no version yet (used by a create upload)."""
-        name = self.check_new_name(txn, name)
-        seg_id = self.account.allocate(txn, "next_segment")
+        """A segment record with no version yet, for a create upload: a new one, or a failed one
+        that never had a version taken over (its id and consumers kept)."""
+        name = check_name(name)
+        rec = self._claim(txn, name)
         now = now or time.time()
-        rec = {"id": seg_id, "name": name, "state": state, "created": now, "updated": now,
-               "consumers": [], "last_upload": None}
-        txn.put(self.db.segments, self.prefix + u32(seg_id), dumps(rec))
-        txn.put(self.db.segnames, self.prefix + name.encode(), u32(seg_id))
+        if rec is None:
+            rec = {"id": self.account.allocate(txn, "next_segment"), "name": name, "consumers": [],
+                   "last_upload": None}
+            txn.put(self.db.segnames, self.prefix + name.encode(), u32(rec["id"]))
+        rec.update(state=state, created=now, updated=now)
+        self.save(txn, rec)
         return rec
 
     def save(self, txn, rec):
@@ -203,18 +229,21 @@ class Segments:
 
     def delete(self, segment):
         def run(txn):
-            seg_id = self.find_id(txn, segment)
-            rec = self.record(txn, seg_id)
+            rec = self.record(txn, self.find_id(txn, segment))
             self.check_free(rec)
-            sid = self.prefix + u32(seg_id)
-            for dbi in (self.db.versions, self.db.history):
-                for key, _ in list(Database.scan(txn, dbi, sid)):
-                    txn.delete(dbi, key)
-            txn.delete(self.db.heads, sid)
-            txn.delete(self.db.segments, sid)
-            txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
+            self.remove(txn, rec)
             return rec
         return self.database.write(run)
+
+    def remove(self, txn, rec):
+        """Drop the segment: versions, history, pointer, record and name (in the caller's txn)."""
+        sid = self.prefix + u32(rec["id"])
+        for dbi in (self.db.versions, self.db.history):
+            for key, _ in list(Database.scan(txn, dbi, sid)):
+                txn.delete(dbi, key)
+        txn.delete(self.db.heads, sid)
+        txn.delete(self.db.segments, sid)
+        txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
 
     def attach(self, segment, kind, consumer_id, name=None):
         return self._consumers(segment, kind, consumer_id, name, attach=True)

@@ -65,6 +65,13 @@ class Jobs:
         with self._lock:
             return [j for j in self._items.values() if j.account == account and j.running]
 
+    def finished(self, account):
+        """Jobs that ended in the last keep_s seconds, newest first."""
+        now = time.time()
+        with self._lock:
+            return sorted((j for j in self._items.values() if j.account == account and not j.running
+                           and now - j.finished <= self.keep_s), key=lambda j: -j.id)
+
     def unshown_errors(self, account):
         """Finished jobs whose refusal nobody has seen yet; marks them seen."""
         with self._lock:

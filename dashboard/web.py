@@ -217,14 +217,23 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
             rows.append(Row.of(s, job))
         for j in jobs:                                       # creates the server has not seen yet
             if j.mode == "name" and j.target not in names:
+                names.add(j.target)
                 rows.append(Row(None, j.target, 0, "processing", busy=True, note=f"Uploading {j.file_name}…"))
+        # a failed create leaves no segment: its row stays while the job is remembered, for the
+        # troubleshoot link
+        for j in st.jobs.finished(g.account):
+            up = j.upload
+            if j.mode == "name" and up is not None and up.state == pb.UPLOAD_STATE_FAILED and j.target not in names:
+                names.add(j.target)
+                rows.append(Row(None, j.target, 0, "failed", created=_dt(up.create_time),
+                                updated=_dt(up.finish_time), problem=_problem(up)))
         return rows
 
     @app.route("/segments/new", methods=["GET", "POST"])
     def new_segment():
         if request.method == "GET":
             _probe(g.client)                                 # sign in first if that is needed
-            return page("upload.jinja", mode="create")
+            return page("upload.jinja", mode="create", name=request.args.get("name", ""))
         name = request.form.get("name", "").strip()
         problems = [] if name else ["Name the segment."]
         return start_upload("name", name, problems, {"mode": "create", "name": name})

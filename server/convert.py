@@ -5,6 +5,7 @@ import struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from listseg.core.errors import InvalidArgument
+from listseg.core.segments import read_ref
 from listseg.v1 import listseg_pb2 as pb
 
 MODES = {pb.UPLOAD_MODE_CREATE: "create", pb.UPLOAD_MODE_REPLACE: "replace",
@@ -42,8 +43,7 @@ def segment_ref(value):
     """A segment id ("42", "segments/42") as int, else the name as given."""
     if not value:
         raise InvalidArgument("segment is required", field="segment")
-    value = value.removeprefix("segments/")
-    return int(value) if value.isdigit() else value
+    return read_ref(value)                  # the core's rule, which refuses names it would misread
 
 
 def upload(rec):

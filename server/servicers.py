@@ -121,11 +121,12 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
                 self.s.live.pop(key, None)
         log.info("upload ended", extra={"fields": {"account": account.name, "upload": up.id,
                                                    "state": result["state"], "reason": result["reason"]}})
+        upload = convert.upload(result)
         if spec.webhook_url:
-            self.s.webhooks.notify(spec.webhook_url, result)
+            self.s.webhooks.notify(spec.webhook_url, upload)       # what the call returns, as JSON
         if recipients:
             self.s.mailer.notify(recipients, result)
-        return convert.upload(result)
+        return upload
 
     @staticmethod
     def _receive(up, requests, context):

@@ -7,6 +7,8 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from google.protobuf import json_format
+
 from listseg.core.errors import InvalidArgument
 
 log = logging.getLogger("listseg.server")
@@ -16,6 +18,14 @@ def check_url(url):
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgument("webhook_url must be an http(s) URL", field="webhook_url")
+
+
+def post_body(upload):
+    """{"upload": the listseg.v1.Upload message the call returns, in proto3 JSON}. The message, not the
+    stored record, so nothing internal (such as the owner process) goes out; every field is present,
+    so a receiver need not know that proto3 JSON leaves out zeros and empty strings."""
+    fields = json_format.MessageToDict(upload, always_print_fields_with_no_presence=True)
+    return json.dumps({"upload": fields}).encode()
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -30,8 +40,8 @@ class Notifier:
         self.opener = urllib.request.build_opener(_NoRedirects)
 
     def notify(self, url, upload):
-        """Queue a POST; returns a Future (tests wait on it, the server does not)."""
-        return self.pool.submit(self._send, url, json.dumps({"upload": upload}).encode())
+        """Queue a POST of an Upload message; returns a Future (tests wait on it, the server does not)."""
+        return self.pool.submit(self._send, url, post_body(upload))
 
     def _send(self, url, body):
         for attempt in range(1, self.attempts + 1):

@@ -83,6 +83,14 @@ def test_failed_upload_exits_1(cli, tmp_path):
     assert code == 1 and json.loads(out)["state"] == "failed" and json.loads(out)["reason"].startswith("bad header")
 
 
+def test_a_name_that_reads_as_an_id_exits_1(cli):
+    cli("profiles", "import", ex("profiles.csv"))
+    for name in ("42", "segments/42"):
+        code, out, err = cli("upload", ex("vip.csv"), "--name", name)
+        assert (code, out) == (1, "") and "all digits" in err and "(INVALID_ARGUMENT)" in err, name
+    assert cli("--json", "segments")[1].strip() == "[]"
+
+
 def test_usage_errors_exit_2(cli):
     assert cli("upload", ex("vip.csv"))[0] == 2                           # no target
     assert cli("upload", ex("vip.csv"), "--name", "a", "--replace", "b")[0] == 2

@@ -79,6 +79,87 @@ def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
         stop_server(proc)
 
 
+def test_kill_9_during_a_create_frees_its_name(tmp_path):
+    """A create under way when the server is killed: after the restart its upload reads
+    `interrupted`, no segment is left behind, and the same create succeeds."""
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data)
+    sent, release = threading.Event(), threading.Event()
+
+    def messages():
+        yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name="c"))
+        yield pb.UploadListRequest(data=csv(LIST_B))
+        sent.set()
+        release.wait(60)
+    with Client(target, timeout=30) as c:
+        call = pb_grpc.SegmentsStub(c.channel).UploadList.future(messages(), timeout=60)
+        try:
+            assert sent.wait(10)
+            wait_until(lambda: upload_state(c, 1) == pb.UPLOAD_STATE_RECEIVING)   # the segment exists now
+            assert c.get_segment("c").state == pb.SEGMENT_STATE_PROCESSING
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            with pytest.raises(grpc.RpcError):
+                call.result(30)
+        finally:
+            release.set()
+    proc, target = start_server(data)
+    try:
+        with Client(target, timeout=30) as c:
+            up = c.get_upload(1)
+            assert (up.state, up.reason, up.segment_name) == (pb.UPLOAD_STATE_FAILED, "interrupted", "c")
+            with pytest.raises(ListsegError) as e:
+                c.get_segment("c")
+            assert e.value.code == grpc.StatusCode.NOT_FOUND and c.list_segments() == []
+            assert c.upload(csv(LIST_A), name="c").state == pb.UPLOAD_STATE_SUCCEEDED
+            assert [m[2:] for m in c.export("c").decode().split()[1:]] == LIST_A
+    finally:
+        stop_server(proc)
+
+
+def test_creates_of_one_name_racing_across_2_workers_have_one_winner(tmp_path):
+    """6 clients create the same name at once, each stream held open for 0.5 s, 5 rounds, against 2
+    server processes: in each round exactly one succeeds, the others get ALREADY_EXISTS, and the
+    segment holds the winner's list."""
+    data = str(tmp_path / "data")
+    seed(data)
+    proc, target = start_server(data, "--workers", "2", "--max-uploads", "8")
+    lists = [[f"g{k}" for k in range(i, N, 6)] for i in range(6)]
+    try:
+        for rnd in range(5):
+            name, start, outcomes = f"race-{rnd}", threading.Barrier(len(lists)), {}
+
+            def create(i):
+                body = csv(lists[i])
+
+                def messages():                                # each stays open a while: they overlap
+                    yield pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=name))
+                    yield pb.UploadListRequest(data=body)
+                    time.sleep(0.5)
+                    yield pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=len(body)))
+                with Client(target, timeout=30) as c:          # a connection each: either worker
+                    c.list_segments()
+                    start.wait(30)
+                    try:
+                        outcomes[i] = pb_grpc.SegmentsStub(c.channel).UploadList(messages(), timeout=30).state
+                    except grpc.RpcError as e:
+                        outcomes[i] = e.code()
+            threads = [threading.Thread(target=create, args=(i,)) for i in range(len(lists))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            winners = [i for i, o in outcomes.items() if o == pb.UPLOAD_STATE_SUCCEEDED]
+            losers = [o for o in outcomes.values() if o == grpc.StatusCode.ALREADY_EXISTS]
+            assert (len(winners), len(losers)) == (1, len(lists) - 1), outcomes
+            with Client(target, timeout=30) as c:
+                assert sorted(m[2:] for m in c.export(name).decode().split()[1:]) == sorted(lists[winners[0]])
+                assert [s.name for s in c.list_segments()] == [f"race-{k}" for k in range(rnd + 1)]
+    finally:
+        stop_server(proc)
+
+
 def _reader_pids(data):
     """pids holding LMDB reader slots (py-lmdb's reader table: a header line, then pid thread txnid)."""
     env = lmdb.open(data, max_dbs=16, readonly=True, lock=True)

@@ -11,6 +11,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+from conftest import upload_state
 from listseg import Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
@@ -173,13 +174,22 @@ def test_failed_reupload_troubleshoot_page_and_rejected_rows(stack, web, client)
     assert web.get("/segments/1").text.count("File re-upload failed") == 1
 
 
-def test_failed_create_says_upload_failed(web, client):
-    web.upload("/segments/new", csv("nobody"), name="ghost")
-    seg = wait_for(lambda: next((s for s in client.list_segments() if s.state == 3), None))  # FAILED
+def test_failed_create_says_upload_failed_and_the_name_stays_free(web, client):
+    assert web.upload("/segments/new", csv("nobody"), name="ghost").status == 303
+    wait_for(lambda: upload_state(client, 1) == 4)                        # FAILED
+    assert client.list_segments() == []                                   # it left no segment...
+    listing = web.get("/").text                                           # ...but the list still says so
+    assert 'data-segment="ghost" data-state="failed"' in listing
+    assert "File upload failed" in listing and 'href="/uploads/1"' in listing
+    page = web.get("/uploads/1").text
+    assert "File upload failed" in page and "could not be created" in page and "no row names a known profile" in page
+    assert 'data-count="unknown">1<' in page and 'href="/segments/new?name=ghost"' in page
+    assert 'id="name" name="name" value="ghost"' in web.get("/segments/new?name=ghost").text
+    assert web.upload("/segments/new", csv("g1"), name="ghost").status == 303     # fixed, uploaded again
+    seg = wait_for(lambda: next((s for s in client.list_segments() if s.state == 2), None))   # READY
+    assert (seg.name, seg.size) == ("ghost", 1)
     listing = web.get("/").text
-    assert "File upload failed" in listing and "Failed" in listing
-    page = web.get(f"/uploads/{client.get_segment(str(seg.id)).last_upload.id}").text
-    assert "File upload failed" in page and "could not be created" in page
+    assert 'data-segment="ghost" data-state="ready"' in listing and "File upload failed" not in listing
 
 
 def test_replace_in_use_is_refused_naming_consumers(web, client):

@@ -139,13 +139,43 @@ def test_abort_and_size_limit_change_nothing(engine):
     assert list(account.segments.members("s")[1]) == [1]
 
 
-def test_failed_create_leaves_a_failed_segment(account):
+def test_failed_create_leaves_no_segment_unless_a_consumer_holds_it(account):
     account.profiles.upsert(people(3))
     up = upload(account, b"g,nobody\n", name="s")
-    assert up["state"] == "failed"
-    assert account.segments.get("s")["state"] == "failed"
-    assert upload(account, b"g,g1\n", "replace", segment="s")["state"] == "succeeded"
-    assert account.segments.get("s")["state"] == "ready"
+    assert (up["state"], up["segment_name"], up["reason"]) == ("failed", "s", "no row names a known profile")
+    with pytest.raises(NotFound):
+        account.segments.get("s")
+    assert account.segments.list() == [] and account.get_upload(up["id"])["state"] == "failed"
+    again = upload(account, b"g,g1\n", name="s")
+    assert again["state"] == "succeeded" and again["segment"] != up["segment"]
+    # a campaign attached while the create ran: the segment stays, failed, with the campaign, and
+    # the next create of its name takes it over
+    up = account.upload("create", name="t")
+    account.segments.attach("t", "campaign", "c1")
+    up.feed(b"g,nobody\n")
+    assert up.finish()["state"] == "failed"
+    seg = account.segments.get("t")
+    assert (seg["state"], seg["version"], [c["id"] for c in seg["consumers"]]) == ("failed", 0, ["c1"])
+    retry = upload(account, b"g,g2\n", name="t")
+    assert retry["state"] == "succeeded" and retry["segment"] == seg["id"]
+    seg = account.segments.get("t")
+    assert (seg["state"], seg["size"], [c["id"] for c in seg["consumers"]]) == ("ready", 1, ["c1"])
+    with pytest.raises(AlreadyExists):                  # it has a version now: the name is taken
+        account.upload("create", name="t")
+
+
+def test_a_create_under_way_holds_its_name(account):
+    account.profiles.upsert(people(3))
+    up = account.upload("create", name="s")
+    up.feed(b"g,g1\n")
+    # a replace of the new segment that fails meanwhile leaves it the create's (it was marked failed,
+    # which would have let another create take it over)
+    assert upload(account, b"g,nobody\n", "replace", segment="s")["state"] == "failed"
+    assert account.segments.get("s")["state"] == "processing"
+    for dry_run in (False, True):
+        with pytest.raises(AlreadyExists):
+            account.upload("create", name="s", dry_run=dry_run)
+    assert up.finish()["state"] == "succeeded" and account.segments.get("s")["size"] == 1
 
 
 def test_dry_run_changes_nothing(account):

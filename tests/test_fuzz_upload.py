@@ -122,17 +122,15 @@ class Model:
 
     def __init__(self, prefix, profiles):
         self.prefix, self.profiles = prefix, profiles
-        self.versions = {}              # name -> [set of uids, ...]; [] for a failed create
+        self.versions = {}              # name -> [set of uids, ...]
         self.fresh = itertools.count()
-        self.maybe = set()              # creates that may not have started (see expect)
 
     def target(self, kind, create, pick):
         existing = sorted(self.versions)
         if kind == "existing" and existing:
             return existing[pick % len(existing)]
-        special = {"locked": "locked", "empty": "", "long": "x" * 201, "missing": f"{self.prefix}-missing"}
-        if not create:
-            special["digits"] = "987654321"         # read as a segment id
+        special = {"locked": "locked", "empty": "", "long": "x" * 201, "missing": f"{self.prefix}-missing",
+                   "digits": "987654321"}         # read as a segment id, so no create's name
         return special.get(kind, f"{self.prefix}-n{next(self.fresh)}")
 
     def messages(self, items, pick):
@@ -182,12 +180,11 @@ class Model:
             return CODE.INVALID_ARGUMENT
         create = mode == 1
         if create:
-            if not name or len(name) > 200:
+            if not name or len(name) > 200 or name.isdigit():
                 return CODE.INVALID_ARGUMENT
             if name in self.versions or name == "locked":
                 return CODE.ALREADY_EXISTS
-            if not dry:
-                self.versions[name] = []            # the create's segment exists from here on
+            # its segment exists from here on, but only a create that succeeds leaves it behind
         else:
             if not name:
                 return CODE.INVALID_ARGUMENT
@@ -202,8 +199,6 @@ class Model:
                     return CODE.INVALID_ARGUMENT        # the byte count disagrees: fail, commit nothing
                 finished = True
                 break                                   # what follows a finish is never read
-            if msg[0] == "frame" and create and not dry:
-                self.maybe.add(name)                # grpc may refuse the call before the spec is read
             if msg[0] in ("spec", "corrupt", "frame"):
                 return {"spec": CODE.INVALID_ARGUMENT, "corrupt": CODE.INVALID_ARGUMENT,
                         "frame": CODE.RESOURCE_EXHAUSTED}[msg[0]]
@@ -218,14 +213,14 @@ class Model:
         if state == "succeeded":
             new = {1: members, 2: members, 3: live | members, 4: live - members}[mode]
             if not dry:
-                self.versions[name].append(new)
+                self.versions.setdefault(name, []).append(new)
             return state, counts, len(new)
         return state, counts, len(live)
 
     def live(self, name):
         if name == "locked":
             return {self.profiles[("g", b"g1")]}
-        return self.versions[name][-1] if self.versions[name] else set()
+        return self.versions[name][-1]
 
 
 def _label(seen):
@@ -298,12 +293,9 @@ def _check_uploads_ended(account, grace):
 def _check_segments(account, model):
     """Each segment of this example holds exactly its latest committed version; no others exist."""
     names = {s["name"] for s in account.segments.list() if s["name"].startswith(model.prefix + "-")}
-    for name in model.maybe - names:
-        del model.versions[name]
-    model.maybe.clear()
     assert names == set(model.versions)
     for name, versions in model.versions.items():
         version, uids, _ = account.segments.members(name, count=1 << 20)
-        assert (version, set(uids)) == (len(versions), versions[-1] if versions else set()), name
+        assert (version, set(uids)) == (len(versions), versions[-1]), name
     version, uids, _ = account.segments.members("locked")
     assert (version, list(uids)) == (1, [model.profiles[("g", b"g1")]])

@@ -189,7 +189,7 @@ def test_webhook_redirects_are_not_followed(make_server):
         c.import_profiles(PROFILES)
         assert c.upload(csv("g1"), name="s", webhook_url=f"http://127.0.0.1:{redirect.server_port}/").state == \
             pb.UPLOAD_STATE_SUCCEEDED
-    assert server.services.webhooks.notify(f"http://127.0.0.1:{redirect.server_port}/", {}).result(10) is False
+    assert server.services.webhooks.notify(f"http://127.0.0.1:{redirect.server_port}/", pb.Upload()).result(10) is False
     assert hits == []
     redirect.shutdown()
     elsewhere.shutdown()

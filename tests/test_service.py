@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_port as _free_port
@@ -147,6 +148,25 @@ def test_errors_carry_status_and_reason(client):
             assert err.reason == reason
 
 
+def test_names_a_reference_would_read_as_an_id_are_refused(client):
+    first = client.upload(csv("g1"), name="vip")
+    for name in ("42", str(first.segment), " 007 ", "segments/42", "segments/vip"):
+        for dry_run in (False, True):
+            with pytest.raises(ListsegError) as e:
+                client.upload(csv("g2"), name=name, dry_run=dry_run)
+            err = e.value
+            assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                                                            {"field": "name"}), name
+    assert [s.name for s in client.list_segments()] == ["vip"]
+    with pytest.raises(ListsegError) as e:
+        client.get_upload(first.id + 1)                   # refused before an upload began
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    for name in ("٣", "²", "vip 2", "2024-06"):            # digits beyond ASCII, digits among others: names
+        up = client.upload(csv("g2"), name=name)
+        assert client.get_segment(name).id == int(up.segment) and client.is_member(name, guid="g2"), name
+    assert client.get_segment("segments/" + first.segment).name == "vip"
+
+
 def test_requests_that_do_not_parse_are_invalid_argument(client):
     client.upload(csv("g1"), name="vip")
     garbage = b"\xff\xff\xff"                                 # a field tag cut short
@@ -206,8 +226,7 @@ def test_upload_stream_misuse(served, client):
         with pytest.raises(grpc.RpcError) as e:
             stub.UploadList(iter(messages), timeout=10)
         assert e.value.code() == code, messages[:1]
-    # the creates that had begun left failed segments with no members, nothing else
-    assert {(s.state, s.size) for s in client.list_segments()} <= {(pb.SEGMENT_STATE_FAILED, 0)}
+    assert client.list_segments() == []                # the creates that had begun left no segment
     assert all(client.get_upload(u).state == pb.UPLOAD_STATE_FAILED for u in range(1, 6))
     assert "without a finish message" in client.get_upload(4).reason
     assert client.get_upload(5).reason == "the finish message counts 999 bytes, 5 arrived"
@@ -238,6 +257,89 @@ def test_cancelled_upload_changes_nothing(client):
         "the stream ended early: cancelled by the client, past its deadline or disconnected",
         "the stream ended without a finish message: the file may be incomplete")
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
+
+
+def _spec(name):
+    return pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=name))
+
+
+def _hold_open(client, name, sent, release):
+    """A create's stream that sends a spec and some data, then waits for `release` (never finishes)."""
+    yield _spec(name)
+    yield pb.UploadListRequest(data=csv("g1", "g2"))
+    sent.set()
+    release.wait(30)
+
+
+def _fail_create(how, served, client, name):
+    """Run a create of `name` that fails in the way `how`; returns the reason its upload gives."""
+    stub = pb_grpc.SegmentsStub(client.channel)
+    data = pb.UploadListRequest(data=csv("g1"))
+    if how == "bad header":
+        assert client.upload(b"Name,Email\ng,g1\n", name=name).state == pb.UPLOAD_STATE_FAILED
+        return "bad header"
+    if how == "no row qualifies":
+        assert client.upload(csv("nobody"), name=name).state == pb.UPLOAD_STATE_FAILED
+        return "no row names a known profile"
+    if how == "strict, an invalid row":
+        assert client.upload(csv("g1") + b"q,zz\n", name=name, strict=True).state == pb.UPLOAD_STATE_FAILED
+        return "strict: 1 invalid rows"
+    if how == "over the size limit":
+        services = served[1].services
+        limit, services.max_upload_bytes = services.max_upload_bytes, 100
+        try:
+            with pytest.raises(ListsegError) as e:
+                client.upload(csv(*[f"g{k}" for k in range(50)]), name=name)
+        finally:
+            services.max_upload_bytes = limit
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        return "file too large"
+    if how in ("no finish message", "finish counts other bytes"):
+        messages = [_spec(name), data] + ([pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=999))]
+                                          if how == "finish counts other bytes" else [])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.UploadList(iter(messages), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return "without a finish message" if how == "no finish message" else "the finish message counts 999 bytes"
+    sent, release = threading.Event(), threading.Event()
+    call = stub.UploadList.future(_hold_open(client, name, sent, release), timeout=3 if how == "deadline" else 60)
+    try:
+        assert sent.wait(10)
+        wait_until(lambda: upload_state(client, 1) == pb.UPLOAD_STATE_RECEIVING)   # the server is mid-upload
+        if how == "client cancel":
+            call.cancel()
+        with pytest.raises(grpc.FutureCancelledError if how == "client cancel" else grpc.RpcError) as e:
+            call.result(30)
+        if how == "deadline":
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
+    wait_until(lambda: upload_state(client, 1) == pb.UPLOAD_STATE_FAILED)
+    return "the stream ended"                   # or, now and then for a cancel, "...without a finish message"
+
+
+CREATE_FAILURES = ["bad header", "no row qualifies", "strict, an invalid row", "over the size limit",
+                   "no finish message", "finish counts other bytes", "client cancel", "deadline"]
+
+
+@pytest.mark.parametrize("how", CREATE_FAILURES)
+def test_a_failed_create_leaves_no_segment_and_the_same_create_succeeds(served, client, how):
+    """"Fix the errors and re-upload the file": a create that fails, however it fails, makes no
+    segment, and its upload record still says why; the same create then just works."""
+    reason = _fail_create(how, served, client, "vip")
+    failed = client.get_upload(1)
+    assert (failed.state, failed.mode, failed.segment_name) == (pb.UPLOAD_STATE_FAILED, pb.UPLOAD_MODE_CREATE, "vip")
+    assert reason in failed.reason or (how == "client cancel" and "without a finish message" in failed.reason)
+    for ref in ("vip", failed.segment):
+        with pytest.raises(ListsegError) as e:
+            client.get_segment(ref)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert client.list_segments() == []
+    retry = client.upload(csv("g1", "g2"), name="vip")
+    assert retry.state == pb.UPLOAD_STATE_SUCCEEDED and retry.segment != failed.segment
+    seg = client.get_segment("vip")
+    assert (seg.size, seg.version, seg.state, seg.last_upload.id) == (2, 1, pb.SEGMENT_STATE_READY, retry.id)
+    assert client.get_upload(1).reason == failed.reason          # the failed upload's record stays
 
 
 def test_list_members_pinned_and_sharded(client):
@@ -303,12 +405,14 @@ def test_dev_mode_refuses_a_public_address(tmp_path):
     engine.close()
 
 
-def test_webhook_receives_the_report(served, client):
+def test_webhook_receives_the_upload_the_call_returns(served, client):
+    """The body is {"upload": ...}: the Upload message the call returned, in proto3 JSON with every
+    field, and nothing of the stored record beyond it (its owner process, say)."""
     got = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            got.append((self.headers["Content-Type"], self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
 
@@ -316,12 +420,25 @@ def test_webhook_receives_the_report(served, client):
             pass
     httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    up = client.upload(csv("g1"), name="hooked", webhook_url=f"http://127.0.0.1:{httpd.server_port}/done")
-    deadline = time.time() + 5
-    while not got and time.time() < deadline:
-        time.sleep(0.05)
-    httpd.shutdown()
-    assert got and got[0]["upload"]["id"] == up.id and got[0]["upload"]["state"] == "succeeded"
+    hook = f"http://127.0.0.1:{httpd.server_port}/done"
+    try:
+        ups = [client.upload(csv("g1", "nobody") + b"q,zz\n", name="hooked", webhook_url=hook),
+               client.upload(csv("nobody"), replace="hooked", webhook_url=hook)]      # one failed
+        wait_until(lambda: len(got) == 2, timeout=10)
+    finally:
+        httpd.shutdown()
+    stored = served[0].account().get_upload(ups[0].id)
+    assert "owner" in stored                                        # the record has it; the body must not
+    for up in ups:
+        ctype, raw = next((c, r) for c, r in got if str(json.loads(r)["upload"]["id"]) == str(up.id))
+        body = json.loads(raw)
+        assert ctype == "application/json" and list(body) == ["upload"]
+        assert body["upload"] == json_format.MessageToDict(up, always_print_fields_with_no_presence=True)
+        assert json_format.ParseDict(body["upload"], pb.Upload()) == up == client.get_upload(up.id)
+        assert "owner" not in raw.decode() and set(body["upload"]) == {f.json_name for f in pb.Upload.DESCRIPTOR.fields}
+    failed = json.loads(next(r for _, r in got if str(json.loads(r)["upload"]["id"]) == str(ups[1].id)))["upload"]
+    assert (failed["state"], failed["reason"], failed["report"]["qualified"]) == (
+        "UPLOAD_STATE_FAILED", "no row names a known profile", "0")
     with pytest.raises(ListsegError) as e:
         client.upload(csv("g1"), name="x", webhook_url="ftp://example.com/")
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -332,7 +449,7 @@ def test_a_dead_webhook_never_fails_the_upload(served, client):
     notifier.backoff_s = 0.01
     up = client.upload(csv("g1"), name="h", webhook_url=f"http://127.0.0.1:{_free_port()}/gone")
     assert up.state == pb.UPLOAD_STATE_SUCCEEDED
-    assert notifier.notify(f"http://127.0.0.1:{_free_port()}/gone", {"id": 1}).result(10) is False
+    assert notifier.notify(f"http://127.0.0.1:{_free_port()}/gone", up).result(10) is False
 
 
 def test_sigterm_drains_an_upload_in_flight(tmp_path):
