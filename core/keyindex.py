@@ -74,8 +74,12 @@ class ProfileIndex:
                 self._timer.daemon = True
                 self._timer.start()
             else:
-                self._thread = threading.Thread(target=self._rebuild, name="profile-index", daemon=True)
-                self._thread.start()
+                # published once started: wait() and close() join it without the lock (joining a
+                # thread not yet started raises); its own finally needs the lock, so it clears
+                # _thread only after this
+                thread = threading.Thread(target=self._rebuild, name="profile-index", daemon=True)
+                thread.start()
+                self._thread = thread
 
     def _when_allowed(self):
         with self._lock:
