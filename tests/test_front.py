@@ -393,6 +393,12 @@ def test_every_error_either_port_makes_carries_an_error_info(pair):
                 channel.unary_unary(method)(b"", timeout=10)
             assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert ListsegError.from_rpc(e.value).reason == reason, method
+    big = pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\n" * 1_500_000)   # 4.5 MB
+    for stub in (pair.direct, pair.fronted):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.CheckMembers(big, timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ListsegError.from_rpc(e.value).reason == "REQUEST_TOO_LARGE"
     dead = front.Front("127.0.0.1:0", "127.0.0.1:1", pair.data)        # a front whose server is gone
     try:
         with grpc.insecure_channel(f"127.0.0.1:{dead.port}") as channel:
