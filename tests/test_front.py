@@ -408,3 +408,27 @@ def test_every_error_either_port_makes_carries_an_error_info(pair):
         assert ListsegError.from_rpc(e.value).reason == "SERVER_UNAVAILABLE"
     finally:
         dead.stop()
+
+
+def test_front_server_and_dashboard_share_one_loopback_rule(tmp_path):
+    """A name that resolves only to loopback addresses (the machine's own name here) is loopback for
+    all three; the front used to refuse what the server accepted."""
+    import socket
+    from listseg.dashboard.server import Dashboard
+    from listseg.server.addresses import is_loopback
+    name = socket.gethostname()
+    if not is_loopback(name):
+        pytest.skip(f"{name} does not resolve to loopback only here")
+    assert not is_loopback("0.0.0.0") and is_loopback("[::1]") and is_loopback("127.0.0.9")
+    Engine(str(tmp_path / "d"), map_size=1 << 26).close()
+    engine = Engine(str(tmp_path / "d"), map_size=1 << 26)
+    server, port = create_server(engine, f"{name}:0")
+    fronted = front.Front(f"{name}:0", f"127.0.0.1:{port}", str(tmp_path / "d"))
+    dash = Dashboard(f"127.0.0.1:{port}", f"{name}:0").start()
+    try:
+        assert fronted.port and dash.port
+    finally:
+        dash.stop()
+        fronted.stop()
+        server.stop(0)
+        engine.close()
