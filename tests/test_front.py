@@ -259,8 +259,8 @@ def _front_pids(port):
     return pids
 
 
-@pytest.mark.parametrize("stop,workers", [("sigterm", 1), ("sigkill", 1), ("sigterm", 2)])
-def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, workers):
+def _serve_with_front(tmp_path, workers):
+    """`listseg serve --membership-listen` with segment "s" = {g5}; (process, server target, front port)."""
     from conftest import free_port
     port = free_port()
     proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}",
@@ -270,6 +270,16 @@ def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, w
         with Client(target) as c:
             c.import_profiles(PROFILES)
             c.upload(csv([("g", "g5")]), name="s")
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, target, port
+
+
+@pytest.mark.parametrize("stop,workers", [("sigterm", 1), ("sigkill", 1), ("sigterm", 2)])
+def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, workers):
+    proc, target, port = _serve_with_front(tmp_path, workers)
+    try:
         with Client(f"127.0.0.1:{port}") as via_front:
             assert via_front.is_member("s", guid="g5") and not via_front.is_member("s", guid="g6")
             with pytest.raises(ListsegError) as e:                  # the front serves Membership only
@@ -309,17 +319,10 @@ def _log_records(proc, msg):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_restarts_a_front_that_dies_and_its_health_says_so(tmp_path, workers):
-    from conftest import free_port
     from grpc_health.v1 import health_pb2
     SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    port = free_port()
-    proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}",
-                                "--workers", str(workers))
+    proc, target, port = _serve_with_front(tmp_path, workers)
     try:
-        wait_healthy(f"127.0.0.1:{port}")
-        with Client(target) as c:
-            c.import_profiles(PROFILES)
-            c.upload(csv([("g", "g5")]), name="s")
         wait_until(lambda: _health(target, front.HEALTH_NAME) == SERVING, timeout=10)
         pids = []
         for kill in range(3):                       # each restart waits twice as long as the one before
