@@ -8,7 +8,7 @@ PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py v1/reflection_v1_pb2.py
 FRONT  := server/native/listseg-front
 
-.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps node-sysdeps
 
 install: $(VENV)/.built $(STUBS) $(FRONT)
 
@@ -69,11 +69,23 @@ browser-sysdeps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium chromium-driver'" >&2; exit 1; fi; }
 
-test: install | browser-sysdeps
+# tests/test_interop.py drives the front with Node's grpc-js too: Debian's node and npm, and the
+# pinned packages of tests/interop/package-lock.json (npm ci, again only when the lock changes).
+INTEROP := tests/interop
+node-sysdeps:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "node and npm are missing: run 'sudo apt-get install nodejs npm'" >&2; exit 1; fi; }
+
+$(INTEROP)/.stamp-npm: $(INTEROP)/package.json $(INTEROP)/package-lock.json | node-sysdeps
+	cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install $(INTEROP)/.stamp-npm | browser-sysdeps
 	$(BIN)/python -m pytest -q tests
 
 # The whole suite against the pure-Python twins (no compiled code loaded).
-test-twin: install | browser-sysdeps
+test-twin: install $(INTEROP)/.stamp-npm | browser-sysdeps
 	LISTSEG_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests
 
 bench-core: install
@@ -104,3 +116,4 @@ run: install
 clean:
 	rm -rf build *.egg-info $(FRONT) core/*.so core/*.c core/*.html v1/*_pb2* .pytest_cache .hypothesis
 	rm -f $(VENV)/.built
+	rm -rf $(INTEROP)/node_modules $(INTEROP)/.stamp-npm
