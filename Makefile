@@ -8,7 +8,7 @@ PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py v1/reflection_v1_pb2.py
 FRONT  := server/native/listseg-front
 
-.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps node-sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps node-sysdeps proto-sysdeps
 
 install: $(VENV)/.built $(STUBS) $(FRONT)
 
@@ -18,16 +18,21 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq liblmdb-dev >/dev/null; \
 	  else echo "liblmdb-dev is missing: run 'sudo apt-get install liblmdb-dev'" >&2; exit 1; fi; }
 
-# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256,
-# and grpc's own .proto files (health, reflection v1 and v1alpha) for the front's reflection.
+# grpc's own .proto files (health, reflection v1 and v1alpha): the front's reflection describes
+# them, and the server's reflection v1 descriptor is compiled from them (Debian's grpc-proto).
 GRPC_PROTO_DIR := /usr/share/grpc-proto
-FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h \
-  $(GRPC_PROTO_DIR)/grpc/health/v1/health.proto
-front-sysdeps:
+proto-sysdeps:
+	@test -e $(GRPC_PROTO_DIR)/grpc/reflection/v1/reflection.proto || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq grpc-proto >/dev/null; \
+	  else echo "grpc-proto is missing: run 'sudo apt-get install grpc-proto'" >&2; exit 1; fi; }
+
+# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256.
+FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h
+front-sysdeps: | proto-sysdeps
 	@for f in $(FRONT_HEADERS); do test -e $$f || missing=1; done; [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libgrpc++-dev protobuf-compiler-grpc \
-	    libprotobuf-dev libroaring-dev libssl-dev grpc-proto pkg-config >/dev/null; \
-	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev grpc-proto'" >&2; exit 1; fi; }
+	    libprotobuf-dev libroaring-dev libssl-dev pkg-config >/dev/null; \
+	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev'" >&2; exit 1; fi; }
 
 # C++ stubs from the same .proto, the messages the front's health, reflection and errors carry (so
 # reflection can describe them; google/rpc from the pinned googleapis-common-protos), then one binary
@@ -56,7 +61,7 @@ $(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
 
 # Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package), with the
 # descriptor of reflection v1 (server/introspection.py serves it; grpcio-reflection has only v1alpha).
-$(STUBS) &: $(PROTO) $(VENV)/.deps | front-sysdeps
+$(STUBS) &: $(PROTO) $(VENV)/.deps | proto-sysdeps
 	rm -rf build/gen && mkdir -p build/gen
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
 	$(BIN)/python -m grpc_tools.protoc -I$(GRPC_PROTO_DIR) --python_out=build/gen grpc/reflection/v1/reflection.proto

@@ -168,11 +168,14 @@ def _mail_settings(args):
         if args.smtp_user or args.smtp_starttls:
             raise UsageError("--smtp-user and --smtp-starttls need --smtp HOST:PORT")
         return None
-    host, _, port = args.smtp.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--smtp must be HOST:PORT, got {args.smtp!r}")
-    url = args.dashboard_url or (f"http://{args.http.replace('0.0.0.0', '127.0.0.1')}" if args.http else "")
-    return {"host": host.strip("[]"), "port": int(port), "user": args.smtp_user,
+    from listseg.server.addresses import local_host, split_address
+    try:
+        host, port = split_address(args.smtp, "--smtp")
+        url = args.dashboard_url or (f"http://{local_host(args.http)}:{split_address(args.http)[1]}"
+                                     if args.http else "")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return {"host": host.strip("[]"), "port": port, "user": args.smtp_user,
             "password": args.smtp_password or os.environ.get("LISTSEG_SMTP_PASSWORD"),
             "starttls": args.smtp_starttls, "sender": args.smtp_from, "dashboard_url": url}
 

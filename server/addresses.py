@@ -7,7 +7,7 @@ import socket
 def split_address(address, what="listen address"):
     """(host as written, brackets and all; port) of HOST:PORT."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"{what} must be HOST:PORT, got {address!r}")
     return host, int(port)
 

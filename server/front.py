@@ -33,9 +33,17 @@ class FrontError(OSError):
 
 def describe_exit(returncode):
     """Log fields for a process's exit status: {"exit_code": N} or {"signal": "SIGSEGV"}."""
-    if returncode < 0:
+    if returncode >= 0:
+        return {"exit_code": returncode}
+    try:
         return {"signal": signal.Signals(-returncode).name}
-    return {"exit_code": returncode}
+    except ValueError:                                   # a real-time signal has no name
+        return {"signal": f"signal {-returncode}"}
+
+
+def crashed(returncode):
+    """Whether an exit status is a crash (a signal a process raises on itself when it fails)."""
+    return returncode < 0 and -returncode in CRASH_SIGNALS
 
 
 class Front:
@@ -58,10 +66,12 @@ class Front:
     def _wait_ready(self):
         ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT)
         line = self.proc.stdout.readline() if ready else b""
-        if not line:
-            self.stop()
-            raise FrontError(f"the membership front did not start (exit code {self.proc.returncode})")
-        return json.loads(line)["port"]
+        try:
+            return json.loads(line)["port"]
+        except (ValueError, KeyError, TypeError):
+            self.stop()                  # no process left holding the port
+            raise FrontError(f"the membership front did not start (exit code {self.proc.returncode}, "
+                             f"said {line[:200]!r})") from None
 
     def stop(self, timeout=5.0):
         """SIGTERM, then SIGKILL if it lingers; returns the exit status. A front that crashed on the
@@ -75,7 +85,7 @@ class Front:
                 self.proc.wait()
                 log.error("membership front did not stop; killed", extra={"fields": {"pid": self.proc.pid}})
         self.proc.stdout.close()
-        if self.proc.returncode < 0 and -self.proc.returncode in CRASH_SIGNALS:
+        if crashed(self.proc.returncode):
             log.error("membership front crashed", extra={"fields": {"pid": self.proc.pid,
                                                                     **describe_exit(self.proc.returncode)}})
         return self.proc.returncode
@@ -91,7 +101,7 @@ class Supervisor:
         self.front = Front(listen, *self.args)           # a first start that fails is the caller's error
         self.listen = f"{split_address(listen)[0]}:{self.front.port}"
         self.restarts = 0
-        self._lock = threading.Lock()                    # held while self.front is replaced or stopped
+        self._lock = threading.Lock()                    # orders replacing self.front against stop()
         self._stopping = threading.Event()
         on_change(True)
         self._thread = threading.Thread(target=self._watch, name="front-supervisor", daemon=True)
@@ -103,39 +113,49 @@ class Supervisor:
 
     def _watch(self):
         delay = FIRST_BACKOFF_S
-        while True:
-            proc = self.front.proc
-            returncode = proc.wait()
-            if self._stopping.is_set():
-                return
-            ran = time.monotonic() - self.front.started
-            self.on_change(False)
-            crashed = returncode < 0 and -returncode in CRASH_SIGNALS
-            log.error("membership front crashed" if crashed else "membership front exited",
-                      extra={"fields": {"pid": proc.pid, **describe_exit(returncode), "ran_s": round(ran, 3)}})
-            if ran >= STEADY_S:
-                delay = FIRST_BACKOFF_S
-            while not self._restart(delay):
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                if self._stopping.is_set():
-                    return
+        while not self._stopping.is_set():
+            try:
+                delay = self._outlive(delay)
+            except Exception:            # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("membership front supervisor error")
+                self.on_change(False)
+                self._stopping.wait(delay)
+
+    def _outlive(self, delay):
+        """Wait for the front to exit; log it and restart it. Returns the next restart's delay."""
+        proc = self.front.proc
+        returncode = proc.wait()
+        if self._stopping.is_set():
+            return delay
+        proc.stdout.close()
+        ran = time.monotonic() - self.front.started
+        self.on_change(False)
+        log.error("membership front crashed" if crashed(returncode) else "membership front exited",
+                  extra={"fields": {"pid": proc.pid, **describe_exit(returncode), "ran_s": round(ran, 3)}})
+        if ran >= STEADY_S:
+            delay = FIRST_BACKOFF_S
+        while not self._restart(delay):
             delay = min(delay * 2, MAX_BACKOFF_S)
+        return min(delay * 2, MAX_BACKOFF_S)
 
     def _restart(self, delay):
-        """After `delay` seconds, a new front in place of the dead one; False if it did not start."""
+        """After `delay` seconds, a new front in place of the dead one; False if it did not start
+        (True too once stopping). The start runs outside the lock, so stop() never waits for it."""
         log.warning("restarting the membership front", extra={"fields": {"in_s": delay, "restarts": self.restarts}})
         if self._stopping.wait(delay):
             return True
+        try:
+            new = Front(self.listen, *self.args)
+        except (FrontError, OSError, ValueError) as exc:
+            log.error("membership front did not restart", extra={"fields": {"error": str(exc)}})
+            return self._stopping.is_set()
         with self._lock:
             if self._stopping.is_set():
+                new.stop()
                 return True
-            try:
-                self.front = Front(self.listen, *self.args)
-            except (FrontError, OSError, ValueError) as exc:
-                log.error("membership front did not restart", extra={"fields": {"error": str(exc)}})
-                return False
+            self.front = new
             self.restarts += 1
-        log.info("membership front restarted", extra={"fields": {"pid": self.front.proc.pid, "port": self.front.port,
+        log.info("membership front restarted", extra={"fields": {"pid": new.proc.pid, "port": new.port,
                                                                  "restarts": self.restarts}})
         self.on_change(True)
         return True

@@ -435,3 +435,12 @@ def test_front_server_and_dashboard_share_one_loopback_rule(tmp_path):
         fronted.stop()
         server.stop(0)
         engine.close()
+
+
+def test_every_exit_status_is_described():
+    """The supervisor logs every exit; a signal with no name (real-time ones) must not stop it."""
+    assert front.describe_exit(0) == {"exit_code": 0} and front.describe_exit(2) == {"exit_code": 2}
+    assert front.describe_exit(-signal.SIGKILL) == {"signal": "SIGKILL"}
+    assert front.describe_exit(-40) == {"signal": "signal 40"}
+    assert front.crashed(-signal.SIGSEGV) and front.crashed(-signal.SIGABRT)
+    assert not front.crashed(-signal.SIGKILL) and not front.crashed(-signal.SIGTERM) and not front.crashed(1)

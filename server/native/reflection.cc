@@ -6,6 +6,7 @@
 #include <set>
 
 #include "grpc/reflection/v1/reflection.pb.h"
+#include "status.h"
 
 namespace listseg::front {
 
@@ -37,14 +38,15 @@ class Stream final : public grpc::ServerGenericBidiReactor {
     rv1::ServerReflectionRequest req;
     grpc::Slice whole;
     if (!in_.DumpToSingleSlice(&whole).ok() || !req.ParseFromArray(whole.begin(), int(whole.size())))
-      return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not a ServerReflectionRequest"));
+      return Finish(error(grpc::StatusCode::INVALID_ARGUMENT, "not a ServerReflectionRequest", "INVALID_ARGUMENT",
+                          {{"field", "request"}}));
     std::string bytes = answer(req).SerializeAsString();
     grpc::Slice slice(bytes);
     out_ = grpc::ByteBuffer(&slice, 1);
     StartWrite(&out_);
   }
   void OnWriteDone(bool ok) override {
-    if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream ended"));
+    if (!ok) return Finish(error(grpc::StatusCode::CANCELLED, "the stream ended", "CANCELLED"));
     StartRead(&in_);
   }
   void OnDone() override { delete this; }
