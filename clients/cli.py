@@ -298,7 +298,7 @@ def main(argv=None):
         args = ap.parse_args(argv)
     except SystemExit as e:
         return e.code
-    from listseg.clients.client import Client, ListsegError
+    from listseg.clients.client import CallError, Client
     client = None
     try:
         if args.fn not in (cmd_serve, cmd_accounts_create, cmd_dashboard):
@@ -307,7 +307,7 @@ def main(argv=None):
     except UsageError as e:
         print(f"listseg: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ListsegError as e:
+    except CallError as e:
         print(f"listseg: {e} ({e.reason or e.code.name})", file=sys.stderr)
         return EXIT_USAGE if args.fn is cmd_is_member else EXIT_FAILED
     except (OSError, ValueError) as e:
