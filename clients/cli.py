@@ -188,8 +188,12 @@ def cmd_dashboard(args, _client):
 def cmd_accounts_create(args, _client):
     from listseg.core.accounts import Credentials
     from listseg.core.engine import Engine
+    from listseg.core.errors import ListsegError
     with Engine(args.data) as engine:
-        account_id, passcode = Credentials(engine).create(args.account_name)
+        try:
+            account_id, passcode = Credentials(engine).create(args.account_name)
+        except ListsegError as e:           # the engine's refusal (an empty name), not a traceback
+            raise UsageError(f"{e} ({e.reason})") from None
     return ({"account": account_id, "passcode": passcode, "name": args.account_name}, EXIT_OK,
             f"account {account_id}\npasscode {passcode}\n(the passcode is shown once; it is stored hashed)")
 
