@@ -6,7 +6,10 @@
 
 
 def __getattr__(name):
-    if name in ("Client", "ListsegError"):
+    if name in ("Client", "CallError"):
         from listseg.clients import client
         return getattr(client, name)
+    if name == "ListsegError":          # no alias: see README "From Python"
+        raise AttributeError("listseg.ListsegError is now listseg.CallError, the error of a failed call "
+                             "(the engine's errors are listseg.core.errors.ListsegError)")
     raise AttributeError(name)

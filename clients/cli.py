@@ -191,8 +191,12 @@ def cmd_dashboard(args, _client):
 def cmd_accounts_create(args, _client):
     from listseg.core.accounts import Credentials
     from listseg.core.engine import Engine
+    from listseg.core.errors import ListsegError
     with Engine(args.data) as engine:
-        account_id, passcode = Credentials(engine).create(args.account_name)
+        try:
+            account_id, passcode = Credentials(engine).create(args.account_name)
+        except ListsegError as e:           # the engine's refusal (an empty name), not a traceback
+            raise UsageError(f"{e} ({e.reason})") from None
     return ({"account": account_id, "passcode": passcode, "name": args.account_name}, EXIT_OK,
             f"account {account_id}\npasscode {passcode}\n(the passcode is shown once; it is stored hashed)")
 
@@ -301,7 +305,7 @@ def main(argv=None):
         args = ap.parse_args(argv)
     except SystemExit as e:
         return e.code
-    from listseg.clients.client import Client, ListsegError
+    from listseg.clients.client import CallError, Client
     client = None
     try:
         if args.fn not in (cmd_serve, cmd_accounts_create, cmd_dashboard):
@@ -310,7 +314,7 @@ def main(argv=None):
     except UsageError as e:
         print(f"listseg: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ListsegError as e:
+    except CallError as e:
         print(f"listseg: {e} ({e.reason or e.code.name})", file=sys.stderr)
         return EXIT_USAGE if args.fn is cmd_is_member else EXIT_FAILED
     except (OSError, ValueError) as e:

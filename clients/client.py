@@ -31,8 +31,12 @@ MODES = {"name": pb.UPLOAD_MODE_CREATE, "replace": pb.UPLOAD_MODE_REPLACE,
 KINDS = {"campaign": pb.CONSUMER_KIND_CAMPAIGN, "journey": pb.CONSUMER_KIND_JOURNEY}
 
 
-class ListsegError(Exception):
-    """An error from the server: `code` (grpc.StatusCode), `reason` (stable), `metadata`."""
+class CallError(Exception):
+    """A call that failed: `code` (grpc.StatusCode), `reason` (stable: one of the reasons the proto
+    lists, "" when grpc itself ended the call without one), `metadata` (the ErrorInfo's).
+
+    Not the engine's `listseg.core.errors.ListsegError`: this one wraps a status that came over the
+    wire (the client never imports the engine). It was called ListsegError too until that clash."""
 
     def __init__(self, code, message, reason="", metadata=None):
         super().__init__(message)
@@ -51,14 +55,14 @@ class ListsegError(Exception):
 
 
 def _calls(fn):
-    """Run fn (a function or a generator), turning grpc.RpcError into ListsegError."""
+    """Run fn (a function or a generator), turning grpc.RpcError into CallError."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def pages(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except grpc.RpcError as err:
-                raise ListsegError.from_rpc(err) from None
+                raise CallError.from_rpc(err) from None
         return pages
 
     @functools.wraps(fn)
@@ -66,7 +70,7 @@ def _calls(fn):
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as err:
-            raise ListsegError.from_rpc(err) from None
+            raise CallError.from_rpc(err) from None
     return call
 
 
@@ -230,7 +234,7 @@ class Client:
                 answers += map(bool, resp.member_flags) if "identity_lines" in fields else resp.members
             else:
                 return version, answers
-        raise ListsegError(grpc.StatusCode.ABORTED, f"segment {segment} was replaced during each of "
+        raise CallError(grpc.StatusCode.ABORTED, f"segment {segment} was replaced during each of "
                            f"{CHECK_ATTEMPTS} tries to check {len(identities)} identities", "VERSION_CHANGED")
 
     @_calls

@@ -78,7 +78,8 @@ cdef extern from *:
     """
     uint64_t listseg_hash(const uint8_t *p, size_t n) nogil
 
-from listseg.core._store_py import StoreError, MapFullError, UNKNOWN
+from listseg.core.errors import StoreError, MapFullError
+from listseg.core._store_py import UNKNOWN
 
 cdef uint32_t C_UNKNOWN = 0xFFFFFFFF
 cdef enum:

@@ -8,15 +8,9 @@ from collections import Counter
 
 import lmdb
 
+from listseg.core.errors import MapFullError, StoreError
+
 UNKNOWN = 0xFFFFFFFF
-
-
-class StoreError(Exception):
-    """An LMDB failure."""
-
-
-class MapFullError(StoreError):
-    """The LMDB map is full; the caller grows it and retries."""
 
 
 def _wrap(fn, *args, **kwargs):

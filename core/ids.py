@@ -11,6 +11,7 @@ from itertools import accumulate
 from pyroaring import BitMap, FrozenBitMap
 
 from listseg.core import parser
+from listseg.core.errors import InvalidProfile
 from listseg.core.keyindex import ProfileIndex, resolve_rows
 from listseg.core.store import U64, UNKNOWN, u32, uid_value
 
@@ -20,10 +21,6 @@ CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
 DELETED = "#deleted"
 _CHANNEL_BIT = {name: 1 << i for i, name in enumerate(CHANNELS)}
 _PROFILE_HEAD = struct.Struct("<BH")   # channel bits, guid length; then guid, then identity
-
-
-class InvalidProfile(ValueError):
-    """A profile that cannot be stored (empty guid, over-long field, unknown channel)."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +244,13 @@ class Profiles:
             txn.put(self.db.channels, key, bm.serialize())
 
     def delete(self, guids):
-        """Delete profiles by guid; returns how many existed. Their uids are never reused."""
-        keys = [_key(g, "guid") for g in guids]
+        """Delete profiles by guid; returns how many existed. Their uids are never reused. A guid that
+        no profile could have (over 256 bytes, a line break) is InvalidProfile, and nothing is deleted."""
+        try:
+            keys = [_key(g, "guid") for g in guids]
+        except InvalidProfile as e:
+            e.metadata["field"] = "guids"           # DeleteProfilesRequest's
+            raise
         return self.database.write(lambda txn: self._delete(txn, keys))
 
     def _delete(self, txn, keys):

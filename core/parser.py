@@ -8,6 +8,7 @@ from array import array
 from dataclasses import dataclass
 
 from listseg.core import _parser_py
+from listseg.core.errors import BadHeader
 from listseg.core.twins import pick
 
 Scanner = pick("listseg.core._parser", _parser_py, "Scanner")
@@ -30,10 +31,6 @@ REASONS = {
     _parser_py.R_TOO_LONG: "{column} too long",
     _parser_py.R_UTF8: "invalid UTF-8",
 }
-
-
-class BadHeader(ValueError):
-    """The first row is a header that does not name the expected columns."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 from listseg.core import _store_py
 from listseg.core.twins import pick
-from listseg.core._store_py import UNKNOWN, MapFullError, StoreError  # noqa: F401 (re-exported)
+from listseg.core._store_py import UNKNOWN  # noqa: F401 (re-exported)
+from listseg.core.errors import MapFullError, StoreError  # noqa: F401 (re-exported)
 
 Store = pick("listseg.core._store", _store_py, "Store")
 

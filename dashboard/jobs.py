@@ -22,7 +22,7 @@ class Job:
     started: float = field(default_factory=time.time)
     done: threading.Event = field(default_factory=threading.Event)
     upload: object = None    # the Upload message when the call returned
-    error: Exception = None  # a refusal (ListsegError) or a broken call
+    error: Exception = None  # a refusal (CallError) or a broken call
     shown: bool = False      # its outcome was shown to the user already
     finished: float = 0.0
 

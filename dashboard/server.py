@@ -62,7 +62,7 @@ class Dashboard:
             try:
                 dev = web._dev_mode(state.anonymous)
                 break
-            except web.ListsegError:                         # the gRPC server is still starting
+            except web.CallError:                            # the gRPC server is still starting
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

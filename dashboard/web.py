@@ -19,7 +19,7 @@ import grpc
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from listseg.clients.client import Client, ListsegError
+from listseg.clients.client import CallError, Client
 from listseg.dashboard import chart
 from listseg.dashboard.jobs import Jobs
 from listseg.dashboard.sessions import Sessions
@@ -144,7 +144,7 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
     def entity_too_large(_exc):
         return too_large()
 
-    @app.errorhandler(ListsegError)
+    @app.errorhandler(CallError)
     def api_error(exc):
         if exc.code == grpc.StatusCode.UNAUTHENTICATED:
             if g.session.account:                     # the passcode stopped working: sign in again
@@ -178,7 +178,7 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
         client = st.client(account, passcode)
         try:
             _probe(client)
-        except ListsegError as exc:
+        except CallError as exc:
             client.close()
             if exc.code != grpc.StatusCode.UNAUTHENTICATED:
                 raise
@@ -273,7 +273,7 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
         job = st.jobs.start(st.job_client(g.client), g.account, path, tmpdir, mode, target, os.path.basename(path),
                             notify)
         job.done.wait(st.upload_wait_s)                     # a refusal comes back at once: show it here
-        if job.error is not None and isinstance(job.error, ListsegError):
+        if job.error is not None and isinstance(job.error, CallError):
             job.shown = True
             exc = job.error
             if exc.code == grpc.StatusCode.UNAUTHENTICATED:
@@ -335,7 +335,7 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
         if up.segment:
             try:
                 seg = g.client.get_segment(up.segment)
-            except ListsegError as exc:
+            except CallError as exc:
                 if exc.code != grpc.StatusCode.NOT_FOUND:
                     raise
         resp = g.client.segments.ListUploadErrors(pb.ListUploadErrorsRequest(id=upload_id, page_size=ERRORS_SHOWN),
@@ -371,7 +371,7 @@ def create_app(target, tls_ca=None, max_file_bytes=MAX_FILE_BYTES, upload_wait_s
         if back.isdigit():
             try:
                 seg = g.client.get_segment(back)
-            except ListsegError as exc:
+            except CallError as exc:
                 if exc.code != grpc.StatusCode.NOT_FOUND:
                     raise
         return page("profile.jinja", profile=prof, seg=seg)
@@ -490,12 +490,12 @@ def _same_origin():
 
 
 def _probe(client):
-    """One cheap call: raises ListsegError (UNAUTHENTICATED, UNAVAILABLE...) if the client cannot use the API."""
+    """One cheap call: raises CallError (UNAUTHENTICATED, UNAVAILABLE...) if the client cannot use the API."""
     try:
         client.segments.ListSegments(pb.ListSegmentsRequest(page_size=1), timeout=client.timeout,
                                      metadata=client.metadata)
     except grpc.RpcError as err:
-        raise ListsegError.from_rpc(err) from None
+        raise CallError.from_rpc(err) from None
 
 
 def _dev_mode(client):
@@ -503,7 +503,7 @@ def _dev_mode(client):
     try:
         _probe(client)
         return True
-    except ListsegError as exc:
+    except CallError as exc:
         if exc.code == grpc.StatusCode.UNAUTHENTICATED:
             return False
         raise

@@ -28,7 +28,10 @@ log = logging.getLogger("listseg.server")
 
 
 class FrontError(OSError):
-    pass
+    """The front's binary is missing or did not start. Deliberately not a core ListsegError: it is
+    never a call's answer, so it has no reason or status. It is a failure of `listseg serve`'s
+    environment, as a port in use is, and goes where those go: the CLI prints it and exits 2 (it
+    catches OSError), and the supervisor logs a failed restart and tries again."""
 
 
 def describe_exit(returncode):

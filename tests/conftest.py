@@ -164,8 +164,8 @@ def wait_until(condition, timeout=30):
 
 def upload_state(client, upload_id):
     """The upload's state over the wire, or None while the server has no such upload."""
-    from listseg import ListsegError
+    from listseg import CallError
     try:
         return client.get_upload(upload_id).state
-    except ListsegError:
+    except CallError:
         return None

@@ -127,6 +127,12 @@ def test_accounts_create_then_credentials_required(tmp_path, capsys):
         engine.close()
 
 
+def test_accounts_create_refuses_an_empty_name_without_a_traceback(tmp_path, capsys):
+    assert main(["accounts", "create", "", "--data", str(tmp_path / "acct")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a name (INVALID_ARGUMENT)" in err and "Traceback" not in err
+
+
 def test_installed_entry_point():
     exe = os.path.join(os.path.dirname(sys.executable), "listseg")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)

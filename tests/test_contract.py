@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from conftest import people, start_server, stop_server, upload
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core.engine import Engine
 from listseg.core.ingest import REJECTS_KEPT
 from listseg.core.parser import MAX_FIELD
@@ -46,10 +46,10 @@ def served(tmp_path):
 
 
 def refused(call, code=grpc.StatusCode.INVALID_ARGUMENT):
-    """The ListsegError (status, ErrorInfo) a raw call ends with."""
+    """The CallError (status, ErrorInfo) a raw call ends with."""
     with pytest.raises(grpc.RpcError) as e:
         call()
-    err = ListsegError.from_rpc(e.value)
+    err = CallError.from_rpc(e.value)
     assert err.code == code, (err.code, str(err))
     return err
 
@@ -297,7 +297,7 @@ def test_a_split_check_answers_from_one_version(served, monkeypatch):
     version, answers = client.check_members("s", probe)
     assert version == 2 and answers == [False, True] * 60_000
     monkeypatch.setattr(client, "membership", ReplacingAfterEachCall(client, replaces=100))
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.check_members("s", probe)
     assert (e.value.code, e.value.reason) == (grpc.StatusCode.ABORTED, "VERSION_CHANGED")
 

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 from conftest import start_server, stop_server, upload_state, wait_until
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core.engine import Engine
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
@@ -49,7 +49,7 @@ def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
         try:
             with Client(target, timeout=30) as c:
                 result["upload"] = c.upload(big, replace="s")
-        except ListsegError as e:
+        except CallError as e:
             result["error"] = e
     t = threading.Thread(target=replace)
     t.start()
@@ -68,7 +68,7 @@ def test_kill_9_during_replace_keeps_a_committed_version(tmp_path, seed_value):
             if not committed:
                 try:
                     up = c.get_upload(2)
-                except ListsegError as e:           # killed before the upload had begun: fine too
+                except CallError as e:              # killed before the upload had begun: fine too
                     assert e.code == grpc.StatusCode.NOT_FOUND
                 else:
                     assert up.state == pb.UPLOAD_STATE_FAILED and up.reason == "interrupted"
@@ -109,7 +109,7 @@ def test_kill_9_during_a_create_frees_its_name(tmp_path):
         with Client(target, timeout=30) as c:
             up = c.get_upload(1)
             assert (up.state, up.reason, up.segment_name) == (pb.UPLOAD_STATE_FAILED, "interrupted", "c")
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 c.get_segment("c")
             assert e.value.code == grpc.StatusCode.NOT_FOUND and c.list_segments() == []
             assert c.upload(csv(LIST_A), name="c").state == pb.UPLOAD_STATE_SUCCEEDED
@@ -227,7 +227,7 @@ def _reader(target, stop, queue):
                     bad.append(("list", sorted(versions)))
                 calls += 3
                 del member
-            except ListsegError as e:
+            except CallError as e:
                 errors += 1
                 bad.append(("error", str(e)))
     queue.put((calls, errors, bad[:5]))
@@ -273,7 +273,7 @@ def test_two_concurrent_replaces_leave_one_whole_list(tmp_path):
             with Client(target, timeout=30) as c:
                 try:
                     outcomes.append(c.upload(csv(guids), replace="s").state)
-                except ListsegError as e:
+                except CallError as e:
                     outcomes.append(e.code)
         threads = [threading.Thread(target=replace, args=(lst,)) for lst in (LIST_A, LIST_B)]
         for t in threads:

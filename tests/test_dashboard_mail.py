@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from conftest import free_port, start_server
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.clients import cli
 from listseg.core.engine import Engine
 from listseg.dashboard.server import Dashboard
@@ -110,7 +110,7 @@ def test_failed_create_and_broken_stream_emails(served):
     _, _, msg = inbox.wait(1)
     assert msg["Subject"] == "File upload failed: ghost" and "Fix the errors" in body(msg)
     client.upload(csv("g1"), name="vip")
-    with pytest.raises(ListsegError) as e:                    # over the server's size limit: the call fails...
+    with pytest.raises(CallError) as e:                       # over the server's size limit: the call fails...
         client.upload(csv(*[f"g{k % 300}" for k in range(20_000)]), replace="vip", notify_emails=["ana@example.com"])
     assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     _, _, msg = inbox.wait(2)                                 # ...and the email still says so
@@ -122,7 +122,7 @@ def test_bad_addresses_are_refused_before_anything_changes(served):
     client, _, _ = served
     for addresses in (["nope"], ["a@b.com\r\nBcc: x@y.com"], ["a@b.com, c@d.com"],
                       [f"u{k}@example.com" for k in range(21)]):
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             client.upload(csv("g1"), name="x", notify_emails=addresses)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert client.list_segments() == []

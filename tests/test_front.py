@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 import pytest
 from conftest import start_server, stop_server, wait_healthy, wait_until
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server import front
@@ -58,7 +58,7 @@ class Pair:
             try:
                 answers.append(getattr(stub, method)(request, metadata=metadata, timeout=10))
             except grpc.RpcError as e:
-                answers.append((e.code(), ListsegError.from_rpc(e).reason))
+                answers.append((e.code(), CallError.from_rpc(e).reason))
         return answers
 
 
@@ -141,7 +141,7 @@ def test_front_relays_errors_and_the_other_calls(pair):
         for channel in pair.channels:
             with pytest.raises(grpc.RpcError) as e:
                 channel.unary_unary(f"/listseg.v1.Membership/{method}")(b"\xff\xff\xff", timeout=10)
-            answers.append((e.value.code(), ListsegError.from_rpc(e.value).reason))
+            answers.append((e.value.code(), CallError.from_rpc(e.value).reason))
         assert answers[0] == answers[1] == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), method
 
 
@@ -200,7 +200,7 @@ def test_front_serves_and_relays_over_tls(tmp_path):
             assert c.is_member("s", guid="g1") and not c.is_member("s", guid="g2")       # answered
             assert c.check_members("s", ["g1", "g2"])[1] == [True, False]              # relayed over TLS
         with Client(f"127.0.0.1:{fronted.port}", timeout=3) as plain:
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 plain.is_member("s", guid="g1")
             assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
@@ -282,7 +282,7 @@ def test_serve_runs_the_front_and_it_never_outlives_the_server(tmp_path, stop, w
     try:
         with Client(f"127.0.0.1:{port}") as via_front:
             assert via_front.is_member("s", guid="g5") and not via_front.is_member("s", guid="g6")
-            with pytest.raises(ListsegError) as e:                  # the front serves Membership only
+            with pytest.raises(CallError) as e:                     # the front serves Membership only
                 via_front.get_segment("s")
             assert e.value.code == grpc.StatusCode.UNIMPLEMENTED and target in str(e.value)
         assert len(_front_pids(port)) == 1
@@ -395,20 +395,20 @@ def test_every_error_either_port_makes_carries_an_error_info(pair):
             with pytest.raises(grpc.RpcError) as e:
                 channel.unary_unary(method)(b"", timeout=10)
             assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert ListsegError.from_rpc(e.value).reason == reason, method
+            assert CallError.from_rpc(e.value).reason == reason, method
     big = pb.CheckMembersRequest(segment="s", type=GUID, identity_lines=b"g1\n" * 1_500_000)   # 4.5 MB
     for stub in (pair.direct, pair.fronted):
         with pytest.raises(grpc.RpcError) as e:
             stub.CheckMembers(big, timeout=30)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert ListsegError.from_rpc(e.value).reason == "REQUEST_TOO_LARGE"
+        assert CallError.from_rpc(e.value).reason == "REQUEST_TOO_LARGE"
     dead = front.Front("127.0.0.1:0", "127.0.0.1:1", pair.data)        # a front whose server is gone
     try:
         with grpc.insecure_channel(f"127.0.0.1:{dead.port}") as channel:
             with pytest.raises(grpc.RpcError) as e:
                 pb_grpc.MembershipStub(channel).ListMembers(pb.ListMembersRequest(segment="s"), timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert ListsegError.from_rpc(e.value).reason == "SERVER_UNAVAILABLE"
+        assert CallError.from_rpc(e.value).reason == "SERVER_UNAVAILABLE"
     finally:
         dead.stop()
 

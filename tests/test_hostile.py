@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core import parser
 from listseg.core.engine import Engine
 from listseg.server.app import create_server
@@ -316,6 +316,6 @@ def test_errors_are_formatted_only_as_far_as_asked():
 
 def test_a_long_utf8_segment_name_is_refused_as_invalid(world):
     _, _, client, _ = world
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.upload(b"g,g1\n", name="\U0001F600" * 130)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT

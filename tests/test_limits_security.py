@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core.engine import Engine
 from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
@@ -40,7 +40,7 @@ def test_upload_over_the_size_limit_is_refused_and_changes_nothing(make_server):
     with Client(target) as c:
         c.import_profiles(PROFILES)
         c.upload(csv("g1"), name="s")
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             c.upload(csv(*[f"g{k % 100}" for k in range(500)]), replace="s")
         assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.reason == "UPLOAD_TOO_LARGE"
         failed = c.get_upload(2)
@@ -86,7 +86,7 @@ def test_concurrent_uploads_per_account_are_limited(make_server):
             if c.list_segments():
                 break
             deadline.wait(0.05)
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             c.upload(csv("g2"), name="second")
         assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.reason == "TOO_MANY_UPLOADS"
         release.set()
@@ -103,7 +103,7 @@ def test_page_sizes_are_coerced(make_server):
         stub = pb_grpc.SegmentsStub(c.channel)
         page = stub.ListUploadErrors(pb.ListUploadErrorsRequest(id=up.id, page_size=1_000_000), timeout=10)
         assert len(page.errors) == 10_000 and page.next_page_token
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             next(c.list_members("s", page_size=-1))
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert len(c.upload_errors(up.id)) == 10_050
@@ -151,7 +151,7 @@ def test_tls(make_server, tmp_path):
         assert c.upload(csv("g1"), name="s").report.size == 1
         assert c.is_member("s", guid="g1")
     with Client(target, timeout=3) as plain:                  # a plaintext client gets nowhere
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             plain.list_segments()
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
 
@@ -239,7 +239,7 @@ def test_a_full_store_is_resource_exhausted_and_keeps_what_was_committed(tmp_pat
         with Client(f"127.0.0.1:{port}") as c:
             c.import_profiles(PROFILES)
             c.upload(csv("g1"), name="kept")
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 c.import_profiles(b"".join(b"p%d-%s,,email\n" % (k, b"x" * 200) for k in range(20_000)))
             assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.reason == "STORAGE_FULL"
             assert c.export("kept") == csv("g1")

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_port as _free_port
 from conftest import start_server, upload_state, wait_until
-from listseg import Client, ListsegError
+from listseg import CallError, Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server.app import Server, create_server
@@ -66,7 +66,7 @@ def test_upload_show_query_export(client):
     assert client.get_profile(guid="g4").identity == "user4@x.com"
     assert len(client.sample("vip", 5)) == 3
     assert client.delete_profiles(["g4", "nobody"]) == 1
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.get_profile(guid="g4")
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
@@ -140,9 +140,9 @@ def test_errors_carry_status_and_reason(client):
         (lambda: client.get_profile(guid="nobody"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     ]
     for call, code, reason in cases:
-        with pytest.raises((ListsegError, grpc.RpcError)) as e:
+        with pytest.raises((CallError, grpc.RpcError)) as e:
             call()
-        err = e.value if isinstance(e.value, ListsegError) else ListsegError.from_rpc(e.value)
+        err = e.value if isinstance(e.value, CallError) else CallError.from_rpc(e.value)
         assert err.code == code
         if reason:
             assert err.reason == reason
@@ -152,13 +152,13 @@ def test_names_a_reference_would_read_as_an_id_are_refused(client):
     first = client.upload(csv("g1"), name="vip")
     for name in ("42", str(first.segment), " 007 ", "segments/42", "segments/vip"):
         for dry_run in (False, True):
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 client.upload(csv("g2"), name=name, dry_run=dry_run)
             err = e.value
             assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
                                                             {"field": "name"}), name
     assert [s.name for s in client.list_segments()] == ["vip"]
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.get_upload(first.id + 1)                   # refused before an upload began
     assert e.value.code == grpc.StatusCode.NOT_FOUND
     for name in ("٣", "²", "vip 2", "2024-06"):            # digits beyond ASCII, digits among others: names
@@ -175,7 +175,7 @@ def test_requests_that_do_not_parse_are_invalid_argument(client):
         call = client.channel.unary_stream(method) if streams else client.channel.unary_unary(method)
         with pytest.raises(grpc.RpcError) as e:
             list(call(garbage, timeout=5)) if streams else call(garbage, timeout=5)
-        err = ListsegError.from_rpc(e.value)
+        err = CallError.from_rpc(e.value)
         assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), method
         assert "not a valid listseg.v1." in str(err)
     replace = pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="vip"))
@@ -192,11 +192,11 @@ def test_in_use_is_failed_precondition_naming_consumers(client):
     client.upload(csv("g1"), name="vip")
     client.attach("vip", "campaign", "c-1", "Spring")
     for kw in ({"replace": "vip"}, {"append": "vip"}, {"remove": "vip"}):
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             client.upload(csv("g2"), **kw)
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.reason == "SEGMENT_IN_USE"
         assert "campaign c-1" in e.value.metadata["consumers"]
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.delete_segment("vip")
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
     client.detach("vip", "campaign", "c-1")
@@ -288,7 +288,7 @@ def _fail_create(how, served, client, name):
         services = served[1].services
         limit, services.max_upload_bytes = services.max_upload_bytes, 100
         try:
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 client.upload(csv(*[f"g{k}" for k in range(50)]), name=name)
         finally:
             services.max_upload_bytes = limit
@@ -331,7 +331,7 @@ def test_a_failed_create_leaves_no_segment_and_the_same_create_succeeds(served, 
     assert (failed.state, failed.mode, failed.segment_name) == (pb.UPLOAD_STATE_FAILED, pb.UPLOAD_MODE_CREATE, "vip")
     assert reason in failed.reason or (how == "client cancel" and "without a finish message" in failed.reason)
     for ref in ("vip", failed.segment):
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             client.get_segment(ref)
         assert e.value.code == grpc.StatusCode.NOT_FOUND
     assert client.list_segments() == []
@@ -356,7 +356,7 @@ def test_list_members_pinned_and_sharded(client):
         for page in client.list_members("s", page_size=7, shard_index=shard, shard_count=3):
             seen += page.guids.split()
     assert seen == [b"g1"]
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         next(client.list_members("s", shard_index=3, shard_count=3))
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -383,14 +383,14 @@ def test_accounts_auth_and_isolation(served):
     with Client(target, a_id, a_pass) as a, Client(target, b_id, b_pass) as b:
         a.import_profiles(PROFILES)
         a.upload(csv("g1", "g2"), name="vip")
-        with pytest.raises(ListsegError) as e:
+        with pytest.raises(CallError) as e:
             b.get_segment("vip")
         assert e.value.code == grpc.StatusCode.NOT_FOUND
         assert b.list_segments() == []
         assert a.get_segment("vip").size == 2
     for account, passcode in ((None, None), (a_id, "wrong"), ("acct-nobody", a_pass), (a_id, None)):
         with Client(target, account, passcode) as c:
-            with pytest.raises(ListsegError) as e:
+            with pytest.raises(CallError) as e:
                 c.list_segments()
             assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
             assert str(e.value) == "missing or invalid credentials (x-account-id, x-passcode)"
@@ -439,7 +439,7 @@ def test_webhook_receives_the_upload_the_call_returns(served, client):
     failed = json.loads(next(r for _, r in got if str(json.loads(r)["upload"]["id"]) == str(ups[1].id)))["upload"]
     assert (failed["state"], failed["reason"], failed["report"]["qualified"]) == (
         "UPLOAD_STATE_FAILED", "no row names a known profile", "0")
-    with pytest.raises(ListsegError) as e:
+    with pytest.raises(CallError) as e:
         client.upload(csv("g1"), name="x", webhook_url="ftp://example.com/")
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
