@@ -84,7 +84,7 @@ def work_python(datadir, workdir, filename="upload.csv"):
     import lmdb
     env = lmdb.open(datadir, max_dbs=16, readonly=True, lock=True)
     tables = {"g": env.open_db(b"guid", create=False), "i": env.open_db(b"ident", create=False)}
-    prefix = (0).to_bytes(4, "big")                                 # the default account
+    prefix = (0).to_bytes(4, "big")          # the default account's (a plain script: no listseg imports)
     t = time.perf_counter()
     members, rows = set(), 0
     with env.begin() as txn, open(os.path.join(workdir, filename), newline="") as f:

@@ -18,7 +18,7 @@ import os
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void *addr) nogil
 
-cdef uint32_t UNKNOWN = 0xFFFFFFFF
+include "_layout.pxi"      # LAYOUT_UNKNOWN: no uid (generated from layout.py)
 cdef enum:
     AHEAD = 8           # keys between hashing one (and fetching its slot) and reading the slot
     BLOCK = 65536       # keys probed per pass: bounds the scratch memory of a 4M-row batch
@@ -107,7 +107,7 @@ cdef void probe(const Table **tables, const uint8_t *which, const uint8_t **keys
         if i >= 2 * AHEAD:
             k = i - 2 * AHEAD
             slot = find(tables[which[k]], hashes[k], keys[k], lens[k])
-            out[k] = slot.id if slot.where else UNKNOWN
+            out[k] = slot.id if slot.where else LAYOUT_UNKNOWN
 
 
 cdef class Keys:

@@ -2,7 +2,7 @@
 import sys
 from array import array
 
-UNKNOWN = 0xFFFFFFFF
+from listseg.core.layout import UNKNOWN
 
 
 class KeyIndex:

@@ -11,6 +11,8 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
+include "_layout.pxi"      # the storage layout (generated from layout.py): widths, byte orders, the profile record
+
 cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_env:
         pass
@@ -79,9 +81,8 @@ cdef extern from *:
     uint64_t listseg_hash(const uint8_t *p, size_t n) nogil
 
 from listseg.core.errors import StoreError, MapFullError
-from listseg.core._store_py import UNKNOWN
+from listseg.core.layout import UNKNOWN
 
-cdef uint32_t C_UNKNOWN = 0xFFFFFFFF
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
 
@@ -90,14 +91,6 @@ cdef struct Buf:
     char *data
     size_t len
     size_t cap
-
-
-cdef inline void put_uid_be(uint8_t *dst, uint32_t uid) noexcept nogil:
-    """A uid as the 4 big-endian bytes after the account prefix of a profile key (key order = uid order)."""
-    dst[0] = <uint8_t>(uid >> 24)
-    dst[1] = <uint8_t>(uid >> 16)
-    dst[2] = <uint8_t>(uid >> 8)
-    dst[3] = <uint8_t>uid
 
 
 cdef int buf_put(Buf *b, const char *src, size_t n) noexcept nogil:
@@ -360,15 +353,15 @@ cdef class Txn:
                     i = r * nvals + col
                     start = ends[i - 1] if i else 0
                     flen = ends[i] - start
-                    uids[r] = C_UNKNOWN
+                    uids[r] = LAYOUT_UNKNOWN
                     if plen + flen > <size_t>max_key or flen == 0:
                         continue
                     memcpy(keybuf + plen, &fields[start], flen)
                     k.mv_size = plen + flen
                     k.mv_data = keybuf
                     rc = mdb_cursor_get(curs[kinds[r] == 105], &k, &v, MDB_SET_KEY)
-                    if rc == 0 and v.mv_size == 4:
-                        memcpy(&uids[r], v.mv_data, 4)
+                    if rc == 0 and v.mv_size == LAYOUT_UID_WIDTH:
+                        uids[r] = get_uid(<const uint8_t *>v.mv_data)
                     elif rc != 0 and rc != MDB_NOTFOUND:
                         break
                     rc = 0
@@ -385,7 +378,7 @@ cdef class Txn:
     def member_guids(self, MDB_dbi profile_dbi, bytes prefix, const uint32_t[::1] uids, bint identities=False):
         """(guids, found) for uids in ascending order: each existing profile's guid followed by a
         newline, and the uids that still have a profile (packed uint32); with identities true, each
-        one's identity instead, and only profiles with one. Reads ids.py's profile record (bits,
+        one's identity instead, and only profiles with one. Reads layout.py's profile record (bits,
         guid length uint16 LE, guid, identity). This is ListMembers', the export's and the profile
         index's loop: a Python loop per member ran ~1M/s."""
         cdef size_t n = uids.shape[0], i, plen = len(prefix), glen, start, flen
@@ -408,8 +401,8 @@ cdef class Txn:
             with nogil:
                 for i in range(n):
                     uid = uids[i]
-                    put_uid_be(keybuf + plen, uid)
-                    k.mv_size = plen + 4
+                    put_profile_uid(keybuf + plen, uid)     # layout.PROFILE_KEY: account prefix + uid
+                    k.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
                     k.mv_data = keybuf
                     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)
                     if rc == MDB_NOTFOUND:
@@ -418,15 +411,15 @@ cdef class Txn:
                     if rc:
                         break
                     rec = <const uint8_t *>v.mv_data
-                    glen = rec[1] | (<size_t>rec[2] << 8)
-                    if v.mv_size < 3 + glen:
+                    glen = get_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT)
+                    if v.mv_size < LAYOUT_PROFILE_HEAD + glen:
                         continue                        # not a profile record: skip, never read past it
                     if identities:
-                        start, flen = 3 + glen, v.mv_size - 3 - glen
+                        start, flen = LAYOUT_PROFILE_HEAD + glen, v.mv_size - LAYOUT_PROFILE_HEAD - glen
                         if flen == 0:
                             continue
                     else:
-                        start, flen = 3, glen
+                        start, flen = LAYOUT_PROFILE_HEAD, glen
                     if buf_put(&guids, <const char *>rec + start, flen) or buf_put(&guids, &nl, 1) \
                             or buf_put(&found, <const char *>&uid, 4):
                         rc = -1
@@ -509,7 +502,7 @@ cdef class Txn:
         self._live()
         if not self.write:
             raise StoreError("put_new_profiles needs a write transaction")
-        if plen + 4 > max_key:
+        if plen + LAYOUT_PROFILE_UID_WIDTH > max_key:
             raise ValueError("prefix too long")
         if n == 0:
             return b"", b"", [b""] * 8, next_uid
@@ -562,9 +555,9 @@ cdef class Txn:
                         rc = -3
                         break
                     gcount[ggid[r]] += 1
-                    if igid[r] != C_UNKNOWN:
+                    if igid[r] != LAYOUT_UNKNOWN:
                         icount[igid[r]] += 1
-                    gnew[ggid[r]] = C_UNKNOWN
+                    gnew[ggid[r]] = LAYOUT_UNKNOWN
                 # uids in row order; split fast rows from slow ones
                 for r in range(n):
                     if rc:
@@ -573,19 +566,19 @@ cdef class Txn:
                         continue
                     g = ggid[r]
                     ig = igid[r]
-                    if guid_uids[r] == C_UNKNOWN and gnew[g] == C_UNKNOWN:
-                        if next_uid == C_UNKNOWN:
+                    if guid_uids[r] == LAYOUT_UNKNOWN and gnew[g] == LAYOUT_UNKNOWN:
+                        if next_uid == LAYOUT_UNKNOWN:
                             rc = -4
                             break
                         gnew[g] = next_uid
                         next_uid += 1
-                    uid = gnew[g] if guid_uids[r] == C_UNKNOWN else C_UNKNOWN
-                    if (guid_uids[r] == C_UNKNOWN and gcount[g] == 1
-                            and (ig == C_UNKNOWN or (ident_uids[r] == C_UNKNOWN and icount[ig] == 1))):
+                    uid = gnew[g] if guid_uids[r] == LAYOUT_UNKNOWN else LAYOUT_UNKNOWN
+                    if (guid_uids[r] == LAYOUT_UNKNOWN and gcount[g] == 1
+                            and (ig == LAYOUT_UNKNOWN or (ident_uids[r] == LAYOUT_UNKNOWN and icount[ig] == 1))):
                         fast_rows[nfast] = <uint32_t>r
                         fast_uids[nfast] = uid
                         nfast += 1
-                        if ig != C_UNKNOWN:
+                        if ig != LAYOUT_UNKNOWN:
                             id_rows[nident] = <uint32_t>r
                             id_uids[nident] = uid
                             nident += 1
@@ -651,33 +644,32 @@ cdef class Txn:
 cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
                      const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
                      unsigned int *flags) noexcept nogil:
-    """prefix + uid (big-endian) -> ids.py's record: bits, guid length (uint16 LE), guid, identity.
+    """prefix + uid -> layout.py's profile record: bits, guid length, guid, identity (layout.PROFILE_KEY).
     MDB_APPEND in flags until a key is not past the last stored one (another account's keys follow)."""
     cdef uint8_t keybuf[520]
     cdef uint8_t *rec
     cdef MDB_val kv, dv
     cdef int rc
-    if glen > 0xFFFF:
+    if glen >> (8 * LAYOUT_PROFILE_GUID_LEN_WIDTH):
         return -3
     memcpy(keybuf, prefix, plen)
-    put_uid_be(keybuf + plen, uid)
-    kv.mv_size = plen + 4
+    put_profile_uid(keybuf + plen, uid)
+    kv.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
     kv.mv_data = keybuf
-    dv.mv_size = 3 + glen + ilen
+    dv.mv_size = LAYOUT_PROFILE_HEAD + glen + ilen
     rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
     if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
         flags[0] &= ~MDB_APPEND
-        dv.mv_size = 3 + glen + ilen
+        dv.mv_size = LAYOUT_PROFILE_HEAD + glen + ilen
         rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
     if rc:
         return rc
     rec = <uint8_t *>dv.mv_data
-    rec[0] = bits
-    rec[1] = <uint8_t>glen
-    rec[2] = <uint8_t>(glen >> 8)
-    memcpy(rec + 3, guid, glen)
+    put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits)
+    put_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT, <uint16_t>glen)
+    memcpy(rec + LAYOUT_PROFILE_HEAD, guid, glen)
     if ilen:
-        memcpy(rec + 3 + glen, ident, ilen)
+        memcpy(rec + LAYOUT_PROFILE_HEAD + glen, ident, ilen)
     return 0
 
 
@@ -691,10 +683,10 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
                          const uint8_t *fields, const uint64_t *ends, size_t nvals, size_t col,
                          const uint32_t *rows, const uint32_t *uids, size_t m,
                          uint64_t *keys, uint32_t *order) noexcept nogil:
-    """prefix + value col of rows[k] -> uids[k] (uint32 LE), for k < m, in key order: sorted puts
+    """prefix + value col of rows[k] -> uids[k] (layout.UID), for k < m, in key order: sorted puts
     find the next key's page under the cursor instead of walking down from the root."""
     cdef uint8_t keybuf[520]
-    cdef uint8_t val[4]
+    cdef uint8_t val[LAYOUT_UID_WIDTH]
     cdef size_t k, j, i, start, flen
     cdef uint64_t sk
     cdef uint32_t uid
@@ -725,7 +717,7 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
     memcpy(keybuf, prefix, plen)
     kv.mv_data = keybuf
     dv.mv_data = val
-    dv.mv_size = 4
+    dv.mv_size = LAYOUT_UID_WIDTH
     for j in range(m):
         # in key order the refs and key bytes are scattered: fetch them ahead, as resolve does
         if j + 2 * AHEAD < m:
@@ -737,10 +729,7 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
         memcpy(keybuf + plen, fields + refs[k].start, flen)
         kv.mv_size = plen + flen
         uid = refs[k].uid
-        val[0] = <uint8_t>uid
-        val[1] = <uint8_t>(uid >> 8)
-        val[2] = <uint8_t>(uid >> 16)
-        val[3] = <uint8_t>(uid >> 24)
+        put_uid(val, uid)
         rc = mdb_cursor_put(cur, &kv, &dv, 0)
         if rc:
             break
@@ -752,7 +741,7 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
 cdef int group_rows(const uint8_t *fields, const uint64_t *ends, size_t n, size_t nvals, size_t col,
                     bint skip_empty, uint32_t *gids, uint32_t *firsts, size_t *ngroups) noexcept nogil:
     """gids[r]: the group of row r's value in column col, groups numbered in order of first appearance
-    (C_UNKNOWN for empty values if skip_empty); firsts[g]: the group's first row. -1: out of memory.
+    (LAYOUT_UNKNOWN for empty values if skip_empty); firsts[g]: the group's first row. -1: out of memory.
     Open addressing on a 64-bit hash; a matching hash is confirmed with memcmp."""
     cdef size_t cap = 16, mask, r, i, start, flen, s, gi, gstart, ng = 0
     cdef uint32_t g
@@ -773,7 +762,7 @@ cdef int group_rows(const uint8_t *fields, const uint64_t *ends, size_t n, size_
         start = ends[i - 1] if i else 0
         flen = ends[i] - start
         if skip_empty and flen == 0:
-            gids[r] = C_UNKNOWN
+            gids[r] = LAYOUT_UNKNOWN
             continue
         h = listseg_hash(fields + start, flen)
         s = h & mask

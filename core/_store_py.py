@@ -2,15 +2,15 @@
 
 Only one of the two may own a given environment in a process; `store.py` picks one per process.
 """
-import struct
 from array import array
 from collections import Counter
 
 import lmdb
 
 from listseg.core.errors import MapFullError, StoreError
-
-UNKNOWN = 0xFFFFFFFF
+from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_HEAD, PROFILE_KEY, PROFILE_UID, UID, UNKNOWN,
+                                 decode_profile,
+                                 decode_uid, encode_profile, encode_uid, profile_guid_len)
 
 
 def _wrap(fn, *args, **kwargs):
@@ -109,22 +109,23 @@ class Txn:
         for is_ident, key, r in wanted:
             if not key or len(prefix) + len(key) > max_key:
                 continue
-            value = txn.get(prefix + key, db=ident_dbi if is_ident else guid_dbi)
-            if value is not None and len(value) == 4:
-                uids[r] = int.from_bytes(value, "little")
+            shape, dbi = (IDENT_KEY, ident_dbi) if is_ident else (GUID_KEY, guid_dbi)
+            value = txn.get(shape.pack(prefix, key), db=dbi)
+            if value is not None and len(value) == UID.width:
+                uids[r] = decode_uid(value)
         return uids.tobytes()
 
     def member_guids(self, profile_dbi, prefix, uids, identities=False):
         txn = self._live()
         guids, found = bytearray(), array("I")
         for uid in uids:
-            rec = txn.get(prefix + uid.to_bytes(4, "big"), db=profile_dbi)
+            rec = txn.get(PROFILE_KEY.pack(prefix, uid), db=profile_dbi)
             if rec is None:
                 continue
-            glen = rec[1] | rec[2] << 8
-            if len(rec) < 3 + glen:
-                continue
-            value = rec[3 + glen:] if identities else rec[3:3 + glen]
+            if len(rec) < PROFILE_HEAD + profile_guid_len(rec):
+                continue                              # shorter than its guid length says: not a profile
+            _, guid, identity = decode_profile(rec)
+            value = identity if identities else guid
             if identities and not value:
                 continue
             guids += value + b"\n"
@@ -153,7 +154,7 @@ class Txn:
         if not self.write:
             raise StoreError("put_new_profiles needs a write transaction")
         max_key = self.store.max_key_size
-        if len(prefix) + 4 > max_key:
+        if len(prefix) + PROFILE_UID.width > max_key:
             raise ValueError("prefix too long")
         fields = bytes(fields)
         rows = []                                     # (row, guid, identity, bits) of rows to write
@@ -189,11 +190,10 @@ class Txn:
                 slow_uids.append(uid)
         adds = [array("I") for _ in range(8)]
         for uid, g, i, bits in fast:
-            _wrap(txn.put, prefix + uid.to_bytes(4, "big"), struct.pack("<BH", bits, len(g)) + g + i,
-                  db=profile_dbi)
-            _wrap(txn.put, prefix + g, uid.to_bytes(4, "little"), db=guid_dbi)
+            _wrap(txn.put, PROFILE_KEY.pack(prefix, uid), encode_profile(bits, g, i), db=profile_dbi)
+            _wrap(txn.put, GUID_KEY.pack(prefix, g), encode_uid(uid), db=guid_dbi)
             if i:
-                _wrap(txn.put, prefix + i, uid.to_bytes(4, "little"), db=ident_dbi)
+                _wrap(txn.put, IDENT_KEY.pack(prefix, i), encode_uid(uid), db=ident_dbi)
             for b in range(8):
                 if bits >> b & 1:
                     adds[b].append(uid)

@@ -9,8 +9,7 @@ import secrets
 import threading
 
 from listseg.core.errors import InvalidArgument, Unauthenticated
-
-_CREDENTIALS_FLAG = b"#credentials"     # in the accounts database: present once any passcode exists
+from listseg.core.layout import CREDENTIALS_KEY, FLAG
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 
 
@@ -30,7 +29,7 @@ class Credentials:
 
     def required(self):
         with self.db.read() as txn:
-            return txn.get(self.db.db.accounts, _CREDENTIALS_FLAG) is not None
+            return txn.get(self.db.db.accounts, CREDENTIALS_KEY.pack()) is not None
 
     def create(self, display_name):
         """A new account: returns (account id, passcode). The passcode is shown once, stored hashed."""
@@ -45,7 +44,7 @@ class Credentials:
             state = acct.load_state(txn)
             state.update(display_name=display_name.strip(), salt=salt.hex(), passcode=_hash(passcode, salt).hex())
             acct.save_state(txn, state)
-            txn.put(self.db.db.accounts, _CREDENTIALS_FLAG, b"1")
+            txn.put(self.db.db.accounts, CREDENTIALS_KEY.pack(), FLAG)
         self.db.write(run)
         return account_id, passcode
 

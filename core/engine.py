@@ -14,9 +14,9 @@ from listseg.core import ingest
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
 from listseg.core.segments import BitmapCache, Segments
-from listseg.core.store import DEFAULT_MAP_SIZE, Database, dumps, loads, u32
-
-DEFAULT_ACCOUNT = "default"
+from listseg.core.layout import (ACCOUNT, ACCOUNT_KEY, ACCOUNT_NAME_KEY, COUNTER_KEY, DEFAULT_ACCOUNT,
+                                 account_prefix, dumps, loads)
+from listseg.core.store import DEFAULT_MAP_SIZE, Database
 DEFAULT_MAX_UPLOAD_BYTES = 5 << 30
 DEFAULT_RETENTION_S = 3600
 
@@ -49,7 +49,8 @@ class Engine:
 
     def account_names(self):
         with self.database.read() as txn:
-            return [key[1:].decode() for key, _ in Database.scan(txn, self.database.db.accounts, b"n")]
+            return [ACCOUNT_NAME_KEY.parse(key)[0].decode()
+                    for key, _ in Database.scan(txn, self.database.db.accounts, ACCOUNT_NAME_KEY.prefix())]
 
     def account(self, name=DEFAULT_ACCOUNT, create=True):
         """The account called name; created on first use when create is true."""
@@ -62,24 +63,24 @@ class Engine:
     def _account_number(self, name, create):
         if not name or len(name.encode()) > 200:
             raise InvalidArgument("an account name is 1 to 200 bytes", field="account")
-        key = b"n" + name.encode()
+        key = ACCOUNT_NAME_KEY.pack(name.encode())
         with self.database.read() as txn:
             raw = txn.get(self.database.db.accounts, key)
         if raw is not None:
-            return int.from_bytes(raw, "big")
+            return ACCOUNT.unpack(raw)
         if not create:
             raise NotFound(f"no account {name!r}", account=name)
 
         def run(txn):
             raw = txn.get(self.database.db.accounts, key)
             if raw is not None:
-                return int.from_bytes(raw, "big")
-            counter = loads(txn.get(self.database.db.accounts, b"#")) or {"next": 0}
+                return ACCOUNT.unpack(raw)
+            counter = loads(txn.get(self.database.db.accounts, COUNTER_KEY.pack())) or {"next": 0}
             number = counter["next"]
             counter["next"] += 1
-            txn.put(self.database.db.accounts, b"#", dumps(counter))
-            txn.put(self.database.db.accounts, key, u32(number))
-            txn.put(self.database.db.accounts, b"a" + u32(number),
+            txn.put(self.database.db.accounts, COUNTER_KEY.pack(), dumps(counter))
+            txn.put(self.database.db.accounts, key, ACCOUNT.pack(number))
+            txn.put(self.database.db.accounts, ACCOUNT_KEY.pack(account_prefix(number)),
                     dumps({"name": name, "created": time.time(), "next_uid": 0,
                            "next_segment": 1, "next_upload": 1}))
             return number
@@ -94,15 +95,15 @@ class Account:
         self.database = engine.database
         self.name = name
         self.number = number
-        self.prefix = u32(number)
+        self.prefix = account_prefix(number)
         self.profiles = Profiles(self.database, self)
         self.segments = Segments(self.database, self, self.profiles, engine.cache, engine.retention_s)
 
     def load_state(self, txn):
-        return loads(txn.get(self.database.db.accounts, b"a" + self.prefix))
+        return loads(txn.get(self.database.db.accounts, ACCOUNT_KEY.pack(self.prefix)))
 
     def save_state(self, txn, state):
-        txn.put(self.database.db.accounts, b"a" + self.prefix, dumps(state))
+        txn.put(self.database.db.accounts, ACCOUNT_KEY.pack(self.prefix), dumps(state))
 
     def allocate(self, txn, counter):
         """The next id from one of the account's counters (inside the caller's write txn)."""

@@ -2,7 +2,6 @@
 
 uids are dense uint32s, assigned in order and never reused. Only profiles qualify for segments.
 """
-import struct
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -13,14 +12,11 @@ from pyroaring import BitMap, FrozenBitMap
 from listseg.core import parser
 from listseg.core.errors import InvalidProfile
 from listseg.core.keyindex import ProfileIndex, resolve_rows
-from listseg.core.store import U64, UNKNOWN, u32, uid_value
-
-CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
-# Beside the channels' bitmaps: every deleted profile's uid. Versions are immutable, so a deleted
-# member stays in its segment's bitmap until the next version; sizes subtract this set meanwhile.
-DELETED = "#deleted"
-_CHANNEL_BIT = {name: 1 << i for i, name in enumerate(CHANNELS)}
-_PROFILE_HEAD = struct.Struct("<BH")   # channel bits, guid length; then guid, then identity
+from listseg.core.layout import (CHANNEL_BIT, CHANNEL_KEY, CHANNELS, DELETED, GENERATION, GENERATION_KEY, GUID_KEY,
+                                 IDENT_KEY, PROFILE_KEY, UNKNOWN, channel_names, decode_profile, decode_uid,
+                                 encode_profile, encode_uid)
+# DELETED: versions are immutable, so a deleted member stays in its segment's bitmap until the next
+# version; sizes subtract the deleted set meanwhile.
 
 
 @dataclass(frozen=True)
@@ -41,26 +37,15 @@ def channel_bits(names):
         name = name.strip().lower()
         if not name:
             continue
-        if name not in _CHANNEL_BIT:
+        if name not in CHANNEL_BIT:
             raise InvalidProfile(f"unknown channel {name!r}; expected one of {', '.join(CHANNELS)}")
-        bits |= _CHANNEL_BIT[name]
+        bits |= CHANNEL_BIT[name]
     return bits
 
 
-def channel_names(bits):
-    return tuple(name for name in CHANNELS if bits & _CHANNEL_BIT[name])
-
-
-def _encode(bits, guid, identity):
-    return _PROFILE_HEAD.pack(bits, len(guid)) + guid + (identity or b"")
-
-
 def _decode(uid, raw):
-    bits, glen = _PROFILE_HEAD.unpack_from(raw)
-    start = _PROFILE_HEAD.size
-    guid = raw[start:start + glen].decode()
-    identity = raw[start + glen:].decode() or None
-    return Profile(uid, guid, identity, channel_names(bits))
+    bits, guid, identity = decode_profile(raw)
+    return Profile(uid, guid.decode(), identity.decode() or None, channel_names(bits))
 
 
 def _value(fields, ends, i):
@@ -110,16 +95,16 @@ class Profiles:
         self.db = database.db
         self.account = account            # core.engine.Account
         self.prefix = account.prefix
-        self._generation_key = b"g" + self.prefix     # in the accounts database
+        self._generation_key = GENERATION_KEY.pack(self.prefix)
         self.index = ProfileIndex(database, self._index_source, self.generation, account.engine.profile_index)
 
     def generation(self, txn):
         """The profiles generation: bumped by every transaction that writes this account's profiles."""
         raw = txn.get(self.db.accounts, self._generation_key)
-        return U64.unpack(raw)[0] if raw else 0
+        return GENERATION.unpack(raw) if raw else 0
 
     def _changed(self, txn):
-        txn.put(self.db.accounts, self._generation_key, U64.pack(self.generation(txn) + 1))
+        txn.put(self.db.accounts, self._generation_key, GENERATION.pack(self.generation(txn) + 1))
 
     def _index_source(self, txn):
         """What the profile index holds: (newline-ended guids, their uids) and the same of identities."""
@@ -189,7 +174,7 @@ class Profiles:
         for k, name in enumerate(CHANNELS):
             adds[name].frombytes(fast_adds[k])
         for uid, bits in after.items():       # net change per uid: a channel may flip twice in a batch
-            for name, bit in _CHANNEL_BIT.items():
+            for name, bit in CHANNEL_BIT.items():
                 if bits & bit and not before[uid] & bit:
                     adds[name].append(uid)
                 elif before[uid] & bit and not bits & bit:
@@ -201,42 +186,38 @@ class Profiles:
     def _put_one(self, txn, g, i, bits, new_uid):
         """Insert or update one profile; a guid not stored yet takes new_uid. Returns (uid, old bits)."""
         db, p = self.db, self.prefix
-        old = txn.get(db.guid, p + g)
+        old = txn.get(db.guid, GUID_KEY.pack(p, g))
         if old is None:
             uid, old_bits, old_ident = new_uid, 0, b""
-            txn.put(db.guid, p + g, uid_value(uid))
+            txn.put(db.guid, GUID_KEY.pack(p, g), encode_uid(uid))
         else:
-            uid = int.from_bytes(old, "little")
-            raw = txn.get(db.profile, p + u32(uid))
-            old_bits, glen = _PROFILE_HEAD.unpack_from(raw)
-            old_ident = raw[_PROFILE_HEAD.size + glen:]
+            uid = decode_uid(old)
+            old_bits, _, old_ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
         if i != old_ident:
             if old_ident:
-                txn.delete(db.ident, p + old_ident)
+                txn.delete(db.ident, IDENT_KEY.pack(p, old_ident))
             if i:
                 self._take_identity(txn, i, uid)
-                txn.put(db.ident, p + i, uid_value(uid))
-        txn.put(db.profile, p + u32(uid), _encode(bits, g, i))
+                txn.put(db.ident, IDENT_KEY.pack(p, i), encode_uid(uid))
+        txn.put(db.profile, PROFILE_KEY.pack(p, uid), encode_profile(bits, g, i))
         return uid, old_bits
 
     def _take_identity(self, txn, identity, uid):
         """If another profile holds this identity, clear it there (identities are unique)."""
         db, p = self.db, self.prefix
-        holder = txn.get(db.ident, p + identity)
-        if holder is None or int.from_bytes(holder, "little") == uid:
+        holder = txn.get(db.ident, IDENT_KEY.pack(p, identity))
+        if holder is None or decode_uid(holder) == uid:
             return
-        huid = int.from_bytes(holder, "little")
-        raw = txn.get(db.profile, p + u32(huid))
-        bits, glen = _PROFILE_HEAD.unpack_from(raw)
-        start = _PROFILE_HEAD.size
-        txn.put(db.profile, p + u32(huid), _encode(bits, raw[start:start + glen], b""))
+        key = PROFILE_KEY.pack(p, decode_uid(holder))
+        bits, guid, _ = decode_profile(txn.get(db.profile, key))
+        txn.put(db.profile, key, encode_profile(bits, guid, b""))
 
     def _update_channels(self, txn, adds, drops):
         """adds and drops: {channel or DELETED: array('I')}, disjoint."""
         for name in adds.keys() | drops.keys():
             if not adds.get(name) and not drops.get(name):
                 continue
-            key = self.prefix + name.encode()
+            key = CHANNEL_KEY.pack(self.prefix, name.encode())
             raw = txn.get(self.db.channels, key)
             bm = BitMap.deserialize(raw) if raw else BitMap()
             bm |= BitMap(adds.get(name, ()))
@@ -259,17 +240,15 @@ class Profiles:
         gone = array("I")
         deleted = 0
         for g in keys:
-            old = txn.get(db.guid, p + g)
+            old = txn.get(db.guid, GUID_KEY.pack(p, g))
             if old is None:
                 continue
-            uid = int.from_bytes(old, "little")
-            raw = txn.get(db.profile, p + u32(uid))
-            bits, glen = _PROFILE_HEAD.unpack_from(raw)
-            ident = raw[_PROFILE_HEAD.size + glen:]
+            uid = decode_uid(old)
+            bits, _, ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
             if ident:
-                txn.delete(db.ident, p + ident)
-            txn.delete(db.guid, p + g)
-            txn.delete(db.profile, p + u32(uid))
+                txn.delete(db.ident, IDENT_KEY.pack(p, ident))
+            txn.delete(db.guid, GUID_KEY.pack(p, g))
+            txn.delete(db.profile, PROFILE_KEY.pack(p, uid))
             for name in channel_names(bits):
                 drops[name].append(uid)
             gone.append(uid)
@@ -397,7 +376,7 @@ class Profiles:
         return uids
 
     def get(self, txn, uid):
-        raw = txn.get(self.db.profile, self.prefix + u32(uid))
+        raw = txn.get(self.db.profile, PROFILE_KEY.pack(self.prefix, uid))
         return _decode(uid, raw) if raw is not None else None
 
     def find(self, guid=None, identity=None):
@@ -411,24 +390,22 @@ class Profiles:
         """[(uid, guid, identity)] for uids that still have a profile, in the given order."""
         out = []
         db, p = self.db, self.prefix
-        head = _PROFILE_HEAD
         for uid in uids:
-            raw = txn.get(db.profile, p + u32(uid))
+            raw = txn.get(db.profile, PROFILE_KEY.pack(p, uid))
             if raw is None:
                 continue
-            glen = head.unpack_from(raw)[1]
-            ident = raw[head.size + glen:]
-            out.append((uid, raw[head.size:head.size + glen].decode(), ident.decode() if ident else None))
+            _, guid, ident = decode_profile(raw)
+            out.append((uid, guid.decode(), ident.decode() if ident else None))
         return out
 
     def deleted(self, txn):
         """The uids of every profile deleted so far (uids are never reused)."""
-        raw = txn.get(self.db.channels, self.prefix + DELETED.encode())
+        raw = txn.get(self.db.channels, CHANNEL_KEY.pack(self.prefix, DELETED.encode()))
         return FrozenBitMap.deserialize(raw) if raw else FrozenBitMap()
 
     def channel_bitmaps(self, txn):
         out = {}
         for name in CHANNELS:
-            raw = txn.get(self.db.channels, self.prefix + name.encode())
+            raw = txn.get(self.db.channels, CHANNEL_KEY.pack(self.prefix, name.encode()))
             out[name] = FrozenBitMap.deserialize(raw) if raw else FrozenBitMap()
         return out

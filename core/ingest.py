@@ -14,7 +14,8 @@ from pyroaring import BitMap
 
 from listseg.core import parser
 from listseg.core.errors import InvalidArgument, ListsegError, NotFound, TooLarge
-from listseg.core.store import UNKNOWN, Database, dumps, loads, u32, u64
+from listseg.core.layout import REJECT_KEY, REJECT_ROW, UNKNOWN, UPLOAD_KEY, decode_reject, dumps, encode_reject, loads
+from listseg.core.store import Database
 from listseg.core.segments import without_deleted
 
 MODES = ("create", "replace", "append", "remove")
@@ -80,7 +81,7 @@ class Upload:
         return upload
 
     def _save(self, txn, upload):
-        txn.put(self.database.db.uploads, self.account.prefix + u64(upload["id"]), dumps(upload))
+        txn.put(self.database.db.uploads, UPLOAD_KEY.pack(self.account.prefix, upload["id"]), dumps(upload))
 
     def feed(self, chunk):
         with self._lock:
@@ -207,16 +208,16 @@ class Upload:
         return upload
 
     def _current(self, txn):
-        return loads(txn.get(self.database.db.uploads, self.account.prefix + u64(self.id)))
+        return loads(txn.get(self.database.db.uploads, UPLOAD_KEY.pack(self.account.prefix, self.id)))
 
     def _report(self, size):
         return dict(self.counts, size=size, bytes=self.bytes,
                     errors=[{"line": line, "reason": reason} for line, reason in self.rejects[:ERRORS_IN_REPORT]])
 
     def _save_rejects(self, txn):
-        base = self.account.prefix + u64(self.id)
+        p = self.account.prefix
         for i, (line, reason) in enumerate(self.rejects):
-            txn.put(self.database.db.rejects, base + u32(i), u64(line) + reason.encode())
+            txn.put(self.database.db.rejects, REJECT_KEY.pack(p, self.id, i), encode_reject(line, reason))
 
     def abort(self, reason="cancelled"):
         """Fail the upload: the segment keeps its live version. Safe from any thread: it waits for
@@ -264,7 +265,7 @@ def note_failure(segments, txn, upload):
 
 def get_upload(account, upload_id):
     with account.database.read() as txn:
-        rec = loads(txn.get(account.database.db.uploads, account.prefix + u64(upload_id)))
+        rec = loads(txn.get(account.database.db.uploads, UPLOAD_KEY.pack(account.prefix, upload_id)))
     if rec is None:
         raise NotFound(f"no upload {upload_id}", upload=upload_id)
     return rec
@@ -273,10 +274,11 @@ def get_upload(account, upload_id):
 def upload_errors(account, upload_id, start=0, limit=1000):
     """[(line, reason)] of an upload's rejected rows from position start, and the next position."""
     get_upload(account, upload_id)
-    base = account.prefix + u64(upload_id)
+    p, last = account.prefix, (1 << 8 * REJECT_ROW.width) - 1
     with account.database.read() as txn:
-        items = txn.scan(account.database.db.rejects, base + u32(start), base + u32(0xFFFFFFFF), limit)
-    out = [(int.from_bytes(v[:8], "big"), v[8:].decode()) for _, v in items]
+        items = txn.scan(account.database.db.rejects, REJECT_KEY.pack(p, upload_id, start),
+                         REJECT_KEY.pack(p, upload_id, last), limit)
+    out = [decode_reject(v) for _, v in items]
     return out, (start + len(out) if len(out) == limit else None)
 
 
@@ -285,7 +287,7 @@ def recover(account):
 
     def run(txn):
         fixed = 0
-        for key, raw in list(Database.scan(txn, account.database.db.uploads, account.prefix)):
+        for key, raw in list(Database.scan(txn, account.database.db.uploads, UPLOAD_KEY.prefix(account.prefix))):
             upload = loads(raw)
             if upload["state"] in ACTIVE_STATES and not owner_alive(upload["owner"]):
                 upload.update(state="failed", reason="interrupted", finished=time.time())

@@ -15,8 +15,9 @@ from collections import OrderedDict
 from pyroaring import FrozenBitMap
 
 from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, VersionGone
-from listseg.core.ids import CHANNELS
-from listseg.core.store import Database, dumps, loads, u32
+from listseg.core.layout import (CHANNELS, HEAD_KEY, HISTORY_KEY, SEGMENT_ID, SEGMENT_KEY, SEGMENT_NAME_KEY, VERSION,
+                                 VERSION_KEY, dumps, loads)
+from listseg.core.store import Database
 
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
@@ -92,26 +93,27 @@ class Segments:
     def find_id(self, txn, segment):
         """The id of a segment named by id (int) or name (str); NotFound otherwise."""
         if isinstance(segment, int):
-            if 0 <= segment < 1 << 32 and txn.get(self.db.segments, self.prefix + u32(segment)) is not None:
+            if (0 <= segment < 1 << 8 * SEGMENT_ID.width
+                    and txn.get(self.db.segments, SEGMENT_KEY.pack(self.prefix, segment)) is not None):
                 return segment
         else:
-            raw = txn.get(self.db.segnames, self.prefix + str(segment).encode())
+            raw = txn.get(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, str(segment).encode()))
             if raw is not None:
-                return int.from_bytes(raw, "big")
+                return SEGMENT_ID.unpack(raw)
             ref = read_ref(str(segment))
             if isinstance(ref, int):
                 return self.find_id(txn, ref)
         raise NotFound(f"no segment {segment!r}", segment=segment)
 
     def record(self, txn, seg_id):
-        rec = loads(txn.get(self.db.segments, self.prefix + u32(seg_id)))
+        rec = loads(txn.get(self.db.segments, SEGMENT_KEY.pack(self.prefix, seg_id)))
         if rec is None:
             raise NotFound(f"no segment {seg_id}", segment=seg_id)
         return rec
 
     def head(self, txn, seg_id):
-        raw = txn.get(self.db.heads, self.prefix + u32(seg_id))
-        return int.from_bytes(raw, "big") if raw else 0
+        raw = txn.get(self.db.heads, HEAD_KEY.pack(self.prefix, seg_id))
+        return VERSION.unpack(raw) if raw else 0
 
     def bitmap(self, txn, seg_id, version=None):
         """(version, FrozenBitMap) of the current version, or of `version` while retained."""
@@ -119,7 +121,7 @@ class Segments:
             version = self.head(txn, seg_id)
         if version == 0:
             return 0, FrozenBitMap()
-        key = self.prefix + u32(seg_id) + u32(version)
+        key = VERSION_KEY.pack(self.prefix, seg_id, version)
 
         def load():
             raw = txn.get(self.db.versions, key)
@@ -140,10 +142,10 @@ class Segments:
         """None if the name is free for a create; the segment the create takes over if the name is
         held by a failed segment that never had a version; AlreadyExists otherwise. (A failed create
         removes its segment, but keeps it, failed, when a consumer was attached meanwhile.)"""
-        raw = txn.get(self.db.segnames, self.prefix + name.encode())
+        raw = txn.get(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, name.encode()))
         if raw is None:
             return None
-        rec = self.record(txn, int.from_bytes(raw, "big"))
+        rec = self.record(txn, SEGMENT_ID.unpack(raw))
         if rec["state"] == "failed" and self.head(txn, rec["id"]) == 0:
             return rec
         raise AlreadyExists(f"a segment named {name!r} exists", name=name)
@@ -157,13 +159,13 @@ class Segments:
         if rec is None:
             rec = {"id": self.account.allocate(txn, "next_segment"), "name": name, "consumers": [],
                    "last_upload": None}
-            txn.put(self.db.segnames, self.prefix + name.encode(), u32(rec["id"]))
+            txn.put(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, name.encode()), SEGMENT_ID.pack(rec["id"]))
         rec.update(state=state, created=now, updated=now)
         self.save(txn, rec)
         return rec
 
     def save(self, txn, rec):
-        txn.put(self.db.segments, self.prefix + u32(rec["id"]), dumps(rec))
+        txn.put(self.db.segments, SEGMENT_KEY.pack(self.prefix, rec["id"]), dumps(rec))
 
     def check_free(self, rec):
         """Refuse changes to a segment that campaigns or journeys are using."""
@@ -172,13 +174,12 @@ class Segments:
 
     def commit(self, txn, rec, bm, now):
         """Store bm as the segment's next version and move the pointer to it (in the caller's txn)."""
-        sid = self.prefix + u32(rec["id"])
-        old = self.head(txn, rec["id"])
-        version = old + 1
+        p, seg_id = self.prefix, rec["id"]
+        version = self.head(txn, seg_id) + 1
         bm.run_optimize()
-        txn.put(self.db.versions, sid + u32(version), bm.serialize())
-        txn.put(self.db.history, sid + u32(version), dumps({"time": now, "size": len(bm)}))
-        txn.put(self.db.heads, sid, u32(version))
+        txn.put(self.db.versions, VERSION_KEY.pack(p, seg_id, version), bm.serialize())
+        txn.put(self.db.history, HISTORY_KEY.pack(p, seg_id, version), dumps({"time": now, "size": len(bm)}))
+        txn.put(self.db.heads, HEAD_KEY.pack(p, seg_id), VERSION.pack(version))
         rec["state"] = "ready"
         rec["updated"] = now
         self.save(txn, rec)
@@ -187,12 +188,11 @@ class Segments:
 
     def _prune(self, txn, seg_id, current, now):
         """Drop versions superseded more than retention_s ago (history rows stay: they are the trend)."""
-        sid = self.prefix + u32(seg_id)
         superseded_at = {}
-        for key, raw in Database.scan(txn, self.db.history, sid):
-            superseded_at[int.from_bytes(key[-4:], "big") - 1] = loads(raw)["time"]
-        for key, _ in list(Database.scan(txn, self.db.versions, sid)):
-            version = int.from_bytes(key[-4:], "big")
+        for key, raw in Database.scan(txn, self.db.history, HISTORY_KEY.prefix(self.prefix, seg_id)):
+            superseded_at[HISTORY_KEY.parse(key)[-1] - 1] = loads(raw)["time"]
+        for key, _ in list(Database.scan(txn, self.db.versions, VERSION_KEY.prefix(self.prefix, seg_id))):
+            version = VERSION_KEY.parse(key)[-1]
             if version != current and now - superseded_at.get(version, now) > self.retention_s:
                 txn.delete(self.db.versions, key)
 
@@ -213,15 +213,15 @@ class Segments:
             return out
 
     def _trend(self, txn, seg_id):
-        return [dict(loads(raw), version=int.from_bytes(key[-4:], "big"))
-                for key, raw in Database.scan(txn, self.db.history, self.prefix + u32(seg_id))]
+        return [dict(loads(raw), version=HISTORY_KEY.parse(key)[-1])
+                for key, raw in Database.scan(txn, self.db.history, HISTORY_KEY.prefix(self.prefix, seg_id))]
 
     def list(self):
         """Every segment of the account with its size, in id order."""
         out = []
         with self.database.read() as txn:
             deleted = self.profiles.deleted(txn)
-            for _, raw in Database.scan(txn, self.db.segments, self.prefix):
+            for _, raw in Database.scan(txn, self.db.segments, SEGMENT_KEY.prefix(self.prefix)):
                 rec = loads(raw)
                 version, bm = self.bitmap(txn, rec["id"])
                 out.append(dict(rec, version=version, size=live_size(bm, deleted)))
@@ -237,13 +237,13 @@ class Segments:
 
     def remove(self, txn, rec):
         """Drop the segment: versions, history, pointer, record and name (in the caller's txn)."""
-        sid = self.prefix + u32(rec["id"])
-        for dbi in (self.db.versions, self.db.history):
-            for key, _ in list(Database.scan(txn, dbi, sid)):
+        p, seg_id = self.prefix, rec["id"]
+        for dbi, shape in ((self.db.versions, VERSION_KEY), (self.db.history, HISTORY_KEY)):
+            for key, _ in list(Database.scan(txn, dbi, shape.prefix(p, seg_id))):
                 txn.delete(dbi, key)
-        txn.delete(self.db.heads, sid)
-        txn.delete(self.db.segments, sid)
-        txn.delete(self.db.segnames, self.prefix + rec["name"].encode())
+        txn.delete(self.db.heads, HEAD_KEY.pack(p, seg_id))
+        txn.delete(self.db.segments, SEGMENT_KEY.pack(p, seg_id))
+        txn.delete(self.db.segnames, SEGMENT_NAME_KEY.pack(p, rec["name"].encode()))
 
     def attach(self, segment, kind, consumer_id, name=None):
         return self._consumers(segment, kind, consumer_id, name, attach=True)

@@ -18,6 +18,7 @@ from listseg.server.addresses import is_loopback, split_address
 
 BINARY = os.environ.get("LISTSEG_FRONT") or os.path.join(os.path.dirname(__file__), "native", "listseg-front")
 READY_TIMEOUT = 30.0
+STOP_TIMEOUT_S = 15.0             # SIGTERM to exit: it drains for 2 s; the rest is for a loaded machine
 HEALTH_NAME = "listseg.front"     # the server's health service reports the front under this name
 FIRST_BACKOFF_S = 0.1             # restart delays double from this...
 MAX_BACKOFF_S = 10.0              # ...up to this,
@@ -76,7 +77,7 @@ class Front:
             raise FrontError(f"the membership front did not start (exit code {self.proc.returncode}, "
                              f"said {line[:200]!r})") from None
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout=STOP_TIMEOUT_S):
         """SIGTERM, then SIGKILL if it lingers; returns the exit status. A front that crashed on the
         way out or had to be killed is logged as such (the suite fails on either)."""
         if self.proc.poll() is None:
@@ -163,7 +164,7 @@ class Supervisor:
         self.on_change(True)
         return True
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout=STOP_TIMEOUT_S):
         with self._lock:
             self._stopping.set()
             self.front.stop(timeout)

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 import csv_reference
 from listseg.core.engine import Engine
 from listseg.core.ingest import ACTIVE_STATES
-from listseg.core.store import Database, loads
+from listseg.core.layout import loads
+from listseg.core.store import Database
 from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 

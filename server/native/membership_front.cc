@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "layout.h"
 #include "listseg/v1/listseg.grpc.pb.h"
 #include "reflection.h"
 #include "status.h"
@@ -49,19 +50,31 @@ constexpr size_t kMaxKey = 511;               // LMDB's default maximum key size
 // refuses those over its own limit with an ErrorInfo, which grpc's refusal here would lack.
 constexpr int kMaxReceive = 16 << 20;
 constexpr int kMaxSend = 64 << 20;
-const char kCredentialsFlag[] = "#credentials";  // core/accounts.py: present once any passcode exists
-const char kDefaultAccount[] = "default";        // core/engine.py DEFAULT_ACCOUNT
-
-std::string be32(uint32_t n) {
-  char b[4] = {char(n >> 24), char(n >> 16), char(n >> 8), char(n)};
-  return std::string(b, 4);
+// Keys and values exactly as the server stores them: layout.h, generated from core/layout.py.
+// A key from one of its listseg_key_* builders, into a string of the key's size.
+template <typename Build, typename... Args>
+std::string make_key(size_t size, Build build, Args... args) {
+  std::string key(size, '\0');
+  build(reinterpret_cast<uint8_t*>(&key[0]), args...);
+  return key;
 }
 
-uint64_t from_be(const MDB_val& v) {
-  uint64_t n = 0;
-  for (size_t i = 0; i < v.mv_size; i++) n = (n << 8) | static_cast<const uint8_t*>(v.mv_data)[i];
-  return n;
+const uint8_t* bytes(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+
+// An integer value read with layout.h's listseg_get_*, or false if the stored value is not that wide.
+template <typename Get>
+bool read_int(const MDB_val& v, size_t width, Get get, uint64_t* out) {
+  if (v.mv_size != width) return false;
+  *out = get(static_cast<const uint8_t*>(v.mv_data));
+  return true;
 }
+
+// A segment of an account: its id and the key of its record and head.
+struct Segment {
+  std::string account;  // the account prefix
+  uint32_t id;
+  std::string key;
+};
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -76,18 +89,18 @@ class Store {
  public:
   explicit Store(const std::string& path) {
     check(mdb_env_create(&env_), "mdb_env_create");
-    check(mdb_env_set_maxdbs(env_, 32), "mdb_env_set_maxdbs");
+    check(mdb_env_set_maxdbs(env_, LISTSEG_DB_COUNT + 1), "mdb_env_set_maxdbs");
     // MDB_NOTLS: a read transaction belongs to the call, not to the thread grpc runs it on.
     check(mdb_env_open(env_, path.c_str(), MDB_RDONLY | MDB_NOTLS, 0644), "mdb_env_open " + path);
     MDB_txn* txn;             // committed, not aborted: that keeps the handles for later transactions
     check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "mdb_txn_begin");
-    accounts_ = open(txn, "accounts");
-    guid_ = open(txn, "guid");
-    ident_ = open(txn, "ident");
-    segments_ = open(txn, "segments");
-    segnames_ = open(txn, "segnames");
-    heads_ = open(txn, "heads");
-    versions_ = open(txn, "versions");
+    accounts_ = open(txn, LISTSEG_DB_ACCOUNTS);
+    guid_ = open(txn, LISTSEG_DB_GUID);
+    ident_ = open(txn, LISTSEG_DB_IDENT);
+    segments_ = open(txn, LISTSEG_DB_SEGMENTS);
+    segnames_ = open(txn, LISTSEG_DB_SEGNAMES);
+    heads_ = open(txn, LISTSEG_DB_HEADS);
+    versions_ = open(txn, LISTSEG_DB_VERSIONS);
     check(mdb_txn_commit(txn), "mdb_txn_commit");
   }
   ~Store() {
@@ -119,7 +132,7 @@ class Store {
   bool credentials_required() noexcept {
     try {
       MDB_val raw;
-      return begin().get(accounts_, kCredentialsFlag, &raw);
+      return begin().get(accounts_, make_key(LISTSEG_KEY_CREDENTIALS_FIXED, listseg_key_credentials), &raw);
     } catch (const std::exception&) {
       return false;
     }
@@ -169,21 +182,23 @@ using Bitmap = std::shared_ptr<roaring_bitmap_t>;
 // so an entry is right for as long as the head names its version.
 class BitmapCache {
  public:
-  Bitmap get(const Store::Txn& txn, const Store& store, const std::string& segment_key, uint64_t version) {
+  Bitmap get(const Store::Txn& txn, const Store& store, const Segment& segment, uint64_t version) {
     {
       std::lock_guard<std::mutex> hold(lock_);
-      auto it = entries_.find(segment_key);
+      auto it = entries_.find(segment.key);
       if (it != entries_.end() && it->second.first == version) return it->second.second;
     }
     MDB_val raw;
-    if (!txn.get(store.versions_, segment_key + be32(uint32_t(version)), &raw)) return nullptr;
+    std::string key = make_key(LISTSEG_KEY_VERSION_FIXED, listseg_key_version, bytes(segment.account), segment.id,
+                               uint32_t(version));
+    if (!txn.get(store.versions_, key, &raw)) return nullptr;
     roaring_bitmap_t* bm =
         roaring_bitmap_portable_deserialize_safe(static_cast<const char*>(raw.mv_data), raw.mv_size);
     if (!bm) return nullptr;
     Bitmap loaded(bm, roaring_bitmap_free);
     std::lock_guard<std::mutex> hold(lock_);
     if (entries_.size() >= kMaxEntries) entries_.clear();  // deleted segments must not pile up
-    auto& slot = entries_[segment_key];
+    auto& slot = entries_[segment.key];
     if (!slot.second || slot.first < version) slot = {version, loaded};
     return loaded;
   }
@@ -273,25 +288,28 @@ class Membership final : public RawMembership {
     else if (req.type() == v1::IDENTITY_TYPE_IDENTITY) table = "i";
     else return false;
     std::string key = strip(req.identity());
-    if (key.empty() || key.size() + 4 > kMaxKey) return false;
+    if (key.empty() || key.size() + LISTSEG_KEY_GUID_FIXED > kMaxKey) return false;
 
     auto txn = store_.begin();
     std::string prefix;
     if (!account(ctx, txn, &prefix)) return false;
-    std::string segment_key;
-    if (!segment(txn, prefix, req.segment(), &segment_key)) return false;
+    Segment seg;
+    if (!segment(txn, prefix, req.segment(), &seg)) return false;
     MDB_val raw;
-    uint64_t version = txn.get(store_.heads_, segment_key, &raw) ? from_be(raw) : 0;
+    uint64_t version = 0;
+    if (txn.get(store_.heads_, make_key(LISTSEG_KEY_HEAD_FIXED, listseg_key_head, bytes(prefix), seg.id), &raw) &&
+        !read_int(raw, LISTSEG_VERSION_WIDTH, listseg_get_version, &version))
+      return false;
     bool member = false;
     if (version != 0) {
-      Bitmap bm = cache_.get(txn, store_, segment_key, version);
+      Bitmap bm = cache_.get(txn, store_, seg, version);
       if (!bm) return false;
-      MDB_dbi keys = table[0] == 'g' ? store_.guid_ : store_.ident_;
-      if (txn.get(keys, prefix + key, &raw) && raw.mv_size == 4) {
-        uint32_t uid;
-        std::memcpy(&uid, raw.mv_data, 4);  // uids are stored little-endian (core/store.py uid_value)
-        member = roaring_bitmap_contains(bm.get(), uid);
-      }
+      bool guid = table[0] == 'g';
+      std::string k = guid ? make_key(LISTSEG_KEY_GUID_FIXED + key.size(), listseg_key_guid, bytes(prefix), key.data(), key.size())
+                           : make_key(LISTSEG_KEY_IDENT_FIXED + key.size(), listseg_key_ident, bytes(prefix), key.data(), key.size());
+      uint64_t uid;
+      if (txn.get(guid ? store_.guid_ : store_.ident_, k, &raw) && read_int(raw, LISTSEG_UID_WIDTH, listseg_get_uid, &uid))
+        member = roaring_bitmap_contains(bm.get(), uint32_t(uid));
     }
     v1::IsMemberResponse resp;
     resp.set_member(member);
@@ -306,28 +324,40 @@ class Membership final : public RawMembership {
   // account if the server has accepted this passcode for it before.
   bool account(const grpc::CallbackServerContext* ctx, const Store::Txn& txn, std::string* prefix) {
     MDB_val raw;
-    std::string name = kDefaultAccount;
-    if (txn.get(store_.accounts_, kCredentialsFlag, &raw)) {
+    std::string name = LISTSEG_DEFAULT_ACCOUNT;
+    if (txn.get(store_.accounts_, make_key(LISTSEG_KEY_CREDENTIALS_FIXED, listseg_key_credentials), &raw)) {
       name = metadata(ctx, "x-account-id");
       if (name.empty() || !verified_.known(name, metadata(ctx, "x-passcode"))) return false;
     }
-    if (!txn.get(store_.accounts_, "n" + name, &raw)) return false;
-    *prefix = be32(uint32_t(from_be(raw)));
+    uint64_t number;
+    std::string key = make_key(LISTSEG_KEY_ACCOUNT_NAME_FIXED + name.size(), listseg_key_account_name, name.data(), name.size());
+    if (!txn.get(store_.accounts_, key, &raw) || !read_int(raw, LISTSEG_ACCOUNT_WIDTH, listseg_get_account, &number))
+      return false;
+    prefix->assign(LISTSEG_ACCOUNT_WIDTH, '\0');
+    listseg_put_account(reinterpret_cast<uint8_t*>(&(*prefix)[0]), uint32_t(number));
     return true;
   }
 
   // account + segment id for "42", "segments/42" or a name (server/convert.py segment_ref).
-  bool segment(const Store::Txn& txn, const std::string& prefix, std::string ref, std::string* segment_key) {
+  bool segment(const Store::Txn& txn, const std::string& prefix, std::string ref, Segment* seg) {
     if (ref.rfind("segments/", 0) == 0) ref.erase(0, 9);
     if (ref.empty()) return false;
     MDB_val raw;
+    seg->account = prefix;
     if (ref.find_first_not_of("0123456789") == std::string::npos) {
       if (ref.size() > 9) return false;
-      *segment_key = prefix + be32(uint32_t(std::stoul(ref)));
-      return txn.get(store_.segments_, *segment_key, &raw);
+      seg->id = uint32_t(std::stoul(ref));
+      seg->key = make_key(LISTSEG_KEY_SEGMENT_FIXED, listseg_key_segment, bytes(prefix), seg->id);
+      return txn.get(store_.segments_, seg->key, &raw);
     }
-    if (prefix.size() + ref.size() > kMaxKey || !txn.get(store_.segnames_, prefix + ref, &raw)) return false;
-    *segment_key = prefix + be32(uint32_t(from_be(raw)));
+    uint64_t id;
+    if (LISTSEG_KEY_SEGMENT_NAME_FIXED + ref.size() > kMaxKey) return false;
+    std::string key = make_key(LISTSEG_KEY_SEGMENT_NAME_FIXED + ref.size(), listseg_key_segment_name, bytes(prefix),
+                               ref.data(), ref.size());
+    if (!txn.get(store_.segnames_, key, &raw) || !read_int(raw, LISTSEG_SEGMENT_ID_WIDTH, listseg_get_segment_id, &id))
+      return false;
+    seg->id = uint32_t(id);
+    seg->key = make_key(LISTSEG_KEY_SEGMENT_FIXED, listseg_key_segment, bytes(prefix), seg->id);
     return true;
   }
 

@@ -1,0 +1,377 @@
+"""The storage layout, defined once: every database, key shape, integer width and byte order, and
+record codec. Nothing else in the code builds a key or a record (tests/test_layout.py greps for it).
+
+Two halves:
+- **Records** (backend-neutral): the profile record, the channel bits, the uid value, the reject
+  record, the JSON records, the Roaring bitmap. A second backend (Redis Cluster, issue 12) reuses
+  these and defines its own keys beside the LMDB ones.
+- **LMDB keys**: which named database holds what, under which key. Every key of account data
+  starts with the 4-byte account number, so one account is one contiguous key range.
+
+The compiled code reads the same table through generated files, committed and checked for staleness:
+`python -m listseg.core.layout --pxi` writes core/_layout.pxi (the Cython store's inline helpers),
+`--c-header` writes server/native/layout.h (the membership front), `--markdown` prints the table
+that docs/design.md holds.
+"""
+import json
+import struct
+import sys
+from typing import NamedTuple
+
+
+# == integers: a width and a byte order ==========================================================
+class Int(NamedTuple):
+    """An unsigned integer field of a key or a record."""
+    name: str
+    width: int          # bytes
+    order: str          # "big" or "little"
+    doc: str
+
+    def pack(self, n):
+        return n.to_bytes(self.width, self.order)
+
+    def unpack(self, raw):
+        return int.from_bytes(raw, self.order)
+
+    @property
+    def code(self):
+        return {1: "B", 2: "H", 4: "I", 8: "Q"}[self.width]
+
+
+# Big-endian where an integer is (part of) a key, so key order is numeric order.
+ACCOUNT = Int("account", 4, "big", "account number: the first 4 bytes of every account's key")
+PROFILE_UID = Int("profile_uid", 4, "big", "uid in a profile key: big-endian, so key order is uid order")
+SEGMENT_ID = Int("segment_id", 4, "big", "segment id")
+VERSION = Int("version", 4, "big", "segment version; 0 = none yet")
+UPLOAD_ID = Int("upload_id", 8, "big", "upload id")
+REJECT_ROW = Int("reject_row", 4, "big", "position of a rejected row among its upload's rejects")
+GENERATION = Int("generation", 8, "big", "profiles generation (keyindex.py)")
+# Little-endian as a value: the native order of the C loops that copy uids out of the store.
+UID = Int("uid", 4, "little", "uid as the value of guid -> uid and identity -> uid")
+REJECT_LINE = Int("reject_line", 8, "big", "line number of a rejected row")
+PROFILE_BITS = Int("profile_bits", 1, "little", "channel bits of a profile record")
+PROFILE_GUID_LEN = Int("profile_guid_len", 2, "little", "guid length of a profile record")
+
+INTS = (ACCOUNT, PROFILE_UID, SEGMENT_ID, VERSION, UPLOAD_ID, REJECT_ROW, GENERATION, UID, REJECT_LINE,
+        PROFILE_BITS, PROFILE_GUID_LEN)
+
+#: No uid: what a look-up answers for a key without a profile. uids are below it, so it is never a member.
+UNKNOWN = (1 << 8 * UID.width) - 1
+
+
+# == records (backend-neutral) ===================================================================
+#: Channel i is bit 1 << i of a profile record's bits. Append only: reordering changes every stored profile.
+CHANNELS = ("email", "sms", "push", "whatsapp", "webpush")
+CHANNEL_BIT = {name: 1 << i for i, name in enumerate(CHANNELS)}
+#: Beside the channels' bitmaps: every deleted profile's uid (a name no channel can take).
+DELETED = "#deleted"
+#: The account every call names while no account has a passcode.
+DEFAULT_ACCOUNT = "default"
+
+
+def channel_names(bits):
+    return tuple(name for name in CHANNELS if bits & CHANNEL_BIT[name])
+
+
+# The profile record: bits (1 byte), guid length (uint16 LE), guid, identity (the rest; may be empty).
+_PROFILE_HEAD = struct.Struct("<" + PROFILE_BITS.code + PROFILE_GUID_LEN.code)
+PROFILE_HEAD = _PROFILE_HEAD.size
+PROFILE_FIELDS = ((PROFILE_BITS, 0), (PROFILE_GUID_LEN, PROFILE_BITS.width))   # (field, offset)
+assert PROFILE_HEAD == PROFILE_BITS.width + PROFILE_GUID_LEN.width
+
+
+def encode_profile(bits, guid, identity):
+    return _PROFILE_HEAD.pack(bits, len(guid)) + guid + (identity or b"")
+
+
+def decode_profile(raw):
+    """(bits, guid, identity) of a profile record, guid and identity as bytes (identity b"" if none)."""
+    bits, glen = _PROFILE_HEAD.unpack_from(raw)
+    return bits, raw[PROFILE_HEAD:PROFILE_HEAD + glen], raw[PROFILE_HEAD + glen:]
+
+
+def profile_bits(raw):
+    return _PROFILE_HEAD.unpack_from(raw)[0]
+
+
+def profile_guid_len(raw):
+    return _PROFILE_HEAD.unpack_from(raw)[1]
+
+
+def encode_uid(uid):
+    return uid.to_bytes(UID.width, UID.order)
+
+
+def decode_uid(raw):
+    return int.from_bytes(raw, UID.order)
+
+
+def encode_reject(line, reason):
+    """A rejected row: its line (uint64 BE), then the reason (UTF-8)."""
+    return REJECT_LINE.pack(line) + reason.encode()
+
+
+def decode_reject(raw):
+    return REJECT_LINE.unpack(raw[:REJECT_LINE.width]), raw[REJECT_LINE.width:].decode()
+
+
+#: The value of a key whose presence is the fact (CREDENTIALS_KEY).
+FLAG = b"1"
+
+
+def dumps(obj):
+    """A JSON record (account, counter, segment, history, upload): compact UTF-8."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def loads(raw):
+    return json.loads(raw) if raw is not None else None
+
+
+#: Every record codec, for the docs and the generated headers: name -> description.
+RECORDS = {
+    "profile": "bits (u8: channel i is bit i of CHANNELS), guid length (u16 LE), guid, identity (the rest)",
+    "uid": "uid, u32 LE",
+    "json": "JSON, compact, UTF-8",
+    "bitmap": "Roaring bitmap, portable serialization (pyroaring serialize, CRoaring portable)",
+    "reject": "line (u64 BE), then the reason (UTF-8)",
+    "flag": "b\"1\": present or not",
+}
+
+
+# == LMDB: databases and keys ====================================================================
+class Tail(NamedTuple):
+    """The variable last part of a key: raw bytes to the end."""
+    name: str
+    doc: str
+
+
+class Key:
+    """One key shape: a constant tag, then the parts, in order. ACCOUNT is given as the account
+    prefix (ACCOUNT.pack(number): every caller holds it, and the C loops take it), other Ints as
+    ints, a Tail as bytes. Only the last part may be a Tail."""
+
+    def __init__(self, name, db, parts, value, doc, tag=b""):
+        self.name, self.db, self.parts, self.value, self.doc, self.tag = name, db, tuple(parts), value, doc, tag
+        assert all(isinstance(p, Int) for p in self.parts[:-1]), name
+        ints = [p for p in self.parts if isinstance(p, Int) and p is not ACCOUNT]
+        assert ACCOUNT not in self.parts or self.parts[0] is ACCOUNT, name
+        assert len({p.order for p in ints}) <= 1, name
+        self._ints = struct.Struct(">" + "".join(p.code for p in ints))
+        self.pack = self._fast_pack()
+
+    def _fast_pack(self):
+        """The packer of this shape, without a loop over the parts (keys are built on every call)."""
+        tag, ints = self.tag, self._ints.pack
+        account = ACCOUNT in self.parts
+        tail = isinstance(self.parts[-1], Tail) if self.parts else False
+        n_ints = len(self.parts) - account - tail
+        if not self.parts:
+            return lambda: tag
+        if account and not tag and not tail:
+            return lambda prefix, *values: prefix + ints(*values)
+        if account and not tag and n_ints == 0:
+            return lambda prefix, rest: prefix + rest
+        if account and n_ints == 0 and not tail:
+            return lambda prefix: tag + prefix
+        if not account and n_ints == 0 and tail:
+            return lambda rest: tag + rest
+        return self.prefix
+
+    def prefix(self, *values):
+        """The key of the leading parts given (all of them: the whole key), for range scans."""
+        out = [self.tag]
+        for part, value in zip(self.parts, values):
+            if part is ACCOUNT or isinstance(part, Tail):
+                assert part is not ACCOUNT or len(value) == ACCOUNT.width
+                out.append(value)
+            else:
+                out.append(part.pack(value))
+        return b"".join(out)
+
+    def parse(self, key):
+        """The parts of a key of this shape: the account prefix and Tail as bytes, other Ints as ints."""
+        at, out = len(self.tag), []
+        for part in self.parts:
+            if isinstance(part, Tail):
+                out.append(key[at:])
+                continue
+            raw = key[at:at + part.width]
+            out.append(raw if part is ACCOUNT else part.unpack(raw))
+            at += part.width
+        return tuple(out)
+
+
+# The table. A database holds one key shape, except `accounts`, whose shapes differ by their tag.
+ACCOUNT_NAME_KEY = Key("account_name", "accounts", [Tail("name", "account name, UTF-8")], ACCOUNT,
+                       "account name -> number", tag=b"n")
+ACCOUNT_KEY = Key("account", "accounts", [ACCOUNT], "json", "account record {name, created, next_uid, "
+                  "next_segment, next_upload[, display_name, salt, passcode]}", tag=b"a")
+GENERATION_KEY = Key("generation", "accounts", [ACCOUNT], GENERATION,
+                     "profiles generation, bumped by every write of the account's profiles", tag=b"g")
+COUNTER_KEY = Key("account_counter", "accounts", [], "json", "{next}: the next account number", tag=b"#")
+CREDENTIALS_KEY = Key("credentials", "accounts", [], "flag", "present once any account has a passcode",
+                      tag=b"#credentials")
+GUID_KEY = Key("guid", "guid", [ACCOUNT, Tail("guid", "guid, UTF-8")], UID, "guid -> uid")
+IDENT_KEY = Key("ident", "ident", [ACCOUNT, Tail("identity", "identity, UTF-8")], UID, "identity -> uid")
+PROFILE_KEY = Key("profile", "profile", [ACCOUNT, PROFILE_UID], "profile", "uid -> profile record")
+CHANNEL_KEY = Key("channel", "channels", [ACCOUNT, Tail("channel", f"channel name, or {DELETED!r}")], "bitmap",
+                  f"a channel's reachable uids; under {DELETED!r}, every deleted profile's uid")
+SEGMENT_KEY = Key("segment", "segments", [ACCOUNT, SEGMENT_ID], "json",
+                  "segment record {id, name, state, created, updated, consumers, last_upload}")
+SEGMENT_NAME_KEY = Key("segment_name", "segnames", [ACCOUNT, Tail("name", "segment name, UTF-8")], SEGMENT_ID,
+                       "name -> segment id")
+HEAD_KEY = Key("head", "heads", [ACCOUNT, SEGMENT_ID], VERSION, "the segment's current version")
+VERSION_KEY = Key("version", "versions", [ACCOUNT, SEGMENT_ID, VERSION], "bitmap", "an immutable version's members")
+HISTORY_KEY = Key("history", "history", [ACCOUNT, SEGMENT_ID, VERSION], "json", "{time, size} of a version (the trend)")
+UPLOAD_KEY = Key("upload", "uploads", [ACCOUNT, UPLOAD_ID], "json", "upload record")
+REJECT_KEY = Key("reject", "rejects", [ACCOUNT, UPLOAD_ID, REJECT_ROW], "reject", "a rejected row of an upload")
+
+KEYS = (ACCOUNT_NAME_KEY, ACCOUNT_KEY, GENERATION_KEY, COUNTER_KEY, CREDENTIALS_KEY, GUID_KEY, IDENT_KEY,
+        PROFILE_KEY, CHANNEL_KEY, SEGMENT_KEY, SEGMENT_NAME_KEY, HEAD_KEY, VERSION_KEY, HISTORY_KEY, UPLOAD_KEY,
+        REJECT_KEY)
+
+#: The named databases of the one LMDB environment, in the order they are opened.
+DATABASES = tuple(dict.fromkeys(k.db for k in KEYS))
+
+
+def account_prefix(number):
+    """The first bytes of every key of the account's data."""
+    return ACCOUNT.pack(number)
+
+
+# == generated files ==============================================================================
+_GENERATED = "Generated from core/layout.py by `python -m listseg.core.layout {flag}`: do not edit."
+
+
+def _c_name(text):
+    return "".join(c if c.isalnum() else "_" for c in text).upper()
+
+
+def _c_string(raw):
+    return '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else "\\x%02x" % b for b in raw) + '"'
+
+
+def _shifts(field):
+    """[(byte index, shift)] of field stored at dst[i]."""
+    return [(i, 8 * (i if field.order == "little" else field.width - 1 - i)) for i in range(field.width)]
+
+
+def c_header():
+    ctype = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t"}
+    out = [f"/* {_GENERATED.format(flag='--c-header')} */",
+           "/* The storage layout for C and C++: database names, key tags, integer widths and byte",
+           "   orders, the profile record. */",
+           "#ifndef LISTSEG_LAYOUT_H", "#define LISTSEG_LAYOUT_H", "", "#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
+           "/* databases */"]
+    out += [f'#define LISTSEG_DB_{_c_name(db)} "{db}"' for db in DATABASES]
+    out += [f"#define LISTSEG_DB_COUNT {len(DATABASES)}", "", "/* keys (database: parts, in order) and the tags that start some */"]
+    for k in KEYS:
+        parts = " + ".join([repr(k.tag.decode())] * bool(k.tag) + [p.name for p in k.parts])
+        out.append(f"/*   {k.name}: {k.db}: {parts} -> {_value_name(k.value)} */")
+    out += [f"#define LISTSEG_KEY_{_c_name(k.name)}_TAG {_c_string(k.tag)}" for k in KEYS if k.tag]
+    out += ["", "/* names */", f'#define LISTSEG_DEFAULT_ACCOUNT "{DEFAULT_ACCOUNT}"',
+            f'#define LISTSEG_DELETED "{DELETED}"']
+    out += [f"#define LISTSEG_CHANNEL_{_c_name(name)} 0x{bit:02x}u  /* \"{name}\" */" for name, bit in CHANNEL_BIT.items()]
+    out += [f"#define LISTSEG_UNKNOWN 0x{UNKNOWN:x}u  /* no uid */", "",
+            "/* the profile record: bits, guid length, guid, identity */",
+            f"#define LISTSEG_PROFILE_HEAD {PROFILE_HEAD}"]
+    out += [f"#define LISTSEG_{_c_name(f.name)}_AT {at}" for f, at in PROFILE_FIELDS]
+    out += ["", "/* integers: listseg_put_X writes X at dst, listseg_get_X reads it (LISTSEG_X_WIDTH bytes) */"]
+    for f in INTS:
+        t = ctype[f.width]
+        out.append(f"#define LISTSEG_{_c_name(f.name)}_WIDTH {f.width}  /* {f.order}-endian: {f.doc} */")
+        body = " ".join(f"dst[{i}] = (uint8_t)(v >> {s});" for i, s in _shifts(f))
+        out.append(f"static inline void listseg_put_{f.name}(uint8_t *dst, {t} v) {{ {body} }}")
+        expr = " | ".join(f"(({t})src[{i}] << {s})" for i, s in _shifts(f))
+        out.append(f"static inline {t} listseg_get_{f.name}(const uint8_t *src) {{ return ({t})({expr}); }}")
+    out += ["", "/* key builders: listseg_key_K writes key K at dst (LISTSEG_KEY_K_FIXED bytes, plus a tail's length)",
+            "   and returns its length; the account is the account prefix (LISTSEG_ACCOUNT_WIDTH bytes) */"]
+    for k in KEYS:
+        out += _c_key_builder(k, ctype)
+    out += ["", "#endif  /* LISTSEG_LAYOUT_H */", ""]
+    return "\n".join(out)
+
+
+def _c_key_builder(k, ctype):
+    args, body, fixed = ["uint8_t *dst"], [], len(k.tag)
+    if k.tag:
+        body.append(f"memcpy(dst, {_c_string(k.tag)}, {len(k.tag)});")
+    at = str(len(k.tag))
+    for p in k.parts:
+        if isinstance(p, Tail):
+            args += [f"const void *{p.name}", f"size_t {p.name}_len"]
+            body.append(f"memcpy(dst + {at}, {p.name}, {p.name}_len);")
+            at = f"{at} + {p.name}_len"
+            continue
+        if p is ACCOUNT:
+            args.append("const uint8_t *account")
+            body.append(f"memcpy(dst + {at}, account, {p.width});")
+        else:
+            args.append(f"{ctype[p.width]} {p.name}")
+            body.append(f"listseg_put_{p.name}(dst + {at}, {p.name});")
+        fixed += p.width
+        at = str(fixed) if at.isdigit() else f"{at} + {p.width}"
+    return [f"#define LISTSEG_KEY_{_c_name(k.name)}_FIXED {fixed}",
+            f"static inline size_t listseg_key_{k.name}({', '.join(args)}) {{",
+            *("  " + b for b in body), f"  return {at};", "}"]
+
+
+def pxi():
+    ctype = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t"}
+    out = [f"# {_GENERATED.format(flag='--pxi')}",
+           "# The storage layout for the Cython store: `include \"_layout.pxi\"`. Inline C, no Python call.",
+           "from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t", "",
+           f"cdef uint32_t LAYOUT_UNKNOWN = 0x{UNKNOWN:X}          # no uid",
+           "cdef enum:",
+           f"    LAYOUT_PROFILE_HEAD = {PROFILE_HEAD}                 # bits, guid length; then guid, identity"]
+    out += [f"    LAYOUT_{_c_name(f.name)}_AT = {at}" for f, at in PROFILE_FIELDS]
+    out += [f"    LAYOUT_{_c_name(f.name)}_WIDTH = {f.width}" for f in INTS]
+    for f in INTS:
+        t = ctype[f.width]
+        out += ["", f"cdef inline void put_{f.name}(uint8_t *dst, {t} v) noexcept nogil:",
+                f'    """{f.doc} ({f.width} bytes, {f.order}-endian)"""']
+        out += [f"    dst[{i}] = <uint8_t>(v >> {s})" for i, s in _shifts(f)]
+        expr = " | ".join(f"(<{t}>src[{i}] << {s})" for i, s in _shifts(f))
+        out += ["", f"cdef inline {t} get_{f.name}(const uint8_t *src) noexcept nogil:", f"    return {expr}"]
+    return "\n".join(out) + "\n"
+
+
+def _value_name(v):
+    return f"{v.name} (u{8 * v.width} {'BE' if v.order == 'big' else 'LE'})" if isinstance(v, Int) else v
+
+
+def markdown():
+    rows = ["| database | key | value | what |", "|---|---|---|---|"]
+    for k in KEYS:
+        parts = [f"`{k.tag.decode()}`"] * bool(k.tag) + [
+            f"{p.name} ({'bytes' if isinstance(p, Tail) else ('u%d %s' % (8 * p.width, 'BE' if p.order == 'big' else 'LE'))})"
+            for p in k.parts]
+        rows.append(f"| {k.db} | {' + '.join(parts)} | {_value_name(k.value)} | {k.doc} |")
+    rows += ["", "| record | encoding |", "|---|---|"] + [f"| {n} | {d} |" for n, d in RECORDS.items()]
+    rows += ["", f"Channel bits, bit i = channel i: {', '.join(f'{n} = {b}' for n, b in CHANNEL_BIT.items())}."]
+    return "\n".join(rows) + "\n"
+
+
+GENERATED = {"--c-header": ("server/native/layout.h", c_header), "--pxi": ("core/_layout.pxi", pxi)}
+
+
+def main(argv):
+    """--c-header / --pxi print the generated file; --write writes both into the tree; --markdown
+    prints the table."""
+    import os
+    if argv == ["--markdown"]:
+        sys.stdout.write(markdown())
+    elif argv == ["--write"]:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for path, make in GENERATED.values():
+            with open(os.path.join(root, path), "w") as f:
+                f.write(make())
+    elif len(argv) == 1 and argv[0] in GENERATED:
+        sys.stdout.write(GENERATED[argv[0]][1]())
+    else:
+        sys.exit("usage: python -m listseg.core.layout --c-header | --pxi | --markdown | --write")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,219 @@
+"""The storage layout is defined once (core/layout.py), and the format on disk has not changed.
+
+- Every key shape packs, parses and sorts as its table row says; the channel bits are pinned.
+- The generated files (core/_layout.pxi for the Cython store, server/native/layout.h for the front,
+  the table in docs/design.md) are what the table generates now.
+- No module of core/ or server/ builds a key or a record itself (a grep, below, says what it checks).
+- A data directory written by the code at c1ff166 (tests/fixtures/layout_c1ff166, see its build.py)
+  opens unchanged and answers the same, through the engine and through the front; building it again
+  with this code gives the same bytes.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from listseg.core import layout
+from listseg.core.layout import (ACCOUNT, CHANNEL_BIT, KEYS, PROFILE_KEY, Tail, account_prefix, decode_profile,
+                                 decode_reject, encode_profile, encode_reject)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "layout_c1ff166")
+BUILD = os.path.join(FIXTURE, "build.py")
+
+
+# -- the table ---------------------------------------------------------------------------------------
+def sample(part, k):
+    if part is ACCOUNT:
+        return account_prefix(7 + k)
+    if isinstance(part, Tail):
+        return b"tail-%d" % k
+    return (1 << 8 * part.width) - 1 - k if k % 2 else k * 258
+
+
+@pytest.mark.parametrize("key", KEYS, ids=lambda k: k.name)
+def test_every_key_packs_and_parses_as_its_row_says(key):
+    for k in range(4):
+        values = tuple(sample(p, k) for p in key.parts)
+        raw = key.pack(*values)
+        assert raw == key.prefix(*values)                      # the fast packer is the table's
+        assert raw.startswith(key.tag) and key.parse(raw) == values
+        assert len(raw) == len(key.tag) + sum(len(v) if isinstance(v, bytes) else p.width
+                                               for p, v in zip(key.parts, values))
+
+
+def test_integer_keys_sort_in_numeric_order():
+    p = account_prefix(1)
+    uids = [0, 1, 255, 256, 65_535, 1 << 24, (1 << 32) - 2]
+    assert sorted(PROFILE_KEY.pack(p, u) for u in reversed(uids)) == [PROFILE_KEY.pack(p, u) for u in uids]
+    assert account_prefix(1) < account_prefix(256)                 # one account, one key range
+
+
+def test_the_bytes_of_each_record_are_pinned():
+    # literal bytes, not the codecs' own output: a change of order, width or endianness fails here
+    assert CHANNEL_BIT == {"email": 1, "sms": 2, "push": 4, "whatsapp": 8, "webpush": 16}
+    assert encode_profile(0b101, b"g1", b"a@b") == b"\x05\x02\x00g1a@b"
+    assert decode_profile(b"\x05\x02\x00g1a@b") == (5, b"g1", b"a@b")
+    assert decode_profile(encode_profile(1, b"x" * 300, None)) == (1, b"x" * 300, b"")
+    assert encode_reject(3, "bad type") == b"\x00" * 7 + b"\x03bad type" and decode_reject(b"\x00" * 7 + b"\x03x") == (3, "x")
+    assert layout.encode_uid(0x01020304) == b"\x04\x03\x02\x01"
+    p = account_prefix(0x0A0B0C0D)
+    assert p == b"\x0a\x0b\x0c\x0d"
+    assert layout.VERSION_KEY.pack(p, 1, 2) == p + b"\0\0\0\x01\0\0\0\x02"
+    assert layout.UPLOAD_KEY.pack(p, 5) == p + b"\0" * 7 + b"\x05"
+    assert layout.ACCOUNT_NAME_KEY.pack(b"default") == b"ndefault" and layout.CREDENTIALS_KEY.pack() == b"#credentials"
+    assert layout.DATABASES == ("accounts", "guid", "ident", "profile", "channels", "segments", "segnames",
+                                "heads", "versions", "history", "uploads", "rejects")
+
+
+# -- generated files ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", sorted(layout.GENERATED))
+def test_generated_file_is_current(flag):
+    path, make = layout.GENERATED[flag]
+    with open(os.path.join(ROOT, path)) as f:
+        assert f.read() == make(), f"{path} is stale: run `python -m listseg.core.layout --write` and rebuild"
+
+
+def test_design_doc_holds_the_current_table():
+    with open(os.path.join(ROOT, "docs", "design.md")) as f:
+        assert layout.markdown() in f.read(), "docs/design.md: paste `python -m listseg.core.layout --markdown`"
+
+
+# -- no layout outside the layout module ------------------------------------------------------------
+# What building a key or a record by hand looks like, per language. Each names a fact that
+# core/layout.py (and the files it generates) defines: widths and byte orders, tags, the profile
+# record's offsets, database names, the uid that means none.
+INLINE = {
+    ".py": [
+        (r"\bu(32|64)\(|\bU(32|64)\b", "the old key-part helpers (u32/u64): use a layout Key"),
+        (r"\.to_bytes\(|\bint\.from_bytes\(", "an integer's width and byte order: use a layout Int"),
+        (r"\bstruct\.(pack|unpack|Struct)|\.unpack_from\(", "a packed record: use a layout codec"),
+        (r"\bprefix \+|\+ (self\.|account\.)?prefix\b", "a key concatenated with the account prefix: use a layout Key"),
+        (r"b[\"'][nag#][\"']\s*\+|b[\"']#credentials|[\"']#deleted", "an accounts-database tag or a reserved name"),
+        (r"\bkey\[-?\d*:-?\d*\]|\bv\[:?\d+:?\]", "a key or record sliced by position: use Key.parse or a codec"),
+        (r"0xFFFFFFFF|\b4294967295\b", "the no-uid value: layout.UNKNOWN"),
+        (r"(open_db|\.db)\(\s*b?[\"'](" + "|".join(layout.DATABASES) + ")[\"']", "a database named by hand"),
+    ],
+    ".pyx": [
+        (r"0xFFFFFFFF", "the no-uid value: LAYOUT_UNKNOWN"),
+        (r">> 24|<< 24", "an integer's byte order: the pxi's put_/get_ helpers"),
+        (r"\brec\[\d\]|\b3 \+ glen|mv_size == 4\b|mv_size = 4\b", "the profile record or uid width: LAYOUT_*"),
+    ],
+    ".cc": [
+        (r"\bbe32\(|\bfrom_be\(|>> 24|<< 24", "an integer's byte order: layout.h's listseg_put_/get_"),
+        (r"\bprefix \+", "a key concatenated by hand: layout.h's listseg_key_*"),
+        (r"\"#credentials\"|\"default\"|\"n\" \+", "an accounts key or the default account: LISTSEG_*"),
+        (r"open\(txn, \"", "a database named by hand: LISTSEG_DB_*"),
+        (r"mv_size == 4\b|memcpy\(&uid", "the uid value's width or order: listseg_get_uid"),
+    ],
+}
+# Files that may: the layout itself and what it generates; page tokens are the API's wire format,
+# not storage (server/convert.py PageToken defines them once); a hash seed is no stored integer.
+ALLOWED = {"core/layout.py", "core/_layout.pxi", "server/native/layout.h"}
+ALLOWED_LINES = {("server/convert.py", "self.layout = struct.Struct("),
+                 ("core/_keyindex.pyx", 'self.t.seed = int.from_bytes(os.urandom(8), "little")')}
+
+
+def inline_layout(root):
+    """[(file, line number, line, what)] of every line of core/ and server/ that matches INLINE."""
+    found = []
+    for folder in ("core", "server", "server/native"):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            rel = f"{folder}/{name}"
+            ext = os.path.splitext(name)[1]
+            if ext not in INLINE or rel in ALLOWED:
+                continue
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    code = line.split("#", 1)[0] if ext != ".cc" else line.split("//", 1)[0]
+                    if ext != ".cc" and ('"#' in line or "'#" in line):
+                        code = line                          # a "#..." string is code, not a comment
+                    if any(rel == r and text in line for r, text in ALLOWED_LINES):
+                        continue
+                    for pattern, what in INLINE[ext]:
+                        if re.search(pattern, code):
+                            found.append((rel, n, line.strip(), what))
+    return found
+
+
+def test_no_key_or_record_is_built_outside_the_layout_module():
+    found = inline_layout(ROOT)
+    assert not found, "keys or records built outside core/layout.py:\n" + "\n".join(
+        f"  {f}:{n}: {line}  <- {what}" for f, n, line, what in found)
+
+
+def test_the_grep_sees_inline_layout(tmp_path):
+    """The check above can fail: each kind of inline layout, planted in a copy, is found."""
+    planted = {
+        "core/x.py": ['key = self.prefix + u32(seg_id)', 'n = int.from_bytes(raw, "big")', 'txn.get(db, b"n" + name)',
+                      'h = struct.pack("<BH", 1, 2)', 'version = key[-4:]', 'txn.get(db, b"#credentials")'],
+        "core/x.pyx": ["dst[0] = <uint8_t>(uid >> 24)", "glen = rec[1] | rec[2] << 8", "cdef uint32_t U = 0xFFFFFFFF"],
+        "server/native/x.cc": ['std::string k = prefix + be32(id);', 'open(txn, "guid");', 'name = "default";'],
+    }
+    for folder in ("core", "server", "server/native"):
+        os.makedirs(tmp_path / folder, exist_ok=True)
+    for rel, lines in planted.items():
+        (tmp_path / rel).write_text("\n".join(lines) + "\n")
+    found = {(f, n) for f, n, _, _ in inline_layout(str(tmp_path))}
+    assert found == {(rel, n) for rel, lines in planted.items() for n in range(1, len(lines) + 1)}
+
+
+# -- a data directory from c1ff166 -------------------------------------------------------------------
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_build(*args):
+    subprocess.run([sys.executable, BUILD, *map(str, args)], check=True, cwd=ROOT)
+
+
+def old_data(tmp_path):
+    data = tmp_path / "data"
+    os.makedirs(data)
+    shutil.copy(os.path.join(FIXTURE, "data", "data.mdb"), data / "data.mdb")
+    return data
+
+
+def test_a_data_directory_of_c1ff166_opens_unchanged_and_answers_the_same(tmp_path):
+    data = old_data(tmp_path)
+    run_build("--read", data, tmp_path)           # its own process: build.py never runs in this one
+    expected = read_json(os.path.join(FIXTURE, "answers.json"))
+    got = read_json(tmp_path / "answers.json")
+    assert got["answers"]["accounts"] == ["acct-000000000000", "default"]
+    for name in got["answers"]:
+        assert got["answers"][name] == expected["answers"][name], name
+    assert read_json(tmp_path / "dump.json") == read_json(os.path.join(FIXTURE, "dump.json"))   # opened, unchanged
+
+
+def test_this_code_writes_the_bytes_c1ff166_wrote(tmp_path):
+    run_build(tmp_path)
+    assert read_json(tmp_path / "dump.json") == read_json(os.path.join(FIXTURE, "dump.json"))
+    assert read_json(tmp_path / "answers.json") == read_json(os.path.join(FIXTURE, "answers.json"))
+
+
+def test_the_front_answers_from_a_data_directory_of_c1ff166(tmp_path):
+    from test_front import GUID, IDENT, Pair, is_member, pytestmark as needs_front
+    if needs_front.args[0]:
+        pytest.skip(needs_front.kwargs["reason"])
+    old_data(tmp_path)
+    fixture = read_json(os.path.join(FIXTURE, "answers.json"))
+    account = fixture["other"]
+    md = (("x-account-id", account), ("x-passcode", fixture["passcode"]))
+    want = fixture["answers"][account]
+    sid = want["segments"][0]["id"]
+    checks = [(GUID, g) for g in (layout.DEFAULT_ACCOUNT, "a1", "g3", "g1")] + [(IDENT, "x@acme")]
+    pair = Pair(tmp_path)
+    try:
+        assert pair.fronted.IsMember(is_member("vip", "a1"), metadata=md).member     # relayed: the passcode is new
+        pair.server.stop(0)                                                          # from now on, the front alone
+        for ref in ("vip", str(sid), f"segments/{sid}"):
+            got = [pair.fronted.IsMember(is_member(ref, key, kind), metadata=md, timeout=10) for kind, key in checks]
+            assert [r.member for r in got] == [False, True, True, False, True], ref
+            assert {r.version for r in got} == {want["segments"][0]["version"]}
+    finally:
+        pair.close()
