@@ -34,8 +34,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +42,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.append(os.path.join(os.path.dirname(HERE), "tests"))      # the suite's harness, after our own modules
 import bench_core  # noqa: E402
 from bench_core import cpu_model, generate  # noqa: E402
+from harness import free_port, stop_server  # noqa: E402
 
 BATCH = 10_000                     # ids per SADD / SMISMEMBER / CheckMembers call, SSCAN COUNT
 PIPELINE_DEPTH = 10                # SADD commands in flight before reading their replies
@@ -111,12 +111,6 @@ def read_ids(workdir):
         return [line[2:-1] for line in f]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the two servers ------------------------------------------------------------------------------
 class ListsegServer:
     """`listseg serve` as a subprocess; `pids` are the processes serving (the workers, if any, and
@@ -161,7 +155,7 @@ class ListsegServer:
         return sum(rss_bytes(pid, field) for pid in {self.proc.pid, *self.pids})
 
     def stop(self):
-        stop_pid(self.proc, extra_pids=self.pids)
+        stop_server(self.proc, extra_pids=self.pids)
         self.log.close()
 
 
@@ -189,22 +183,7 @@ class RedisServer:
         client.close()
 
     def stop(self):
-        stop_pid(self.proc)
-
-
-def stop_pid(proc, extra_pids=(), timeout=30):
-    """SIGTERM the process we started, then SIGKILL it (and any worker it left) if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for pid in extra_pids:
-        if pid != proc.pid and os.path.exists(f"/proc/{pid}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_server(self.proc)
 
 
 def rss_bytes(pid, field="VmRSS"):

@@ -1,16 +1,14 @@
+"""The suite's fixtures, built on tests/harness.py (the one place that starts and stops engines and
+servers)."""
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 
+import harness
+from harness import FRONT_FAILURES
 from listseg.core import _parser_py, _store_py
-from listseg.core.engine import Engine
 
 TWIN_ONLY = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
 
@@ -43,7 +41,7 @@ def store_cls(request):
 
 @pytest.fixture
 def engine(tmp_path, store_cls):
-    with Engine(str(tmp_path / "data"), map_size=1 << 30, store_cls=store_cls) as e:
+    with harness.open_engine(tmp_path / "data", store_cls=store_cls) as e:
         yield e
 
 
@@ -66,33 +64,6 @@ def upload(account, data, mode="create", chunk=None, **kw):
     return up.finish()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(target, timeout=30):
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise TimeoutError(f"no healthy server at {target}")
-
-
-# What server/front.py logs when a membership front ends by a crash signal or has to be killed.
-# No test may cause either: the front is what campaign engines call on every event.
-FRONT_FAILURES = ("membership front crashed", "membership front did not stop; killed")
-
-
 class _FrontFailures(logging.Handler):
     def __init__(self):
         super().__init__(logging.ERROR)
@@ -105,8 +76,8 @@ class _FrontFailures(logging.Handler):
 
 @pytest.fixture(autouse=True)
 def front_never_crashes(request):
-    """Fails a test in whose process a membership front crashed or hung (see stop_server for the
-    fronts of `listseg serve` processes). Mark a test `front_crash_expected` to crash one on purpose."""
+    """Fails a test in whose process a membership front crashed or hung (see harness.stop_server for
+    the fronts of `listseg serve` processes). Mark a test `front_crash_expected` to crash one on purpose."""
     handler = _FrontFailures()
     logger = logging.getLogger("listseg.server")
     logger.addHandler(handler)
@@ -120,38 +91,50 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "front_crash_expected: the test crashes a membership front on purpose")
 
 
-def start_server(data, *args, port=None):
-    """`listseg serve` as a real process on a free loopback port; returns (process, target) once
-    healthy. Its log goes to a file; `proc.stderr` reads it from the start."""
-    port = port or free_port()
-    log = tempfile.NamedTemporaryFile(prefix="listseg-serve-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "serve", "--data", data,
-                             "--listen", f"127.0.0.1:{port}", *args], stderr=log)
-    log.close()
-    proc.stderr = open(log.name, "rb")
-    os.unlink(log.name)                 # the open handles keep it until both ends close
-    try:
-        wait_healthy(f"127.0.0.1:{port}")
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, f"127.0.0.1:{port}"
+@pytest.fixture
+def backend():
+    """The store the servers' engines run on (None: the engine's default). The one place to
+    parametrise server tests per backend; today's servers run on the default only."""
+    return None
 
 
-def stop_server(proc, timeout=30):
-    """SIGTERM a server started by start_server (it drains and exits), SIGKILL it if it lingers.
-    Fails if its log says a membership front crashed or had to be killed."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stderr is not None:
-        with open(f"/proc/self/fd/{proc.stderr.fileno()}", "rb") as log:
-            failures = [line for line in log if any(f'"msg": "{m}"'.encode() in line for m in FRONT_FAILURES)]
-        assert not failures, f"a membership front failed: {failures}"
+@pytest.fixture
+def serve(tmp_path, backend):
+    """serve(data=None, engine=None, **kw): an in-process server (harness.InProcess; kw: map_size and
+    create_server's) over engine, or a new engine at data (by default a new directory in tmp_path);
+    all stopped after the test."""
+    made = []
+
+    def start(data=None, engine=None, **kw):
+        if engine is None:
+            kw.setdefault("store_cls", backend)
+            if data is None:            # tmp_path/"data", then data1, data2...: one directory each
+                data = tmp_path / (f"data{len(made)}" if made else "data")
+        made.append(harness.InProcess(data, engine, **kw))
+        return made[-1]
+    yield start
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def server(serve):
+    """An in-process server over an empty engine at tmp_path/"data"."""
+    return serve()
+
+
+@pytest.fixture
+def serve_process():
+    """serve_process(data, *args): a real `listseg serve` (harness.start_server), (process, target);
+    stopped after the test by harness.stop_server, which fails the test if a front crashed."""
+    made = []
+
+    def start(data, *args, **kw):
+        made.append(harness.start_server(data, *args, **kw))
+        return made[-1]
+    yield start
+    for proc, _ in made:
+        harness.stop_server(proc)
 
 
 def wait_until(condition, timeout=30):

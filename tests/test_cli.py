@@ -7,25 +7,14 @@ import sys
 import pytest
 
 from listseg.clients.cli import main
-from listseg.core.engine import Engine
-from listseg.server.app import create_server
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
 @pytest.fixture
-def server(tmp_path):
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    srv, port = create_server(engine)
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
-    engine.close()
-
-
-@pytest.fixture
 def cli(server, capsys):
     def run(*args):
-        code = main(["--server", server, *args])
+        code = main(["--server", server.target, *args])
         out, err = capsys.readouterr()
         return code, out, err
     return run
@@ -108,23 +97,17 @@ def test_members_to_file_and_reupload(cli, tmp_path):
     assert code == 0 and json.loads(out)["size"] == 3
 
 
-def test_accounts_create_then_credentials_required(tmp_path, capsys):
+def test_accounts_create_then_credentials_required(tmp_path, capsys, serve):
     data = str(tmp_path / "acct")
     assert main(["accounts", "create", "Shop", "--data", data, "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["account"].startswith("acct-") and len(created["passcode"]) >= 24
-    engine = Engine(data, map_size=1 << 26)
-    srv, port = create_server(engine)
-    try:
-        target = f"127.0.0.1:{port}"
-        assert main(["segments", "--server", target]) == 1
-        assert "UNAUTHENTICATED" in capsys.readouterr().err
-        assert main(["segments", "--server", target, "--account", created["account"],
-                     "--passcode", created["passcode"], "--json"]) == 0
-        assert json.loads(capsys.readouterr().out) == []
-    finally:
-        srv.stop(0)
-        engine.close()
+    target = serve(data, map_size=1 << 26).target
+    assert main(["segments", "--server", target]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert main(["segments", "--server", target, "--account", created["account"],
+                 "--passcode", created["passcode"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_accounts_create_refuses_an_empty_name_without_a_traceback(tmp_path, capsys):

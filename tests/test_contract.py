@@ -10,13 +10,13 @@ from array import array
 import grpc
 import pytest
 
-from conftest import people, start_server, stop_server, upload
+from conftest import people, upload
+from harness import InProcess, start_server, stop_server
 from listseg import CallError, Client
 from listseg.core.engine import Engine
 from listseg.core.ingest import REJECTS_KEPT
 from listseg.core.parser import MAX_FIELD
 from listseg.server import convert
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -29,20 +29,11 @@ def csv(guids):
     return b"Type,Identity\n" + b"".join(b"g,%s\n" % g for g in guids)
 
 
-def serve(path):
-    engine = Engine(path, map_size=1 << 30)
-    server, port = create_server(engine)
-    return engine, server, f"127.0.0.1:{port}"
-
-
 @pytest.fixture
-def served(tmp_path):
-    engine, server, target = serve(str(tmp_path / "data"))
-    with Client(target, timeout=30) as c, grpc.insecure_channel(target) as stock:
+def served(server):
+    with Client(server.target, timeout=30) as c, grpc.insecure_channel(server.target) as stock:
         c.import_profiles(PROFILES)
         yield c, stock
-    server.stop(0)
-    engine.close()
 
 
 def refused(call, code=grpc.StatusCode.INVALID_ARGUMENT):
@@ -166,7 +157,8 @@ def long_guid(k):
 @pytest.fixture(scope="module")
 def long_guids(tmp_path_factory):
     """A server whose segment "long" has N_LONG members with long guids, every 7th profile deleted."""
-    engine, server, target = serve(str(tmp_path_factory.mktemp("long") / "data"))
+    server = InProcess(tmp_path_factory.mktemp("long") / "data")
+    target = server.target
     guids = [long_guid(k) for k in range(N_LONG)]
     with Client(target, timeout=120) as c:
         c.import_profiles(b"guid,identity,channels\n" + b"".join(g + b",,\n" for g in guids))
@@ -174,8 +166,7 @@ def long_guids(tmp_path_factory):
         gone = guids[::7]
         assert c.delete_profiles([g.decode() for g in gone]) == len(gone)
     yield target, set(guids) - set(gone)
-    server.stop(0)
-    engine.close()
+    server.stop()
 
 
 def stock_pages(stock, **request):

@@ -13,7 +13,8 @@ import grpc
 import lmdb
 import pytest
 
-from conftest import start_server, stop_server, upload_state, wait_until
+from conftest import upload_state, wait_until
+from harness import start_server, stop_server
 from listseg import CallError, Client
 from listseg.core.engine import Engine
 from listseg.v1 import listseg_pb2 as pb

@@ -14,9 +14,7 @@ import pytest
 from conftest import upload_state
 from listseg import Client
 from listseg.core.accounts import Credentials
-from listseg.core.engine import Engine
 from listseg.dashboard.server import Dashboard
-from listseg.server.app import create_server
 
 PROFILES = b"guid,identity,channels\n" + b"".join(
     b"g%d,user%d@x.com,%s\n" % (k, k, [b"email", b"sms;push", b""][k % 3]) for k in range(300))
@@ -96,18 +94,13 @@ def wait_for(condition, timeout=20):
 
 
 @pytest.fixture
-def stack(tmp_path):
+def stack(server):
     """(engine, grpc target, dashboard) with 300 profiles, in dev mode (no account)."""
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine)
-    target = f"127.0.0.1:{port}"
-    dash = Dashboard(target, "127.0.0.1:0").start()
-    with Client(target) as c:
+    dash = Dashboard(server.target, "127.0.0.1:0").start()
+    with Client(server.target) as c:
         c.import_profiles(PROFILES)
-    yield engine, target, dash
+    yield server.engine, server.target, dash
     dash.stop()
-    server.stop(0)
-    engine.close()
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ import pytest
 
 from listseg import Client
 from listseg.core.accounts import Credentials
-from listseg.core.engine import Engine
 from listseg.dashboard.server import Dashboard
 from listseg.server import servicers
-from listseg.server.app import create_server
 from test_dashboard import PROFILES, csv
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -45,7 +43,7 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture
-def stack(tmp_path, monkeypatch):
+def stack(monkeypatch, serve):
     """(client, dashboard url, engine). An upload of a named file (the dashboard's, not the test's own
     client.upload of bytes) is held 1.2 s after its spec, so that 'processing' shows."""
     held = servicers.SegmentsServicer.UploadList
@@ -60,15 +58,12 @@ def stack(tmp_path, monkeypatch):
             yield from requests
         return held(self, stream(), context)
     monkeypatch.setattr(servicers.SegmentsServicer, "UploadList", slow_upload)
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine)
-    dash = Dashboard(f"127.0.0.1:{port}", "127.0.0.1:0", upload_wait_s=0.3).start()
-    with Client(f"127.0.0.1:{port}", timeout=10) as c:
+    server = serve()                    # after the patch: the server binds its servicers' methods
+    dash = Dashboard(server.target, "127.0.0.1:0", upload_wait_s=0.3).start()
+    with Client(server.target, timeout=10) as c:
         c.import_profiles(PROFILES)
-        yield c, dash.url, engine
+        yield c, dash.url, server.engine
     dash.stop()
-    server.stop(0)
-    engine.close()
 
 
 def until(driver, condition, timeout=15):

@@ -14,12 +14,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from conftest import free_port, start_server
+from harness import InProcess, free_port, start_server, stop_server
 from listseg import CallError, Client
 from listseg.clients import cli
 from listseg.core.engine import Engine
 from listseg.dashboard.server import Dashboard
-from listseg.server.app import Helpers, create_server
+from listseg.server.app import Helpers
 from listseg.server.mail import Mailer
 from test_dashboard import PROFILES, Web, csv, wait_for
 
@@ -52,18 +52,15 @@ def smtp():
 
 
 @pytest.fixture
-def served(tmp_path, smtp):
+def served(smtp, serve):
     """A gRPC server whose uploads email through the test's SMTP server; (client, inbox, server)."""
     inbox, port = smtp
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
     mailer = Mailer("127.0.0.1", port, sender="listseg@example.com", dashboard_url="http://dash.example:8080/",
                     backoff_s=0.01)
-    server, grpc_port = create_server(engine, mailer=mailer, max_upload_bytes=100_000)
-    with Client(f"127.0.0.1:{grpc_port}", timeout=10) as c:
+    server = serve(mailer=mailer, max_upload_bytes=100_000)
+    with Client(server.target, timeout=10) as c:
         c.import_profiles(PROFILES)
-        yield c, inbox, server
-    server.stop(0)
-    engine.close()
+        yield c, inbox, server.server
 
 
 def body(msg):
@@ -132,26 +129,25 @@ def test_a_dead_or_slow_mail_server_never_fails_or_delays_the_upload(tmp_path, c
     inbox = Inbox(delay=2.0)
     ctrl = Controller(inbox, hostname="127.0.0.1", port=free_port())
     ctrl.start()
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
     dead = Mailer("127.0.0.1", free_port(), backoff_s=0.01, timeout_s=2)
-    server, port = create_server(engine, mailer=dead)
+    served = InProcess(tmp_path / "data", mailer=dead)
+    server = served.server
     try:
-        with Client(f"127.0.0.1:{port}", timeout=10) as c, caplog.at_level(logging.WARNING, "listseg.server"):
+        with Client(served.target, timeout=10) as c, caplog.at_level(logging.WARNING, "listseg.server"):
             c.import_profiles(PROFILES)
             up = c.upload(csv("g1"), name="a", notify_emails=["ana@example.com"])
             assert up.state == 3                              # SUCCEEDED
             assert dead.notify(["ana@example.com"], {"id": 9, "state": "succeeded", "mode": "create"}).result(10) is False
             assert any(r.getMessage() == "email failed" for r in caplog.records)
         server.services.mailer = Mailer("127.0.0.1", ctrl.port)            # now a slow one
-        with Client(f"127.0.0.1:{port}", timeout=10) as c:
+        with Client(served.target, timeout=10) as c:
             started = time.monotonic()
             c.upload(csv("g2"), name="b", notify_emails=["ana@example.com"])
             assert time.monotonic() - started < 1.5                        # the server answered at once
             inbox.wait(1, timeout=10)                                      # and the email came later
         server.services.mailer.close()
     finally:
-        server.stop(0)
-        engine.close()
+        served.stop()
         ctrl.stop()
 
 
@@ -223,15 +219,13 @@ def test_serve_wires_http_smtp_and_cli_notify(tmp_path, smtp, capsys):
         assert cli.main(["--server", target, "upload", str(path), "--name", "x", "--notify", "nope"]) == 1
         assert "not an email address" in capsys.readouterr().err
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_server(proc)
 
 
 def test_listseg_dashboard_command(tmp_path):
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 26)
-    server, port = create_server(engine)
+    served = InProcess(tmp_path / "data", map_size=1 << 26)
     http_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "--server", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "listseg.clients.cli", "--server", served.target,
                              "dashboard", "--http", f"127.0.0.1:{http_port}"], stderr=subprocess.PIPE)
     try:
         web = Web(f"http://127.0.0.1:{http_port}")
@@ -248,25 +242,22 @@ def test_listseg_dashboard_command(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.stop(0)
-        engine.close()
+        served.stop()
 
 
 def test_serve_http_over_tls(tmp_path):
     """With --tls-cert, the served dashboard reaches the gRPC port over TLS (trusting --tls-ca)."""
     from test_limits_security import _certificates
     certs = _certificates(tmp_path)
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 26)
-    server, port = create_server(engine, tls=(certs["cert"], certs["key"]))
+    served = InProcess(tmp_path / "data", map_size=1 << 26, tls=(certs["cert"], certs["key"]))
     helpers = Helpers(str(tmp_path / "data"), "127.0.0.1:0", (certs["cert"], certs["key"]), certs["ca"],
-                      "127.0.0.1:0", None).start(port)
+                      "127.0.0.1:0", None).start(served.port)
     try:
         page = Web(helpers.running[0].url).get("/")
         assert page.status == 200 and "No segments yet" in page.text
     finally:
         helpers.stop()
-        server.stop(0)
-        engine.close()
+        served.stop()
 
 
 def test_no_smtp_configured_logs_and_sends_nothing(caplog):

@@ -15,12 +15,12 @@ from concurrent import futures
 
 import grpc
 import pytest
-from conftest import start_server, stop_server, wait_healthy, wait_until
+from conftest import wait_until
+from harness import InProcess, free_port, start_server, stop_server, wait_healthy
 from listseg import CallError, Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
 from listseg.server import front
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -36,9 +36,8 @@ class Pair:
 
     def __init__(self, tmp_path):
         self.data = str(tmp_path / "data")
-        self.engine = Engine(self.data, map_size=1 << 30)
-        self.server, port = create_server(self.engine)
-        self.target = f"127.0.0.1:{port}"
+        self.served = InProcess(self.data)
+        self.engine, self.server, self.target = self.served.engine, self.served.server, self.served.target
         self.front = front.Front("127.0.0.1:0", self.target, self.data)
         self.front_target = f"127.0.0.1:{self.front.port}"
         self.channels = [grpc.insecure_channel(t) for t in (self.target, self.front_target)]
@@ -48,8 +47,7 @@ class Pair:
         for ch in self.channels:
             ch.close()
         self.front.stop()
-        self.server.stop(0)
-        self.engine.close()
+        self.served.stop()
 
     def both(self, method, request, metadata=()):
         """(server's answer, front's answer), each an answer message or (status code, reason)."""
@@ -189,9 +187,9 @@ def test_front_serves_and_relays_over_tls(tmp_path):
     from test_limits_security import _certificates
     certs = _certificates(tmp_path)
     tls = (certs["cert"], certs["key"])
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine, tls=tls)
-    fronted = front.Front("127.0.0.1:0", f"127.0.0.1:{port}", str(tmp_path / "data"), tls, certs["ca"])
+    served = InProcess(tmp_path / "data", tls=tls)
+    port = served.port
+    fronted = front.Front("127.0.0.1:0", served.target, str(tmp_path / "data"), tls, certs["ca"])
     try:
         with Client(f"127.0.0.1:{port}", tls_ca=certs["ca"]) as c:
             c.import_profiles(PROFILES)
@@ -205,8 +203,7 @@ def test_front_serves_and_relays_over_tls(tmp_path):
             assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         fronted.stop()
-        server.stop(0)
-        engine.close()
+        served.stop()
 
 
 def test_a_caller_that_cancels_cancels_the_relayed_call(tmp_path):
@@ -261,7 +258,6 @@ def _front_pids(port):
 
 def _serve_with_front(tmp_path, workers):
     """`listseg serve --membership-listen` with segment "s" = {g5}; (process, server target, front port)."""
-    from conftest import free_port
     port = free_port()
     proc, target = start_server(str(tmp_path / "data"), "--membership-listen", f"127.0.0.1:{port}",
                                 "--workers", str(workers))
@@ -424,17 +420,15 @@ def test_front_server_and_dashboard_share_one_loopback_rule(tmp_path):
         pytest.skip(f"{name} does not resolve to loopback only here")
     assert not is_loopback("0.0.0.0") and is_loopback("[::1]") and is_loopback("127.0.0.9")
     Engine(str(tmp_path / "d"), map_size=1 << 26).close()
-    engine = Engine(str(tmp_path / "d"), map_size=1 << 26)
-    server, port = create_server(engine, f"{name}:0")
-    fronted = front.Front(f"{name}:0", f"127.0.0.1:{port}", str(tmp_path / "d"))
-    dash = Dashboard(f"127.0.0.1:{port}", f"{name}:0").start()
+    served = InProcess(tmp_path / "d", map_size=1 << 26, address=f"{name}:0")
+    fronted = front.Front(f"{name}:0", f"127.0.0.1:{served.port}", str(tmp_path / "d"))
+    dash = Dashboard(f"127.0.0.1:{served.port}", f"{name}:0").start()
     try:
         assert fronted.port and dash.port
     finally:
         dash.stop()
         fronted.stop()
-        server.stop(0)
-        engine.close()
+        served.stop()
 
 
 def test_every_exit_status_is_described():

@@ -22,11 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import csv_reference
-from listseg.core.engine import Engine
+from harness import InProcess, open_engine
 from listseg.core.ingest import ACTIVE_STATES
 from listseg.core.layout import loads
 from listseg.core.store import Database
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 
 TWIN = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
@@ -79,11 +78,11 @@ def _big(n):
 # -- the server and the model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    engine = Engine(str(tmp_path_factory.mktemp("fuzz") / "data"), map_size=1 << 30)
+    engine = open_engine(tmp_path_factory.mktemp("fuzz") / "data")
     account = engine.account()
     account.profiles.upsert([(g, f"user{g[1:]}@x.com", []) for g in GUIDS])
-    srv, port = create_server(engine)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    srv = InProcess(engine=engine)
+    channel = grpc.insecure_channel(srv.target)
     upload = channel.stream_unary("/listseg.v1.Segments/UploadList", request_serializer=None,
                                   response_deserializer=pb.Upload.FromString)
     profiles = {}
@@ -94,8 +93,7 @@ def server(tmp_path_factory):
     account.segments.attach("locked", "campaign", "c1")
     yield engine, account, channel, upload, profiles
     channel.close()
-    srv.stop(0)
-    engine.close()
+    srv.stop()
 
 
 _examples = itertools.count()

@@ -17,10 +17,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness import InProcess, open_engine
 from listseg import CallError, Client
 from listseg.core import parser
-from listseg.core.engine import Engine
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
@@ -174,16 +173,15 @@ def data_of(case):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    engine = Engine(str(tmp_path_factory.mktemp("hostile") / "data"), map_size=1 << 30)
+    engine = open_engine(tmp_path_factory.mktemp("hostile") / "data")
     account = engine.account()
     account.profiles.upsert(PROFILES)
     guid_of = {account.profiles.find(guid=g).uid: g for g, _, _ in PROFILES}
-    server, port = create_server(engine)
-    client = Client(f"127.0.0.1:{port}", timeout=60)
+    server = InProcess(engine=engine)
+    client = Client(server.target, timeout=60)
     yield engine, account, client, guid_of
     client.close()
-    server.stop(0)
-    engine.close()
+    server.stop()
 
 
 def _core_members(account, segment, guid_of):

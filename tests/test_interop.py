@@ -32,7 +32,7 @@ import time
 
 import grpc
 import pytest
-from conftest import free_port, wait_healthy
+from harness import free_port, stop_server, wait_healthy
 from google.protobuf.json_format import MessageToDict
 from grpclib.client import Channel
 from grpclib.const import Cardinality
@@ -118,13 +118,8 @@ class Served:
                 c.upload(b"Type,Identity\n" + b"".join(b"g,g%d\n" % k for k in range(N)), name="big")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_server(self.proc)      # its log went to self.log: assert_front_serves reads it
         self.log.close()
 
     def log_lines(self, offset):

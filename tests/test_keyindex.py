@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import start_server, stop_server
+from harness import InProcess, open_engine
 from listseg import Client
 from listseg.core import _keyindex_py, ids, keyindex
-from listseg.core.engine import Engine
 
 UNKNOWN = 0xFFFFFFFF
 IMPLEMENTATIONS = [(_keyindex_py.KeyIndex, _keyindex_py.resolve_rows)]
@@ -107,7 +106,7 @@ def test_bad_input_is_refused(impl):
 # -- the index inside the engine ---------------------------------------------------------------------
 @pytest.fixture
 def account(tmp_path):
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
+    engine = open_engine(tmp_path / "data")            # the default store only, not conftest's pair
     acct = engine.account()
     acct.profiles.upsert([(f"g{k}", f"id{k}", ["email"]) for k in range(100)])
     up = acct.upload("create", name="s")
@@ -220,7 +219,7 @@ def test_an_identity_that_moves_is_resolved_where_it_is_now(account):
 
 
 def test_the_index_can_be_turned_off(tmp_path):
-    with Engine(str(tmp_path / "data"), map_size=1 << 30, profile_index=False) as engine:
+    with open_engine(tmp_path / "data", profile_index=False) as engine:
         acct = engine.account()
         acct.profiles.upsert([("g1", "id1", []), ("g2", None, [])])
         up = acct.upload("create", name="s")
@@ -232,15 +231,12 @@ def test_the_index_can_be_turned_off(tmp_path):
         assert acct.profiles.index._thread is None            # and none is being built
 
 
-def test_serve_without_the_index(tmp_path):
-    proc, target = start_server(str(tmp_path / "data"), "--no-profile-index")
-    try:
-        with Client(target, timeout=10) as c:
-            c.import_profiles(b"guid,identity,channels\ng1,,\ng2,,\n")
-            c.upload(b"Type,Identity\ng,g1\n", name="s")
-            assert c.check_members("s", ["g1", "g2"]) == (1, [True, False])
-    finally:
-        stop_server(proc)
+def test_serve_without_the_index(tmp_path, serve_process):
+    _, target = serve_process(tmp_path / "data", "--no-profile-index")
+    with Client(target, timeout=10) as c:
+        c.import_profiles(b"guid,identity,channels\ng1,,\ng2,,\n")
+        c.upload(b"Type,Identity\ng,g1\n", name="s")
+        assert c.check_members("s", ["g1", "g2"]) == (1, [True, False])
 
 
 def test_uploads_use_the_index_but_never_start_a_build(account):
@@ -268,17 +264,11 @@ def test_rebuilds_wait_their_turn(account, monkeypatch):
 
 
 def test_the_server_warms_the_index_after_an_import(tmp_path):
-    from listseg.server.app import create_server
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine)
-    try:
-        with Client(f"127.0.0.1:{port}", timeout=10) as c:
+    with InProcess(tmp_path / "data") as server:
+        with Client(server.target, timeout=10) as c:
             c.import_profiles(b"guid,identity,channels\ng1,id1,\ng2,,\n")
-        index = engine.account().profiles.index
+        index = server.engine.account().profiles.index
         index.wait()
-        with engine.database.read() as txn:
+        with server.engine.database.read() as txn:
             pair = index.get(txn, build=False)
         assert pair is not None and (pair[0].count, pair[1].count) == (2, 1)
-    finally:
-        server.stop(0)
-        engine.close()

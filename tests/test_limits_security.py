@@ -7,9 +7,9 @@ import threading
 import grpc
 import pytest
 
+from harness import InProcess
 from listseg import CallError, Client
 from listseg.core.engine import Engine
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -20,23 +20,8 @@ def csv(*guids):
     return b"Type,Identity\n" + b"".join(b"g,%s\n" % g.encode() for g in guids)
 
 
-@pytest.fixture
-def make_server(tmp_path):
-    made = []
-
-    def make(**kwargs):
-        engine = Engine(str(tmp_path / f"data{len(made)}"), map_size=1 << 30)
-        server, port = create_server(engine, **kwargs)
-        made.append((engine, server))
-        return server, f"127.0.0.1:{port}"
-    yield make
-    for engine, server in made:
-        server.stop(0)
-        engine.close()
-
-
-def test_upload_over_the_size_limit_is_refused_and_changes_nothing(make_server):
-    _, target = make_server(max_upload_bytes=2000)
+def test_upload_over_the_size_limit_is_refused_and_changes_nothing(serve):
+    target = serve(max_upload_bytes=2000).target
     with Client(target) as c:
         c.import_profiles(PROFILES)
         c.upload(csv("g1"), name="s")
@@ -48,8 +33,8 @@ def test_upload_over_the_size_limit_is_refused_and_changes_nothing(make_server):
         assert c.export("s") == csv("g1")
 
 
-def test_an_over_long_file_name_is_refused_and_creates_nothing(make_server):
-    _, target = make_server()
+def test_an_over_long_file_name_is_refused_and_creates_nothing(serve):
+    target = serve().target
     with Client(target) as c:
         c.import_profiles(PROFILES)
         stub = pb_grpc.SegmentsStub(c.channel)
@@ -68,8 +53,8 @@ def test_an_over_long_file_name_is_refused_and_creates_nothing(make_server):
         assert [s.name for s in c.list_segments()] == ["n255"]
 
 
-def test_concurrent_uploads_per_account_are_limited(make_server):
-    _, target = make_server(max_uploads=1)
+def test_concurrent_uploads_per_account_are_limited(serve):
+    target = serve(max_uploads=1).target
     release = threading.Event()
     with Client(target) as c:
         c.import_profiles(PROFILES)
@@ -94,8 +79,8 @@ def test_concurrent_uploads_per_account_are_limited(make_server):
         assert c.upload(csv("g2"), name="third").state == pb.UPLOAD_STATE_SUCCEEDED   # the slot is free
 
 
-def test_page_sizes_are_coerced(make_server):
-    _, target = make_server()
+def test_page_sizes_are_coerced(serve):
+    target = serve().target
     with Client(target) as c:
         c.import_profiles(PROFILES)
         up = c.upload(csv("g1") + b"x,bad\n" * 10_050, name="s")
@@ -143,9 +128,9 @@ def _certificates(tmp_path):
     return {k: str(v) for k, v in paths.items()}
 
 
-def test_tls(make_server, tmp_path):
+def test_tls(serve, tmp_path):
     certs = _certificates(tmp_path)
-    _, target = make_server(tls=(certs["cert"], certs["key"]))
+    target = serve(tls=(certs["cert"], certs["key"])).target
     with Client(target, tls_ca=certs["ca"]) as c:
         c.import_profiles(PROFILES)
         assert c.upload(csv("g1"), name="s").report.size == 1
@@ -167,7 +152,7 @@ def _http(handler):
     return httpd
 
 
-def test_webhook_redirects_are_not_followed(make_server):
+def test_webhook_redirects_are_not_followed(serve):
     hits = []
 
     class Elsewhere(_Hook):
@@ -183,7 +168,8 @@ def test_webhook_redirects_are_not_followed(make_server):
             self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/stolen")
             self.end_headers()
     redirect = _http(Redirect)
-    server, target = make_server()
+    served = serve()
+    server, target = served.server, served.target
     server.services.webhooks.backoff_s = 0.01
     with Client(target) as c:
         c.import_profiles(PROFILES)
@@ -195,7 +181,7 @@ def test_webhook_redirects_are_not_followed(make_server):
     elsewhere.shutdown()
 
 
-def test_a_slow_webhook_never_blocks_uploads(make_server):
+def test_a_slow_webhook_never_blocks_uploads(serve):
     entered, release = threading.Event(), threading.Event()
 
     class Slow(_Hook):
@@ -205,7 +191,7 @@ def test_a_slow_webhook_never_blocks_uploads(make_server):
             self.send_response(204)
             self.end_headers()
     slow = _http(Slow)
-    _, target = make_server()
+    target = serve().target
     with Client(target) as c:
         c.import_profiles(PROFILES)
         c.upload(csv("g1"), name="a", webhook_url=f"http://127.0.0.1:{slow.server_port}/")
@@ -233,10 +219,8 @@ def test_passcodes_are_stored_only_as_salted_hashes(tmp_path):
 
 
 def test_a_full_store_is_resource_exhausted_and_keeps_what_was_committed(tmp_path):
-    engine = Engine(str(tmp_path / "small"), map_size=1 << 20)       # a 1 MiB LMDB map
-    server, port = create_server(engine)
-    try:
-        with Client(f"127.0.0.1:{port}") as c:
+    with InProcess(tmp_path / "small", map_size=1 << 20) as server:      # a 1 MiB LMDB map
+        with Client(server.target) as c:
             c.import_profiles(PROFILES)
             c.upload(csv("g1"), name="kept")
             with pytest.raises(CallError) as e:
@@ -244,6 +228,3 @@ def test_a_full_store_is_resource_exhausted_and_keeps_what_was_committed(tmp_pat
             assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.reason == "STORAGE_FULL"
             assert c.export("kept") == csv("g1")
             assert c.is_member("kept", guid="g1")
-    finally:
-        server.stop(0)
-        engine.close()

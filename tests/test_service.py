@@ -10,12 +10,13 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port as _free_port
-from conftest import start_server, upload_state, wait_until
+from conftest import upload_state, wait_until
+from harness import InProcess, start_server
+from harness import free_port as _free_port
 from listseg import CallError, Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
-from listseg.server.app import Server, create_server
+from listseg.server.app import Server
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -24,12 +25,8 @@ PROFILES = b"guid,identity,channels\n" + b"".join(
 
 
 @pytest.fixture
-def served(tmp_path):
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine)
-    yield engine, server, f"127.0.0.1:{port}"
-    server.stop(0)
-    engine.close()
+def served(server):
+    return server.engine, server.server, server.target
 
 
 @pytest.fixture
@@ -95,8 +92,8 @@ def test_check_members_plain_and_bulk_forms(client):
 def test_lookups_answer_while_every_rpc_thread_is_busy(tmp_path):
     """IsMember and CheckMembers run on threads of their own: uploads holding all of the server's
     other threads (2 here, both waiting for data that does not come) do not hold them up."""
-    engine = Engine(str(tmp_path / "data"), map_size=1 << 30)
-    server, port = create_server(engine, max_workers=2)
+    served = InProcess(tmp_path / "data", max_workers=2)
+    port = served.port
     release = threading.Event()
 
     def stalled(name):
@@ -118,8 +115,7 @@ def test_lookups_answer_while_every_rpc_thread_is_busy(tmp_path):
                     call.result()                    # no UploadFinish: refused, nothing committed
     finally:
         release.set()
-        server.stop(0)
-        engine.close()
+        served.stop()
 
 
 def test_watch_upload_ends_with_the_upload(client):

@@ -20,10 +20,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from harness import InProcess, open_engine
 from listseg.core.errors import REASONS
-from listseg.core.engine import Engine
 from listseg.server import front
-from listseg.server.app import create_server
 from listseg.v1 import listseg_pb2 as pb
 
 PROFILES = b"guid,identity,channels\n" + b"".join(b"g%d,user%d@x.com,email;sms\n" % (k, k) for k in range(50))
@@ -86,20 +85,19 @@ class World:
 
     def __init__(self, tmp_path):
         self.data = str(tmp_path / "data")
-        self.engine = Engine(self.data, map_size=1 << 30)
+        self.engine = open_engine(self.data)
         account = self.engine.account()
         account.profiles.import_csv([PROFILES])
         up = account.upload("create", name="vip")
         up.feed(MEMBERS)
         self.upload_id = up.finish()["id"]
-        self.server, port = create_server(self.engine)
-        self.target = f"127.0.0.1:{port}"
+        self.served = InProcess(engine=self.engine)
+        self.server, self.target = self.served.server, self.served.target
         self.channel = grpc.insecure_channel(self.target)
 
     def close(self):
         self.channel.close()
-        self.server.stop(0)
-        self.engine.close()
+        self.served.stop()
 
     def base(self, method):
         """The method's requests (a list: one for a unary request) with sensible values."""
