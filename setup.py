@@ -20,7 +20,8 @@ def extensions():
         Extension("listseg.core._keyindex", ["core/_keyindex.pyx"], extra_compile_args=flags),
     ]
     directives = {"linetrace": True, "boundscheck": True} if debug else {}
-    return cythonize(exts, compiler_directives=directives, annotate=debug)
+    # core/ on the include path: the extensions cimport _batch.pxd and includes/lmdb.pxd from it
+    return cythonize(exts, include_path=["core"], compiler_directives=directives, annotate=debug)
 
 
 setup(

@@ -10,44 +10,17 @@ one loop, `probe`. `_keyindex_py.py` is the pure-Python twin; `keyindex.py` is t
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 import os
 
-cdef extern from *:
-    void prefetch "__builtin_prefetch"(const void *addr) nogil
+from _batch cimport prefetch, hash_bytes
 
 include "_layout.pxi"      # LAYOUT_UNKNOWN: no uid (generated from layout.py)
 cdef enum:
     AHEAD = 8           # keys between hashing one (and fetching its slot) and reading the slot
     BLOCK = 65536       # keys probed per pass: bounds the scratch memory of a 4M-row batch
-cdef uint64_t K1 = 0x9E3779B97F4A7C15ULL
-cdef uint64_t K2 = 0xC2B2AE3D27D4EB4FULL
-
-
-cdef inline uint64_t fmix(uint64_t h) noexcept nogil:
-    h ^= h >> 33
-    h *= 0xFF51AFD7ED558CCDULL
-    h ^= h >> 33
-    h *= 0xC4CEB9FE1A85EC53ULL
-    return h ^ (h >> 33)
-
-
-cdef inline uint64_t hash_key(const uint8_t *p, size_t n, uint64_t seed) noexcept nogil:
-    """Eight bytes a round, murmur-style; seeded per index so crafted keys cannot pile up."""
-    cdef uint64_t h = seed ^ (n * K1)
-    cdef uint64_t w
-    while n >= 8:
-        memcpy(&w, p, 8)
-        h = (h ^ (w * K2)) * K1
-        h = (h << 31) | (h >> 33)
-        p += 8
-        n -= 8
-    w = 0
-    memcpy(&w, p, n)
-    return fmix(h ^ (w * K2))
-
 
 cdef inline void trim(const uint8_t **p, size_t *n) noexcept nogil:
     """Spaces and tabs around a key, as the CSV parser trims them."""
@@ -96,7 +69,7 @@ cdef void probe(const Table **tables, const uint8_t *which, const uint8_t **keys
     for i in range(n + 2 * AHEAD):
         if i < n:
             t = tables[which[i]]
-            hashes[i] = hash_key(keys[i], lens[i], t.seed)
+            hashes[i] = hash_bytes(keys[i], lens[i], t.seed)
             prefetch(&t.slots[hashes[i] & t.mask])
         if AHEAD <= i < n + AHEAD:
             k = i - AHEAD
@@ -183,7 +156,7 @@ cdef class KeyIndex:
                     end += 1
                 if end - at > 0xFFFF:
                     break
-                h = hash_key(data + at, end - at, self.t.seed)
+                h = hash_bytes(data + at, end - at, self.t.seed)
                 slot = find(&self.t, h, data + at, end - at)
                 if slot.where == 0:
                     slot.where = ((<uint64_t>at + 1) << 16) | (end - at)

@@ -6,9 +6,11 @@ The state machine is written out once here and once in the twin, in the same ord
 compare them line by line.
 """
 from libc.stdint cimport uint8_t, uint64_t
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from _batch cimport Buf, buf_add, buf_bytes
 
 from listseg.core._parser_py import (
     R_UNTERMINATED, R_BAD_QUOTING, R_COLUMNS, R_NUL, R_BAD_TYPE, R_EMPTY, R_TOO_LONG, R_UTF8,
@@ -31,45 +33,6 @@ cdef enum:
     QUOTE_IN_QUOTED = 3
     AFTER_QUOTE = 4
     MAX_COLS = 8
-
-cdef struct Buf:
-    char *data
-    size_t len
-    size_t cap
-
-cdef int buf_reserve(Buf *b, size_t extra) except -1 nogil:
-    cdef size_t need = b.len + extra
-    cdef size_t cap
-    cdef char *data
-    if need <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < need:
-        cap *= 2
-    data = <char *>realloc(b.data, cap)
-    if data == NULL:
-        with gil:
-            raise MemoryError()
-    b.data = data
-    b.cap = cap
-    return 0
-
-cdef inline int buf_put(Buf *b, const char *src, size_t n) except -1 nogil:
-    if b.len + n > b.cap:
-        buf_reserve(b, n)
-    memcpy(b.data + b.len, src, n)
-    b.len += n
-    return 0
-
-cdef bytes copy_out(Buf *b):
-    """b's bytes as a bytes object, copied without the GIL: a 4M-row batch is ~150 MB, and a copy
-    that held the GIL kept the server's other calls (IsMember) waiting for tens of milliseconds."""
-    out = PyBytes_FromStringAndSize(NULL, b.len)
-    cdef char *dst = PyBytes_AS_STRING(out)
-    with nogil:
-        memcpy(dst, b.data, b.len)
-    return out
-
 
 cdef inline bint is_ws(uint8_t c) noexcept nogil:
     return c == 32 or c == 9
@@ -236,8 +199,8 @@ cdef class Scanner:
 
     cdef int _error(self, int reason, int col) except -1 nogil:
         cdef uint8_t code = <uint8_t>(reason * 16 + col)
-        buf_put(&self.err_lines, <const char *>&self.row_line, sizeof(uint64_t))
-        buf_put(&self.err_codes, <const char *>&code, 1)
+        buf_add(&self.err_lines, <const char *>&self.row_line, sizeof(uint64_t))
+        buf_add(&self.err_codes, <const char *>&code, 1)
         return 0
 
     cdef int _end_row(self, bint unterminated) except -1 nogil:
@@ -296,11 +259,11 @@ cdef class Scanner:
                     p = self.perm[l]
                     if l == self.type_col:
                         kind = <uint8_t>self.rowbuf[p * self.max_field] | 0x20
-                        buf_put(&self.out_kinds, <const char *>&kind, 1)
+                        buf_add(&self.out_kinds, <const char *>&kind, 1)
                     else:
-                        buf_put(&self.out_fields, self.rowbuf + p * self.max_field, self.flast[p])
+                        buf_add(&self.out_fields, self.rowbuf + p * self.max_field, self.flast[p])
                         end = self.out_fields.len
-                        buf_put(&self.out_ends, <const char *>&end, sizeof(uint64_t))
+                        buf_add(&self.out_ends, <const char *>&end, sizeof(uint64_t))
         self._reset_row()
         return 0
 
@@ -422,11 +385,11 @@ cdef class Scanner:
     def take(self):
         """Return (fields, ends, kinds, error_lines, error_codes) as bytes and start a new batch."""
         out = (
-            copy_out(&self.out_fields),
-            copy_out(&self.out_ends),
-            copy_out(&self.out_kinds),
-            copy_out(&self.err_lines),
-            copy_out(&self.err_codes),
+            buf_bytes(&self.out_fields),
+            buf_bytes(&self.out_ends),
+            buf_bytes(&self.out_kinds),
+            buf_bytes(&self.err_lines),
+            buf_bytes(&self.err_codes),
         )
         self.out_fields.len = 0
         self.out_ends.len = 0

@@ -2,113 +2,30 @@
 """LMDB through liblmdb, owned here and nowhere else in the process (LMDB forbids opening one
 environment twice in a process). The hot loops are `Txn.resolve`: a batch of keys, radix-sorted by an
 8-byte prefix and looked up in key order with the GIL released; and `Txn.put_new_profiles`, which
-writes a profile batch's brand-new rows the same way. Everything else is a thin wrapper.
+writes a profile batch's brand-new rows the same way. Everything else is a thin wrapper. The liblmdb
+declarations are includes/lmdb.pxd; the buffer, sort and grouping table the loops share are _batch.pxd.
 
 `_store_py.py` is the pure-Python twin over py-lmdb with the same API and the same file format.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 include "_layout.pxi"      # the storage layout (generated from layout.py): widths, byte orders, the profile record
 
-cdef extern from "lmdb.h" nogil:
-    ctypedef struct MDB_env:
-        pass
-    ctypedef struct MDB_txn:
-        pass
-    ctypedef struct MDB_cursor:
-        pass
-    ctypedef unsigned int MDB_dbi
-    ctypedef struct MDB_val:
-        size_t mv_size
-        void *mv_data
-    ctypedef enum MDB_cursor_op:
-        MDB_GET_CURRENT
-        MDB_NEXT
-        MDB_SET_KEY
-        MDB_SET_RANGE
-    int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND, MDB_RESERVE
-    int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST
-    int mdb_env_create(MDB_env **env)
-    int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, unsigned int mode)
-    int mdb_env_set_mapsize(MDB_env *env, size_t size)
-    int mdb_env_set_maxdbs(MDB_env *env, MDB_dbi dbs)
-    int mdb_env_set_maxreaders(MDB_env *env, unsigned int readers)
-    int mdb_env_get_maxkeysize(MDB_env *env)
-    int mdb_reader_check(MDB_env *env, int *dead)
-    void mdb_env_close(MDB_env *env)
-    int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
-    int mdb_txn_commit(MDB_txn *txn)
-    void mdb_txn_abort(MDB_txn *txn)
-    int mdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags, MDB_dbi *dbi)
-    int mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data)
-    int mdb_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, unsigned int flags)
-    int mdb_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data)
-    int mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **cursor)
-    void mdb_cursor_close(MDB_cursor *cursor)
-    int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
-    int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags)
-    char *mdb_strerror(int err)
+from includes.lmdb cimport *
+from _batch cimport Buf, buf_put, buf_bytes, prefetch, sort_key, radix_sort, group_rows
 
-cdef extern from *:
-    void prefetch "__builtin_prefetch"(const void *addr) nogil
-
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    /* 64-bit hash of a short string, 8 bytes a step; collisions only cost a memcmp */
-    static inline uint64_t listseg_hash(const unsigned char *p, size_t n) {
-        uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL), w;
-        for (; n >= 8; p += 8, n -= 8) {
-            memcpy(&w, p, 8);
-            h = (h ^ w) * 0xff51afd7ed558ccdULL;
-            h ^= h >> 31;
-        }
-        if (n) {
-            w = 0;
-            memcpy(&w, p, n);
-            h = (h ^ w) * 0xff51afd7ed558ccdULL;
-            h ^= h >> 31;
-        }
-        h ^= h >> 33;
-        h *= 0xc4ceb9fe1a85ec53ULL;
-        return h ^ (h >> 33);
-    }
-    """
-    uint64_t listseg_hash(const uint8_t *p, size_t n) nogil
+import os
 
 from listseg.core.errors import StoreError, MapFullError
-from listseg.core.layout import UNKNOWN
 
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
 
-
-cdef struct Buf:
-    char *data
-    size_t len
-    size_t cap
-
-
-cdef int buf_put(Buf *b, const char *src, size_t n) noexcept nogil:
-    """Append n bytes, doubling the buffer as needed; -1 when out of memory."""
-    cdef size_t cap
-    cdef char *data
-    if b.len + n > b.cap:
-        cap = b.cap * 2 if b.cap else 65536
-        while cap < b.len + n:
-            cap *= 2
-        data = <char *>realloc(b.data, cap)
-        if data == NULL:
-            return -1
-        b.data = data
-        b.cap = cap
-    memcpy(b.data + b.len, src, n)
-    b.len += n
-    return 0
+# the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
+cdef uint64_t GROUP_SEED = int.from_bytes(os.urandom(8), "little")
 
 
 cdef int check(int rc) except -1:
@@ -299,6 +216,7 @@ cdef class Txn:
         cdef uint32_t *uids
         cdef char keybuf[1024]
         cdef MDB_cursor *curs[2]
+        cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
         if col >= nvals or <size_t>ends.shape[0] != n * nvals:
             raise ValueError("ends must hold nvals values per kind, col < nvals")
         self._live()
@@ -330,10 +248,7 @@ cdef class Txn:
                 i = r * nvals + col
                 start = ends[i - 1] if i else 0
                 flen = ends[i] - start
-                sk = 0
-                for j in range(8):
-                    sk = (sk << 8) | (fields[start + j] if j < flen else 0)
-                sk = (sk >> 1) | ((<uint64_t>(kinds[r] == 105)) << 63)
+                sk = (sort_key(fp + start, flen) >> 1) | ((<uint64_t>(kinds[r] == 105)) << 63)
                 keys[r] = sk
                 rows[r] = <uint32_t>r
             rc = radix_sort(keys, rows, n)
@@ -427,8 +342,7 @@ cdef class Txn:
             if rc == -1:
                 raise MemoryError()
             check(rc)
-            return (PyBytes_FromStringAndSize(guids.data, guids.len),
-                    PyBytes_FromStringAndSize(found.data, found.len))
+            return buf_bytes(&guids), buf_bytes(&found)
         finally:
             mdb_cursor_close(cur)
             free(guids.data)
@@ -454,7 +368,7 @@ cdef class Txn:
             raise MemoryError()
         with nogil:
             rc = group_rows(&fields[0] if fields.shape[0] else NULL, &ends[0], n, nvals, col, False,
-                            out, firsts, &ng)
+                            LAYOUT_UNKNOWN, GROUP_SEED, out, firsts, &ng)
         try:
             if rc:
                 raise MemoryError()
@@ -534,9 +448,9 @@ cdef class Txn:
             srows = <uint32_t *>PyBytes_AS_STRING(slow_rows)
             suids = <uint32_t *>PyBytes_AS_STRING(slow_uids)
             with nogil:
-                rc = group_rows(fp, ep, n, nvals, 0, False, ggid, gfirst, &ng)
+                rc = group_rows(fp, ep, n, nvals, 0, False, LAYOUT_UNKNOWN, GROUP_SEED, ggid, gfirst, &ng)
                 if rc == 0:
-                    rc = group_rows(fp, ep, n, nvals, 1, True, igid, ifirst, &ng)
+                    rc = group_rows(fp, ep, n, nvals, 1, True, LAYOUT_UNKNOWN, GROUP_SEED, igid, ifirst, &ng)
                 # count each guid and identity over the rows that will be written
                 for r in range(n):
                     if rc:
@@ -688,7 +602,6 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
     cdef uint8_t keybuf[520]
     cdef uint8_t val[LAYOUT_UID_WIDTH]
     cdef size_t k, j, i, start, flen
-    cdef uint64_t sk
     cdef uint32_t uid
     cdef MDB_cursor *cur
     cdef MDB_val kv, dv
@@ -703,10 +616,7 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
         refs[k].start = start
         refs[k].size = <uint32_t>flen
         refs[k].uid = uids[k]
-        sk = 0
-        for j in range(8):
-            sk = (sk << 8) | (fields[start + j] if j < flen else 0)
-        keys[k] = sk
+        keys[k] = sort_key(fields + start, flen)
         order[k] = <uint32_t>k
     rc = radix_sort(keys, order, m)
     if rc == 0:
@@ -736,100 +646,3 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
     mdb_cursor_close(cur)
     free(refs)
     return rc
-
-
-cdef int group_rows(const uint8_t *fields, const uint64_t *ends, size_t n, size_t nvals, size_t col,
-                    bint skip_empty, uint32_t *gids, uint32_t *firsts, size_t *ngroups) noexcept nogil:
-    """gids[r]: the group of row r's value in column col, groups numbered in order of first appearance
-    (LAYOUT_UNKNOWN for empty values if skip_empty); firsts[g]: the group's first row. -1: out of memory.
-    Open addressing on a 64-bit hash; a matching hash is confirmed with memcmp."""
-    cdef size_t cap = 16, mask, r, i, start, flen, s, gi, gstart, ng = 0
-    cdef uint32_t g
-    cdef uint64_t h
-    cdef uint32_t *slots
-    cdef uint64_t *hashes
-    while cap < 2 * n:
-        cap <<= 1
-    mask = cap - 1
-    slots = <uint32_t *>calloc(cap, sizeof(uint32_t))          # group + 1; 0 = free
-    hashes = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
-    if slots == NULL or hashes == NULL:
-        free(slots)
-        free(hashes)
-        return -1
-    for r in range(n):
-        i = r * nvals + col
-        start = ends[i - 1] if i else 0
-        flen = ends[i] - start
-        if skip_empty and flen == 0:
-            gids[r] = LAYOUT_UNKNOWN
-            continue
-        h = listseg_hash(fields + start, flen)
-        s = h & mask
-        while True:
-            g = slots[s]
-            if g == 0:
-                slots[s] = <uint32_t>(ng + 1)
-                hashes[ng] = h
-                firsts[ng] = <uint32_t>r
-                gids[r] = <uint32_t>ng
-                ng += 1
-                break
-            g -= 1
-            if hashes[g] == h:
-                gi = firsts[g] * nvals + col
-                gstart = ends[gi - 1] if gi else 0
-                if ends[gi] - gstart == flen and memcmp(fields + gstart, fields + start, flen) == 0:
-                    gids[r] = g
-                    break
-            s = (s + 1) & mask
-    free(slots)
-    free(hashes)
-    ngroups[0] = ng
-    return 0
-
-
-cdef int radix_sort(uint64_t *keys, uint32_t *rows, size_t n) noexcept nogil:
-    """LSD radix sort of (key, row) pairs by key, in place, a byte a pass (256 buckets stay in cache,
-    65536 did not: measured 3x slower); passes where every key has the same byte are skipped."""
-    cdef uint64_t *k2 = <uint64_t *>malloc(n * sizeof(uint64_t))
-    cdef uint32_t *r2 = <uint32_t *>malloc(n * sizeof(uint32_t))
-    cdef size_t count[256]
-    cdef uint64_t *src_k = keys
-    cdef uint32_t *src_r = rows
-    cdef uint64_t *dst_k = k2
-    cdef uint32_t *dst_r = r2
-    cdef uint64_t *tk
-    cdef uint32_t *tr
-    cdef size_t i, total, c
-    cdef int shift, pass_
-    cdef unsigned int d
-    if k2 == NULL or r2 == NULL:
-        free(k2)
-        free(r2)
-        return -1
-    for pass_ in range(8):
-        shift = pass_ * 8
-        memset(count, 0, sizeof(count))
-        for i in range(n):
-            count[(src_k[i] >> shift) & 0xFF] += 1
-        if count[(src_k[0] >> shift) & 0xFF] == n:
-            continue                                # every key has this digit: nothing to move
-        total = 0
-        for d in range(256):
-            c = count[d]
-            count[d] = total
-            total += c
-        for i in range(n):
-            d = (src_k[i] >> shift) & 0xFF
-            dst_k[count[d]] = src_k[i]
-            dst_r[count[d]] = src_r[i]
-            count[d] += 1
-        tk = src_k; src_k = dst_k; dst_k = tk
-        tr = src_r; src_r = dst_r; dst_r = tr
-    if src_k != keys:                               # an odd number of passes moved data
-        memcpy(keys, src_k, n * sizeof(uint64_t))
-        memcpy(rows, src_r, n * sizeof(uint32_t))
-    free(k2)
-    free(r2)
-    return 0

@@ -13,11 +13,18 @@ import logging
 import threading
 import time
 
-from listseg.core import _keyindex_py
-from listseg.core.twins import pick
+from typing import TYPE_CHECKING
 
-KeyIndex = pick("listseg.core._keyindex", _keyindex_py, "KeyIndex")
-resolve_rows = pick("listseg.core._keyindex", _keyindex_py, "resolve_rows")
+from listseg.core import _keyindex_py
+from listseg.core.twins import NO_EXTENSIONS
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from listseg.core._keyindex_py import KeyIndex, resolve_rows
+else:
+    try:
+        from listseg.core._keyindex import KeyIndex, resolve_rows
+    except ImportError:  # pragma: no cover - not built; tests/test_keyindex.py fails the suite then
+        from listseg.core._keyindex_py import KeyIndex, resolve_rows
 
 COMPILED = KeyIndex is not _keyindex_py.KeyIndex
 

@@ -6,12 +6,19 @@
 """
 from array import array
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from listseg.core import _parser_py
 from listseg.core.errors import BadHeader
-from listseg.core.twins import pick
+from listseg.core.twins import NO_EXTENSIONS
 
-Scanner = pick("listseg.core._parser", _parser_py, "Scanner")
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from listseg.core._parser_py import Scanner
+else:
+    try:
+        from listseg.core._parser import Scanner
+    except ImportError:  # pragma: no cover - not built; tests/test_parser.py fails the suite then
+        from listseg.core._parser_py import Scanner
 
 COMPILED = Scanner is not _parser_py.Scanner
 

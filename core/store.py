@@ -9,12 +9,20 @@ import threading
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+from typing import TYPE_CHECKING
+
 from listseg.core import _store_py
 from listseg.core.layout import DATABASES, UNKNOWN  # noqa: F401 (UNKNOWN re-exported)
-from listseg.core.twins import pick
+from listseg.core.twins import NO_EXTENSIONS
 from listseg.core.errors import MapFullError, StoreError  # noqa: F401 (re-exported)
 
-Store = pick("listseg.core._store", _store_py, "Store")
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from listseg.core._store_py import Store
+else:
+    try:
+        from listseg.core._store import Store
+    except ImportError:  # pragma: no cover - not built; tests/test_store.py fails the suite then
+        from listseg.core._store_py import Store
 
 COMPILED = Store is not _store_py.Store
 

@@ -111,6 +111,7 @@ INLINE = {
         (r"mv_size == 4\b|memcpy\(&uid", "the uid value's width or order: listseg_get_uid"),
     ],
 }
+INLINE[".pxd"] = INLINE[".pyx"]          # the Cython declarations the extensions share
 # Files that may: the layout itself and what it generates; page tokens are the API's wire format,
 # not storage (server/convert.py PageToken defines them once); a hash seed is no stored integer.
 ALLOWED = {"core/layout.py", "core/_layout.pxi", "server/native/layout.h"}
@@ -121,7 +122,7 @@ ALLOWED_LINES = {("server/convert.py", "self.layout = struct.Struct("),
 def inline_layout(root):
     """[(file, line number, line, what)] of every line of core/ and server/ that matches INLINE."""
     found = []
-    for folder in ("core", "server", "server/native"):
+    for folder in ("core", "core/includes", "server", "server/native"):
         for name in sorted(os.listdir(os.path.join(root, folder))):
             rel = f"{folder}/{name}"
             ext = os.path.splitext(name)[1]
@@ -152,9 +153,10 @@ def test_the_grep_sees_inline_layout(tmp_path):
         "core/x.py": ['key = self.prefix + u32(seg_id)', 'n = int.from_bytes(raw, "big")', 'txn.get(db, b"n" + name)',
                       'h = struct.pack("<BH", 1, 2)', 'version = key[-4:]', 'txn.get(db, b"#credentials")'],
         "core/x.pyx": ["dst[0] = <uint8_t>(uid >> 24)", "glen = rec[1] | rec[2] << 8", "cdef uint32_t U = 0xFFFFFFFF"],
+        "core/includes/x.pxd": ["cdef uint32_t NO_UID = 0xFFFFFFFF"],
         "server/native/x.cc": ['std::string k = prefix + be32(id);', 'open(txn, "guid");', 'name = "default";'],
     }
-    for folder in ("core", "server", "server/native"):
+    for folder in ("core", "core/includes", "server", "server/native"):
         os.makedirs(tmp_path / folder, exist_ok=True)
     for rel, lines in planted.items():
         (tmp_path / rel).write_text("\n".join(lines) + "\n")
