@@ -9,7 +9,6 @@ import secrets
 import threading
 
 from listseg.core.errors import InvalidArgument, Unauthenticated
-from listseg.core.layout import CREDENTIALS_KEY, FLAG
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 
 
@@ -23,13 +22,13 @@ class Credentials:
 
     def __init__(self, engine):
         self.engine = engine
-        self.db = engine.database
+        self.backend = engine.backend
         self._verified = {}
         self._lock = threading.Lock()
 
     def required(self):
-        with self.db.read() as txn:
-            return txn.get(self.db.db.accounts, CREDENTIALS_KEY.pack()) is not None
+        with self.backend.snapshot() as snap:
+            return snap.credentials_required()
 
     def create(self, display_name):
         """A new account: returns (account id, passcode). The passcode is shown once, stored hashed."""
@@ -40,12 +39,14 @@ class Credentials:
         acct = self.engine.account(account_id)
         salt = secrets.token_bytes(16)
 
-        def run(txn):
-            state = acct.load_state(txn)
-            state.update(display_name=display_name.strip(), salt=salt.hex(), passcode=_hash(passcode, salt).hex())
-            acct.save_state(txn, state)
-            txn.put(self.db.db.accounts, CREDENTIALS_KEY.pack(), FLAG)
-        self.db.write(run)
+        digest = _hash(passcode, salt).hex()
+
+        def run(unit):
+            state = unit.account_state(acct.number)
+            state.update(display_name=display_name.strip(), salt=salt.hex(), passcode=digest)
+            unit.put_account_state(acct.number, state)
+            unit.require_credentials()
+        self.backend.write(run)
         return account_id, passcode
 
     def authenticate(self, account_id, passcode):
@@ -62,8 +63,7 @@ class Credentials:
         except Exception:
             _hash(passcode, b"0" * 16)           # same work either way: no hint which part was wrong
             raise Unauthenticated() from None
-        with self.db.read() as txn:
-            state = acct.load_state(txn) or {}
+        state = acct.state() or {}
         stored = bytes.fromhex(state.get("passcode", ""))
         if not stored or not hmac.compare_digest(stored, _hash(passcode, bytes.fromhex(state["salt"]))):
             raise Unauthenticated()

@@ -1,4 +1,5 @@
-"""The engine: one LMDB environment holding every account's profiles, segments and uploads.
+"""The engine: every account's profiles, segments and uploads, over one backend (core/backend.py;
+the embedded LMDB store by default).
 
     engine = Engine("./data")
     acct = engine.account()                      # the default account
@@ -11,20 +12,21 @@ import threading
 import time
 
 from listseg.core import ingest
+from listseg.core.backend import open_backend
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
 from listseg.core.segments import BitmapCache, Segments
-from listseg.core.layout import (ACCOUNT, ACCOUNT_KEY, ACCOUNT_NAME_KEY, COUNTER_KEY, DEFAULT_ACCOUNT,
-                                 account_prefix, dumps, loads)
-from listseg.core.store import DEFAULT_MAP_SIZE, Database
+from listseg.core.layout import DEFAULT_ACCOUNT
 DEFAULT_MAX_UPLOAD_BYTES = 5 << 30
 DEFAULT_RETENTION_S = 3600
 
 
 class Engine:
-    def __init__(self, path, map_size=DEFAULT_MAP_SIZE, max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
-                 retention_s=DEFAULT_RETENTION_S, store_cls=None, profile_index=True):
-        self.database = Database(path, map_size, store_cls)
+    def __init__(self, path=None, max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES, retention_s=DEFAULT_RETENTION_S,
+                 profile_index=True, backend=None, **store_options):
+        """The engine over `backend`, or over the store at `path` (core/backend.py open_backend, with
+        store_options: for LMDB, map_size and store_cls)."""
+        self.backend = backend or open_backend(path, **store_options)
         self.profile_index = profile_index      # keep each account's guids and identities in memory
         self.max_upload_bytes = max_upload_bytes
         self.retention_s = retention_s
@@ -39,7 +41,7 @@ class Engine:
             accounts = list(self._accounts.values())
         for acct in accounts:
             acct.profiles.index.close()
-        self.database.close()
+        self.backend.close()
 
     def __enter__(self):
         return self
@@ -48,9 +50,8 @@ class Engine:
         self.close()
 
     def account_names(self):
-        with self.database.read() as txn:
-            return [ACCOUNT_NAME_KEY.parse(key)[0].decode()
-                    for key, _ in Database.scan(txn, self.database.db.accounts, ACCOUNT_NAME_KEY.prefix())]
+        with self.backend.snapshot() as snap:
+            return snap.account_names()
 
     def account(self, name=DEFAULT_ACCOUNT, create=True):
         """The account called name; created on first use when create is true."""
@@ -63,55 +64,37 @@ class Engine:
     def _account_number(self, name, create):
         if not name or len(name.encode()) > 200:
             raise InvalidArgument("an account name is 1 to 200 bytes", field="account")
-        key = ACCOUNT_NAME_KEY.pack(name.encode())
-        with self.database.read() as txn:
-            raw = txn.get(self.database.db.accounts, key)
-        if raw is not None:
-            return ACCOUNT.unpack(raw)
+        with self.backend.snapshot() as snap:
+            number = snap.account_number(name)
+        if number is not None:
+            return number
         if not create:
             raise NotFound(f"no account {name!r}", account=name)
 
-        def run(txn):
-            raw = txn.get(self.database.db.accounts, key)
-            if raw is not None:
-                return ACCOUNT.unpack(raw)
-            counter = loads(txn.get(self.database.db.accounts, COUNTER_KEY.pack())) or {"next": 0}
-            number = counter["next"]
-            counter["next"] += 1
-            txn.put(self.database.db.accounts, COUNTER_KEY.pack(), dumps(counter))
-            txn.put(self.database.db.accounts, key, ACCOUNT.pack(number))
-            txn.put(self.database.db.accounts, ACCOUNT_KEY.pack(account_prefix(number)),
-                    dumps({"name": name, "created": time.time(), "next_uid": 0,
-                           "next_segment": 1, "next_upload": 1}))
-            return number
-        return self.database.write(run)
+        def run(unit):
+            number = unit.account_number(name)
+            if number is not None:
+                return number
+            return unit.create_account(name, {"name": name, "created": time.time(), "next_uid": 0,
+                                              "next_segment": 1, "next_upload": 1})
+        return self.backend.write(run)
 
 
 class Account:
-    """One tenant. Its keys all start with `prefix`, so it cannot read another account's data."""
+    """One tenant: every backend call names its number, so it cannot read another account's data."""
 
     def __init__(self, engine, name, number):
         self.engine = engine
-        self.database = engine.database
+        self.backend = engine.backend
         self.name = name
         self.number = number
-        self.prefix = account_prefix(number)
-        self.profiles = Profiles(self.database, self)
-        self.segments = Segments(self.database, self, self.profiles, engine.cache, engine.retention_s)
+        self.profiles = Profiles(self.backend, self)
+        self.segments = Segments(self.backend, self, self.profiles, engine.cache, engine.retention_s)
 
-    def load_state(self, txn):
-        return loads(txn.get(self.database.db.accounts, ACCOUNT_KEY.pack(self.prefix)))
-
-    def save_state(self, txn, state):
-        txn.put(self.database.db.accounts, ACCOUNT_KEY.pack(self.prefix), dumps(state))
-
-    def allocate(self, txn, counter):
-        """The next id from one of the account's counters (inside the caller's write txn)."""
-        state = self.load_state(txn)
-        value = state[counter]
-        state[counter] = value + 1
-        self.save_state(txn, state)
-        return value
+    def state(self):
+        """The account's record (core/backend.py Snapshot.account_state)."""
+        with self.backend.snapshot() as snap:
+            return snap.account_state(self.number)
 
     def upload(self, mode, name=None, segment=None, **options):
         """Start an upload; see core.ingest.Upload."""

@@ -24,6 +24,7 @@ REASONS = {r.name: r for r in (
     Reason("ALREADY_EXISTS", "engine", "a segment of that name exists"),
     Reason("SEGMENT_IN_USE", "engine", "campaigns or journeys are attached to the segment (ErrorInfo `consumers`)"),
     Reason("VERSION_EXPIRED", "engine", "a page token's version has passed its retention window"),
+    Reason("HEAD_MOVED", "engine", "other commits moved the segment's head under each try of an upload's commit"),
     Reason("UPLOAD_TOO_LARGE", "engine", "an upload over the size limit, or a data message over 2 MiB"),
     Reason("REQUEST_TOO_LARGE", "engine", "a request message over 4 MiB (ErrorInfo `limit`)"),
     Reason("TOO_MANY_UPLOADS", "engine", "the account has as many uploads running as the server allows"),
@@ -92,6 +93,12 @@ class InUse(ListsegError):
 class VersionGone(ListsegError):
     """A pinned version (e.g. from a page token) has passed its retention window."""
     reason = "VERSION_EXPIRED"
+
+
+class HeadMoved(ListsegError):
+    """A segment's head is not the one a commit read (core/backend.py Unit.publish): another commit
+    came between. The upload's commit reads again and retries (ingest.COMMIT_TRIES)."""
+    reason = "HEAD_MOVED"
 
 
 class TooLarge(ListsegError):

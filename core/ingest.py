@@ -2,8 +2,8 @@
 
 `feed(chunk)` any number of times, then `finish()` returns the upload's record with its report;
 `abort(reason)` or a crash changes nothing but the upload's own record (and takes away the segment a
-failed create had made). The segment's live version is only ever replaced by the single write
-transaction at the end of a successful upload.
+failed create had made). The segment's live version is only ever replaced by the one unit that
+publishes a successful upload's version (core/backend.py Unit.publish).
 """
 import os
 import threading
@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroaring import BitMap
 
 from listseg.core import parser
-from listseg.core.errors import InvalidArgument, ListsegError, NotFound, TooLarge
-from listseg.core.layout import REJECT_KEY, REJECT_ROW, UNKNOWN, UPLOAD_KEY, decode_reject, dumps, encode_reject, loads
-from listseg.core.store import Database
+from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, TooLarge
+from listseg.core.layout import UNKNOWN
 from listseg.core.segments import without_deleted
 
 MODES = ("create", "replace", "append", "remove")
@@ -31,6 +30,9 @@ BATCH_ROWS = 1 << 22
 FIRST_BATCH_ROWS = 1 << 18
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
+# A commit reads the head, builds and stages the version, then publishes it if the head has not moved;
+# a commit in between (another upload's) makes it read again, at most this many times in all.
+COMMIT_TRIES = 3
 
 
 class Upload:
@@ -43,7 +45,8 @@ class Upload:
         if len(file_name.encode()) > MAX_FILE_NAME:
             raise InvalidArgument(f"a file name is at most {MAX_FILE_NAME} bytes", field="file_name")
         self.account = account
-        self.database = account.database
+        self.number = account.number
+        self.backend = account.backend
         self.segments = account.segments
         self.mode, self.dry_run, self.strict = mode, dry_run, strict
         self.max_bytes = max_bytes if max_bytes is not None else account.engine.max_upload_bytes
@@ -57,31 +60,28 @@ class Upload:
         self._lock = threading.RLock()  # feed, finish and abort may come from different threads
         self._resolver = None           # a thread, started with the first full batch
         self._in_flight = None          # (batch, future of its uids)
-        self.record = self.database.write(lambda txn: self._start(txn, name, segment, file_name))
+        self.record = self.backend.write(lambda unit: self._start(unit, name, segment, file_name))
         self.id = self.record["id"]
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _start(self, txn, name, segment, file_name):
+    def _start(self, unit, name, segment, file_name):
         """Check the target and write the upload's record (and a create's new segment)."""
         now = self.now()
         if self.mode == "create":
             if self.dry_run:
-                rec = {"id": None, "name": self.segments.check_new_name(txn, name)}
+                rec = {"id": None, "name": self.segments.check_new_name(unit, name)}
             else:
-                rec = self.segments.create(txn, name, now=now)
+                rec = self.segments.create(unit, name, now=now)
         else:
-            rec = self.segments.record(txn, self.segments.find_id(txn, segment))
+            rec = self.segments.record(unit, self.segments.find_id(unit, segment))
             if not self.dry_run:
                 self.segments.check_free(rec)
-        upload = {"id": self.account.allocate(txn, "next_upload"), "segment": rec["id"],
+        upload = {"id": unit.allocate(self.number, "next_upload"), "segment": rec["id"],
                   "segment_name": rec["name"], "mode": self.mode, "dry_run": self.dry_run,
                   "strict": self.strict, "file_name": file_name, "state": "receiving", "reason": "",
                   "created": now, "finished": None, "owner": process_token(os.getpid()), "report": None}
-        self._save(txn, upload)
+        unit.put_upload(self.number, upload)
         return upload
-
-    def _save(self, txn, upload):
-        txn.put(self.database.db.uploads, UPLOAD_KEY.pack(self.account.prefix, upload["id"]), dumps(upload))
 
     def feed(self, chunk):
         with self._lock:
@@ -119,8 +119,8 @@ class Upload:
         self._in_flight = (batch, self._resolver.submit(self._lookup, batch))
 
     def _lookup(self, batch):
-        with self.database.read() as txn:
-            return self.account.profiles.resolve(txn, batch)
+        with self.backend.snapshot() as snap:
+            return self.account.profiles.resolve(snap, batch)
 
     def _collect(self):
         """Wait for the batch in flight, if any, and count it in."""
@@ -180,44 +180,59 @@ class Upload:
         if self.counts["qualified"] == 0:
             return self._fail("no row names a known profile")
         try:
-            return self.database.write(self._commit)
+            upload = self._commit()
         except ListsegError as e:      # e.g. a consumer attached while we were receiving
             return self._fail(str(e))
-
-    def _commit(self, txn):
-        now = self.now()
-        upload = self._current(txn)
-        seg = self.segments.record(txn, upload["segment"]) if upload["segment"] is not None else None
-        if self.mode != "create" and not self.dry_run:
-            self.segments.check_free(seg)           # again: a consumer may have attached meanwhile
-        if self.mode in ("create", "replace"):
-            new = self.members
-        else:
-            _, live = self.segments.bitmap(txn, seg["id"])
-            new = live | self.members if self.mode == "append" else live - self.members
-        # profiles deleted since they were resolved, or (append, remove) still in the old version
-        new = without_deleted(new, self.account.profiles.deleted(txn))
-        report = self._report(len(new))
-        if not self.dry_run:
-            seg["last_upload"] = self.id
-            report["version"] = self.segments.commit(txn, seg, BitMap(new), now)
-        upload.update(state="succeeded", finished=now, report=report)
-        self._save(txn, upload)
-        self._save_rejects(txn)
         self.state = "succeeded"
         return upload
 
-    def _current(self, txn):
-        return loads(txn.get(self.database.db.uploads, UPLOAD_KEY.pack(self.account.prefix, self.id)))
+    def _commit(self):
+        """Publish the new version against the head it was built from; read again if another
+        commit moved the head meanwhile (append and remove build on the head)."""
+        for attempt in range(COMMIT_TRIES):
+            with self.backend.snapshot() as snap:
+                head, new = self._next_version(snap)
+            staged = None if self.dry_run else self.backend.stage(self.number, BitMap(new))
+            try:
+                return self.backend.write(lambda unit: self._finish_upload(unit, head, staged, len(new)))
+            except HeadMoved as e:
+                if attempt == COMMIT_TRIES - 1:
+                    raise HeadMoved(f"other commits changed the segment during each of {COMMIT_TRIES} tries "
+                                    f"to commit this upload; upload it again", **e.metadata) from e
+
+    def _next_version(self, snap):
+        """(head, the members of the version after it) as snap sees the segment."""
+        seg_id = self._current(snap)["segment"]
+        head = self.segments.head(snap, seg_id) if seg_id is not None else 0
+        if self.mode in ("create", "replace"):
+            new = self.members
+        else:
+            _, live = self.segments.bitmap(snap, seg_id, head)
+            new = live | self.members if self.mode == "append" else live - self.members
+        # profiles deleted since they were resolved, or (append, remove) still in the old version
+        return head, without_deleted(new, self.account.profiles.deleted(snap))
+
+    def _finish_upload(self, unit, head, staged, size):
+        now = self.now()
+        upload = self._current(unit)
+        seg = self.segments.record(unit, upload["segment"]) if upload["segment"] is not None else None
+        if self.mode != "create" and not self.dry_run:
+            self.segments.check_free(seg)           # again: a consumer may have attached meanwhile
+        report = self._report(size)
+        if not self.dry_run:
+            seg["last_upload"] = self.id
+            report["version"] = self.segments.publish(unit, seg, head, staged, now)
+        upload.update(state="succeeded", finished=now, report=report)
+        unit.put_upload(self.number, upload)
+        unit.put_rejects(self.number, self.id, self.rejects)
+        return upload
+
+    def _current(self, snap):
+        return snap.upload(self.number, self.id)
 
     def _report(self, size):
         return dict(self.counts, size=size, bytes=self.bytes,
                     errors=[{"line": line, "reason": reason} for line, reason in self.rejects[:ERRORS_IN_REPORT]])
-
-    def _save_rejects(self, txn):
-        p = self.account.prefix
-        for i, (line, reason) in enumerate(self.rejects):
-            txn.put(self.database.db.rejects, REJECT_KEY.pack(p, self.id, i), encode_reject(line, reason))
 
     def abort(self, reason="cancelled"):
         """Fail the upload: the segment keeps its live version. Safe from any thread: it waits for
@@ -230,20 +245,20 @@ class Upload:
     def _fail(self, reason):
         self._in_flight = None
         self._stop_resolver()
-        def run(txn):
-            upload = self._current(txn)
-            _, live = (self.segments.bitmap(txn, upload["segment"])
+        def run(unit):
+            upload = self._current(unit)
+            _, live = (self.segments.bitmap(unit, upload["segment"])
                        if upload["segment"] is not None else (0, BitMap()))
             upload.update(state="failed", reason=reason, finished=self.now(), report=self._report(len(live)))
-            self._save(txn, upload)
-            self._save_rejects(txn)
-            note_failure(self.segments, txn, upload)
+            unit.put_upload(self.number, upload)
+            unit.put_rejects(self.number, self.id, self.rejects)
+            note_failure(self.segments, unit, upload)
             return upload
         self.state = "failed"
-        return self.database.write(run)
+        return self.backend.write(run)
 
 
-def note_failure(segments, txn, upload):
+def note_failure(segments, unit, upload):
     """Point the segment's last upload at a failed one. A failed create removes the segment it made,
     so the same create can run again; its upload record keeps the name and the reason. Only a
     campaign or journey attached meanwhile keeps the segment, failed (the next create of the name
@@ -251,21 +266,21 @@ def note_failure(segments, txn, upload):
     if upload["dry_run"] or upload["segment"] is None:
         return
     try:
-        seg = segments.record(txn, upload["segment"])
+        seg = segments.record(unit, upload["segment"])
     except ListsegError:
         return                          # deleted meanwhile
     if upload["mode"] == "create" and seg["state"] == "processing":   # as the create left it: nothing committed
-        if not seg["consumers"] and segments.head(txn, seg["id"]) == 0:
-            segments.remove(txn, seg)
+        if not seg["consumers"] and segments.head(unit, seg["id"]) == 0:
+            segments.remove(unit, seg)
             return
         seg["state"] = "failed"
     seg["last_upload"] = upload["id"]
-    segments.save(txn, seg)
+    segments.save(unit, seg)
 
 
 def get_upload(account, upload_id):
-    with account.database.read() as txn:
-        rec = loads(txn.get(account.database.db.uploads, UPLOAD_KEY.pack(account.prefix, upload_id)))
+    with account.backend.snapshot() as snap:
+        rec = snap.upload(account.number, upload_id)
     if rec is None:
         raise NotFound(f"no upload {upload_id}", upload=upload_id)
     return rec
@@ -274,28 +289,24 @@ def get_upload(account, upload_id):
 def upload_errors(account, upload_id, start=0, limit=1000):
     """[(line, reason)] of an upload's rejected rows from position start, and the next position."""
     get_upload(account, upload_id)
-    p, last = account.prefix, (1 << 8 * REJECT_ROW.width) - 1
-    with account.database.read() as txn:
-        items = txn.scan(account.database.db.rejects, REJECT_KEY.pack(p, upload_id, start),
-                         REJECT_KEY.pack(p, upload_id, last), limit)
-    out = [decode_reject(v) for _, v in items]
+    with account.backend.snapshot() as snap:
+        out = snap.rejects(account.number, upload_id, start, limit)
     return out, (start + len(out) if len(out) == limit else None)
 
 
 def recover(account):
     """Mark uploads whose process has died as failed (reason: interrupted)."""
 
-    def run(txn):
+    def run(unit):
         fixed = 0
-        for key, raw in list(Database.scan(txn, account.database.db.uploads, UPLOAD_KEY.prefix(account.prefix))):
-            upload = loads(raw)
+        for upload in unit.uploads(account.number):
             if upload["state"] in ACTIVE_STATES and not owner_alive(upload["owner"]):
                 upload.update(state="failed", reason="interrupted", finished=time.time())
-                txn.put(account.database.db.uploads, key, dumps(upload))
-                note_failure(account.segments, txn, upload)
+                unit.put_upload(account.number, upload)
+                note_failure(account.segments, unit, upload)
                 fixed += 1
         return fixed
-    return account.database.write(run)
+    return account.backend.write(run)
 
 
 def process_token(pid):

@@ -40,11 +40,11 @@ class ProfileIndex:
     """The current pair of KeyIndexes (guids, identities) of one account, rebuilt in the background
     when it goes stale.
 
-    build(txn) -> ((newline-ended guids, their uids), (newline-ended identities, their uids)) reads
-    the profiles in a read transaction; generation(txn) -> int reads the profiles generation."""
+    build(snap) -> ((newline-ended guids, their uids), (newline-ended identities, their uids)) reads
+    the profiles in a backend snapshot; generation(snap) -> int reads the profiles generation."""
 
-    def __init__(self, database, build, generation, enabled=True):
-        self.database = database
+    def __init__(self, backend, build, generation, enabled=True):
+        self.backend = backend
         self.enabled = enabled
         self._build = build
         self._generation = generation
@@ -56,14 +56,14 @@ class ProfileIndex:
         self._not_before = 0.0           # time.monotonic() before which no rebuild starts
         self._closed = False
 
-    def get(self, txn, build=True):
-        """(guids, identities) valid for txn, or None when missing or stale; then, with build, a
+    def get(self, snap, build=True):
+        """(guids, identities) valid for snap, or None when missing or stale; then, with build, a
         rebuild is requested. Uploads pass build=False: a 10M-profile build racing a 10M-row upload
         for 2 cores slowed the upload from 3.7 s to 6.7 s."""
         if not self.enabled:
             return None
         pair, built_at = self._current
-        generation = self._generation(txn)
+        generation = self._generation(snap)
         if pair is not None and built_at == generation:
             return pair
         if build and generation != self._failed_at:
@@ -97,11 +97,11 @@ class ProfileIndex:
         generation = None
         started = time.monotonic()
         try:
-            with self.database.read() as txn:
-                generation = self._generation(txn)
+            with self.backend.snapshot() as snap:
+                generation = self._generation(snap)
                 if generation in (self._current[1], self._failed_at):
                     return                   # current already, or known to fail
-                guids, identities = self._build(txn)
+                guids, identities = self._build(snap)
             pair = KeyIndex(*guids), KeyIndex(*identities)
             self._current = (pair, generation)
             log.info("profile index built", extra={"fields": {

@@ -1,9 +1,10 @@
 """Segments of one account: records, immutable bitmap versions, the current-version pointer, history,
 consumers, and every read query (membership, size, reachability, paging, sampling, export).
 
-A version is written once and never changed; a commit writes the new version and moves the pointer in
-one LMDB transaction, so a reader sees either the old or the new version, never a mix. Superseded
-versions stay readable for `retention_s` so a reader paging through a pinned version can finish.
+A version is written once and never changed; a commit publishes the new version and moves the pointer
+as one step of the backend (core/backend.py Unit.publish), so a reader sees either the old or the new
+version, never a mix. Superseded versions stay readable for `retention_s` so a reader paging through a
+pinned version can finish.
 """
 import bisect
 import random
@@ -15,9 +16,7 @@ from collections import OrderedDict
 from pyroaring import FrozenBitMap
 
 from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, VersionGone
-from listseg.core.layout import (CHANNELS, HEAD_KEY, HISTORY_KEY, SEGMENT_ID, SEGMENT_KEY, SEGMENT_NAME_KEY, VERSION,
-                                 VERSION_KEY, dumps, loads)
-from listseg.core.store import Database
+from listseg.core.layout import SEGMENT_ID
 
 CONSUMER_KINDS = ("campaign", "journey")
 MAX_NAME = 200
@@ -80,170 +79,146 @@ def without_deleted(bm, deleted):
 
 
 class Segments:
-    def __init__(self, database, account, profiles, cache, retention_s):
-        self.database = database
-        self.db = database.db
+    def __init__(self, backend, account, profiles, cache, retention_s):
+        self.backend = backend
         self.account = account
-        self.prefix = account.prefix
+        self.number = account.number
         self.profiles = profiles
         self.cache = cache
         self.retention_s = retention_s
 
     # -- records ----------------------------------------------------------------------------
-    def find_id(self, txn, segment):
+    def find_id(self, snap, segment):
         """The id of a segment named by id (int) or name (str); NotFound otherwise."""
         if isinstance(segment, int):
-            if (0 <= segment < 1 << 8 * SEGMENT_ID.width
-                    and txn.get(self.db.segments, SEGMENT_KEY.pack(self.prefix, segment)) is not None):
+            if 0 <= segment < 1 << 8 * SEGMENT_ID.width and snap.segment(self.number, segment) is not None:
                 return segment
         else:
-            raw = txn.get(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, str(segment).encode()))
-            if raw is not None:
-                return SEGMENT_ID.unpack(raw)
+            seg_id = snap.segment_id(self.number, str(segment))
+            if seg_id is not None:
+                return seg_id
             ref = read_ref(str(segment))
             if isinstance(ref, int):
-                return self.find_id(txn, ref)
+                return self.find_id(snap, ref)
         raise NotFound(f"no segment {segment!r}", segment=segment)
 
-    def record(self, txn, seg_id):
-        rec = loads(txn.get(self.db.segments, SEGMENT_KEY.pack(self.prefix, seg_id)))
+    def id_of(self, segment):
+        """find_id in a snapshot of its own."""
+        with self.backend.snapshot() as snap:
+            return self.find_id(snap, segment)
+
+    def record(self, snap, seg_id):
+        rec = snap.segment(self.number, seg_id)
         if rec is None:
             raise NotFound(f"no segment {seg_id}", segment=seg_id)
         return rec
 
-    def head(self, txn, seg_id):
-        raw = txn.get(self.db.heads, HEAD_KEY.pack(self.prefix, seg_id))
-        return VERSION.unpack(raw) if raw else 0
+    def head(self, snap, seg_id):
+        return snap.head(self.number, seg_id)
 
-    def bitmap(self, txn, seg_id, version=None):
+    def bitmap(self, snap, seg_id, version=None):
         """(version, FrozenBitMap) of the current version, or of `version` while retained."""
         if version is None:
-            version = self.head(txn, seg_id)
+            version = snap.head(self.number, seg_id)
         if version == 0:
             return 0, FrozenBitMap()
-        key = VERSION_KEY.pack(self.prefix, seg_id, version)
 
         def load():
-            raw = txn.get(self.db.versions, key)
-            if raw is None:
+            bm = snap.version(self.number, seg_id, version)
+            if bm is None:
                 raise VersionGone(f"version {version} of segment {seg_id} is no longer kept",
                                   segment=seg_id, version=version)
-            return FrozenBitMap.deserialize(raw)
+            return bm
 
-        return version, self.cache.get((self.account.number, seg_id, version), load)
+        return version, self.cache.get((self.number, seg_id, version), load)
 
-    def check_new_name(self, txn, name):
+    def check_new_name(self, snap, name):
         """The name, trimmed, if it is valid and free; InvalidArgument or AlreadyExists otherwise."""
         name = check_name(name)
-        self._claim(txn, name)
+        self._claim(snap, name)
         return name
 
-    def _claim(self, txn, name):
+    def _claim(self, snap, name):
         """None if the name is free for a create; the segment the create takes over if the name is
         held by a failed segment that never had a version; AlreadyExists otherwise. (A failed create
         removes its segment, but keeps it, failed, when a consumer was attached meanwhile.)"""
-        raw = txn.get(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, name.encode()))
-        if raw is None:
+        seg_id = snap.segment_id(self.number, name)
+        if seg_id is None:
             return None
-        rec = self.record(txn, SEGMENT_ID.unpack(raw))
-        if rec["state"] == "failed" and self.head(txn, rec["id"]) == 0:
+        rec = self.record(snap, seg_id)
+        if rec["state"] == "failed" and snap.head(self.number, seg_id) == 0:
             return rec
         raise AlreadyExists(f"a segment named {name!r} exists", name=name)
 
-    def create(self, txn, name, state="processing", now=None):
+    def create(self, unit, name, state="processing", now=None):
         """A segment record with no version yet, for a create upload: a new one, or a failed one
         that never had a version taken over (its id and consumers kept)."""
         name = check_name(name)
-        rec = self._claim(txn, name)
+        rec = self._claim(unit, name)
         now = now or time.time()
         if rec is None:
-            rec = {"id": self.account.allocate(txn, "next_segment"), "name": name, "consumers": [],
+            rec = {"id": unit.allocate(self.number, "next_segment"), "name": name, "consumers": [],
                    "last_upload": None}
-            txn.put(self.db.segnames, SEGMENT_NAME_KEY.pack(self.prefix, name.encode()), SEGMENT_ID.pack(rec["id"]))
+            unit.claim_name(self.number, name, rec["id"])
         rec.update(state=state, created=now, updated=now)
-        self.save(txn, rec)
+        self.save(unit, rec)
         return rec
 
-    def save(self, txn, rec):
-        txn.put(self.db.segments, SEGMENT_KEY.pack(self.prefix, rec["id"]), dumps(rec))
+    def save(self, unit, rec):
+        unit.put_segment(self.number, rec)
 
     def check_free(self, rec):
         """Refuse changes to a segment that campaigns or journeys are using."""
         if rec["consumers"]:
             raise InUse(rec["name"], rec["consumers"])
 
-    def commit(self, txn, rec, bm, now):
-        """Store bm as the segment's next version and move the pointer to it (in the caller's txn)."""
-        p, seg_id = self.prefix, rec["id"]
-        version = self.head(txn, seg_id) + 1
-        bm.run_optimize()
-        txn.put(self.db.versions, VERSION_KEY.pack(p, seg_id, version), bm.serialize())
-        txn.put(self.db.history, HISTORY_KEY.pack(p, seg_id, version), dumps({"time": now, "size": len(bm)}))
-        txn.put(self.db.heads, HEAD_KEY.pack(p, seg_id), VERSION.pack(version))
+    def publish(self, unit, rec, expected_head, staged, now):
+        """Make a staged version (Backend.stage) the segment's next one, if its head is still
+        expected_head (HeadMoved otherwise), and mark the segment ready (in the caller's unit)."""
+        version = unit.publish(self.number, rec["id"], expected_head, staged, now, self.retention_s)
         rec["state"] = "ready"
         rec["updated"] = now
-        self.save(txn, rec)
-        self._prune(txn, rec["id"], version, now)
+        self.save(unit, rec)
         return version
-
-    def _prune(self, txn, seg_id, current, now):
-        """Drop versions superseded more than retention_s ago (history rows stay: they are the trend)."""
-        superseded_at = {}
-        for key, raw in Database.scan(txn, self.db.history, HISTORY_KEY.prefix(self.prefix, seg_id)):
-            superseded_at[HISTORY_KEY.parse(key)[-1] - 1] = loads(raw)["time"]
-        for key, _ in list(Database.scan(txn, self.db.versions, VERSION_KEY.prefix(self.prefix, seg_id))):
-            version = VERSION_KEY.parse(key)[-1]
-            if version != current and now - superseded_at.get(version, now) > self.retention_s:
-                txn.delete(self.db.versions, key)
 
     # -- API: segments ------------------------------------------------------------------------
     def get(self, segment, sample=0):
         """Everything the details page shows: record, size, version, reachability, trend, sample."""
-        with self.database.read() as txn:
-            seg_id = self.find_id(txn, segment)
-            rec = self.record(txn, seg_id)
-            version, bm = self.bitmap(txn, seg_id)
-            channels = self.profiles.channel_bitmaps(txn)
-            deleted = self.profiles.deleted(txn)
-            out = dict(rec, version=version, size=live_size(bm, deleted),
-                       reachability={name: bm.intersection_cardinality(channels[name]) for name in CHANNELS},
-                       trend=self._trend(txn, seg_id))
+        with self.backend.snapshot() as snap:
+            seg_id = self.find_id(snap, segment)
+            rec = self.record(snap, seg_id)
+            version, bm = self.bitmap(snap, seg_id)
+            deleted = self.profiles.deleted(snap)
+            out = dict(rec, version=version, size=live_size(bm, deleted), reachability=snap.reach(self.number, bm),
+                       trend=self._trend(snap, seg_id))
             if sample:
-                out["sample"] = [p.to_dict() for p in self._sample(txn, without_deleted(bm, deleted), sample)]
+                out["sample"] = [p.to_dict() for p in self._sample(snap, without_deleted(bm, deleted), sample)]
             return out
 
-    def _trend(self, txn, seg_id):
-        return [dict(loads(raw), version=HISTORY_KEY.parse(key)[-1])
-                for key, raw in Database.scan(txn, self.db.history, HISTORY_KEY.prefix(self.prefix, seg_id))]
+    def _trend(self, snap, seg_id):
+        return [dict(rec, version=version) for version, rec in snap.history(self.number, seg_id)]
 
     def list(self):
         """Every segment of the account with its size, in id order."""
         out = []
-        with self.database.read() as txn:
-            deleted = self.profiles.deleted(txn)
-            for _, raw in Database.scan(txn, self.db.segments, SEGMENT_KEY.prefix(self.prefix)):
-                rec = loads(raw)
-                version, bm = self.bitmap(txn, rec["id"])
+        with self.backend.snapshot() as snap:
+            deleted = self.profiles.deleted(snap)
+            for rec in snap.segments(self.number):
+                version, bm = self.bitmap(snap, rec["id"])
                 out.append(dict(rec, version=version, size=live_size(bm, deleted)))
         return out
 
     def delete(self, segment):
-        def run(txn):
-            rec = self.record(txn, self.find_id(txn, segment))
+        def run(unit):
+            rec = self.record(unit, self.find_id(unit, segment))
             self.check_free(rec)
-            self.remove(txn, rec)
+            self.remove(unit, rec)
             return rec
-        return self.database.write(run)
+        return self.backend.write(run)
 
-    def remove(self, txn, rec):
-        """Drop the segment: versions, history, pointer, record and name (in the caller's txn)."""
-        p, seg_id = self.prefix, rec["id"]
-        for dbi, shape in ((self.db.versions, VERSION_KEY), (self.db.history, HISTORY_KEY)):
-            for key, _ in list(Database.scan(txn, dbi, shape.prefix(p, seg_id))):
-                txn.delete(dbi, key)
-        txn.delete(self.db.heads, HEAD_KEY.pack(p, seg_id))
-        txn.delete(self.db.segments, SEGMENT_KEY.pack(p, seg_id))
-        txn.delete(self.db.segnames, SEGMENT_NAME_KEY.pack(p, rec["name"].encode()))
+    def remove(self, unit, rec):
+        """Drop the segment: versions, history, pointer, record and name (in the caller's unit)."""
+        unit.drop_segment(self.number, rec["id"], rec["name"])
 
     def attach(self, segment, kind, consumer_id, name=None):
         return self._consumers(segment, kind, consumer_id, name, attach=True)
@@ -257,17 +232,17 @@ class Segments:
         if not str(consumer_id).strip():
             raise InvalidArgument("consumer id must not be empty", field="id")
 
-        def run(txn):
-            rec = self.record(txn, self.find_id(txn, segment))
+        def run(unit):
+            rec = self.record(unit, self.find_id(unit, segment))
             rest = [c for c in rec["consumers"] if (c["kind"], c["id"]) != (kind, str(consumer_id))]
             if attach:
                 rest.append({"kind": kind, "id": str(consumer_id), "name": name or ""})
             elif len(rest) == len(rec["consumers"]):
                 raise NotFound(f"{kind} {consumer_id} is not attached to {rec['name']!r}")
             rec["consumers"] = rest
-            self.save(txn, rec)
+            self.save(unit, rec)
             return rec
-        return self.database.write(run)
+        return self.backend.write(run)
 
     # -- API: membership ---------------------------------------------------------------------
     def is_member(self, segment, kind, key):
@@ -276,7 +251,7 @@ class Segments:
     def check_members(self, segment, keys, kind=None):
         """(version, [bool]) for [(kind 'g'|'i', key)], or for plain keys all of `kind`; every
         answer comes from one version."""
-        version, bm, uids = self._at_head(segment, lambda txn: self.profiles.resolve_keys(txn, keys, kind))
+        version, bm, uids = self._at_head(segment, lambda snap: self.profiles.resolve_keys(snap, keys, kind))
         return version, [uid in bm for uid in uids]     # UNKNOWN is never a member (uids < 2**32-1)
 
     def check_lines(self, segment, lines, kind):
@@ -287,17 +262,17 @@ class Segments:
         if b"\r" in lines:
             lines = lines.replace(b"\r\n", b"\n")
 
-        def resolve(txn):
-            uids = self.profiles.lookup_lines(txn, lines, kind)
-            return uids if uids is not None else self.profiles.resolve_keys(txn, lines.split(b"\n")[:-1], kind)
+        def resolve(snap):
+            uids = self.profiles.lookup_lines(snap, lines, kind)
+            return uids if uids is not None else self.profiles.resolve_keys(snap, lines.split(b"\n")[:-1], kind)
         version, bm, uids = self._at_head(segment, resolve)
         return version, bytes([uid in bm for uid in uids])
 
     def _at_head(self, segment, resolve):
-        """(version, bitmap, resolve(txn)) with the segment's current version, in one transaction."""
-        with self.database.read() as txn:
-            version, bm = self.bitmap(txn, self.find_id(txn, segment))
-            return version, bm, resolve(txn)
+        """(version, bitmap, resolve(snap)) with the segment's current version, in one snapshot."""
+        with self.backend.snapshot() as snap:
+            version, bm = self.bitmap(snap, self.find_id(snap, segment))
+            return version, bm, resolve(snap)
 
     def members(self, segment, start=0, count=10_000, version=None, shard_index=0, shard_count=1):
         """A page of member uids in uid order, from one version.
@@ -308,11 +283,11 @@ class Segments:
         segment never had, or a start outside the shard, is InvalidArgument (field page_token)."""
         if not 0 <= shard_index < shard_count:
             raise InvalidArgument("shard_index must be in [0, shard_count)", field="shard_index")
-        with self.database.read() as txn:
-            seg_id = self.find_id(txn, segment)
-            if version is not None and not 0 < version <= self.head(txn, seg_id):
+        with self.backend.snapshot() as snap:
+            seg_id = self.find_id(snap, segment)
+            if version is not None and not 0 < version <= self.head(snap, seg_id):
                 raise InvalidArgument(f"segment {seg_id} has no version {version}", field="page_token")
-            version, bm = self.bitmap(txn, seg_id, version)
+            version, bm = self.bitmap(snap, seg_id, version)
         n = len(bm)
         lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
         if start and not 0 < start < hi - lo:
@@ -330,20 +305,20 @@ class Segments:
         many bytes (and at least one member): a page of long guids ends early, and next start is
         then the rank after its last member, so the next page loses and repeats none."""
         version, uids, nxt = self.members(segment, start, count, version, shard_index, shard_count)
-        with self.database.read() as txn:
-            guids, found, taken = self._fit_guids(txn, uids, max_bytes)
+        with self.backend.snapshot() as snap:
+            guids, found, taken = self._fit_guids(snap, uids, max_bytes)
         return version, guids, found, (start + taken if taken < len(uids) else nxt)
 
-    def _fit_guids(self, txn, uids, max_bytes):
+    def _fit_guids(self, snap, uids, max_bytes):
         """(guids, found, taken): member_guids of uids[:taken], the most leading uids whose members
         fit in max_bytes. Reads FIT_CHUNK uids at a time, so a long page of long guids reads little
         more than it sends."""
         if max_bytes is None:
-            return (*self.member_guids(txn, uids), len(uids))
+            return (*self.member_guids(snap, uids), len(uids))
         parts, size, taken = [], 0, 0
         while taken < len(uids):
             chunk = uids[taken:taken + FIT_CHUNK]
-            guids, found = self.member_guids(txn, chunk)
+            guids, found = self.member_guids(snap, chunk)
             if size + len(guids) + len(found) <= max_bytes:
                 parts.append((guids, found))
                 size += len(guids) + len(found)
@@ -361,41 +336,40 @@ class Segments:
             break
         return b"".join(g for g, _ in parts), b"".join(f for _, f in parts), taken
 
-    def _sample(self, txn, bm, n):
+    def _sample(self, snap, bm, n):
         """Up to n profiles picked at random ranks of bm (give it without_deleted's members)."""
         ranks = sorted(random.sample(range(len(bm)), min(n, len(bm))))
-        found = (self.profiles.get(txn, bm[r]) for r in ranks)
-        return [p for p in found if p is not None]
+        return self.profiles.get_many(snap, [bm[r] for r in ranks])
 
     def sample(self, segment, n=10):
-        with self.database.read() as txn:
-            _, bm = self.bitmap(txn, self.find_id(txn, segment))
-            return self._sample(txn, without_deleted(bm, self.profiles.deleted(txn)), n)
+        with self.backend.snapshot() as snap:
+            _, bm = self.bitmap(snap, self.find_id(snap, segment))
+            return self._sample(snap, without_deleted(bm, self.profiles.deleted(snap)), n)
 
-    def member_guids(self, txn, uids):
+    def member_guids(self, snap, uids):
         """(guids, found) of ascending uids: each guid followed by a newline, and the uids that
         still have a profile (packed uint32). One C loop, no object per member."""
-        return txn.member_guids(self.db.profile, self.prefix, uids)
+        return snap.member_keys(self.number, uids)
 
     def export(self, segment, page=65_536, max_bytes=None):
         """The members as a re-uploadable CSV (`Type,Identity` then `g,<guid>`), in byte chunks of
         whole rows (with max_bytes, of at most that many bytes), all from the version current when
         the export starts."""
-        with self.database.read() as txn:
-            seg_id = self.find_id(txn, segment)
-            version, bm = self.bitmap(txn, seg_id)
+        with self.backend.snapshot() as snap:
+            seg_id = self.find_id(snap, segment)
+            version, bm = self.bitmap(snap, seg_id)
         yield EXPORT_HEADER
         for first in range(0, len(bm), page):
             uids = bm[first:first + page].to_array()
-            with self.database.read() as txn:
-                guids, found = self.member_guids(txn, uids)
+            with self.backend.snapshot() as snap:
+                guids, found = self.member_guids(snap, uids)
             plain = not any(c in guids for c in (b",", b'"', b"\r")) and guids.count(b"\n") == len(found) // 4
             if plain:                   # the common case: no guid needs CSV quoting
                 chunk = b"g," + guids[:-1].replace(b"\n", b"\ng,") + b"\n" if guids else b""
             else:
-                with self.database.read() as txn:
-                    rows = self.profiles.guids(txn, uids)
-                chunk = "".join(f"g,{_csv(guid)}\n" for _, guid, _ in rows).encode()
+                with self.backend.snapshot() as snap:
+                    rows = self.profiles.get_many(snap, uids)
+                chunk = "".join(f"g,{_csv(p.guid)}\n" for p in rows).encode()
             yield from _rows_within(chunk, max_bytes)
 
 

@@ -27,6 +27,7 @@ CODES = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.InUse: grpc.StatusCode.FAILED_PRECONDITION,
     errors.VersionGone: grpc.StatusCode.ABORTED,
+    errors.HeadMoved: grpc.StatusCode.ABORTED,
     errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.TooManyUploads: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -275,8 +275,7 @@ class MembershipServicer(pb_grpc.MembershipServicer):
         if request.shard_index >= shards:
             raise InvalidArgument("shard_index must be below shard_count", field="shard_index")
         ref = convert.segment_ref(request.segment)
-        with account.database.read() as txn:
-            seg_id = account.segments.find_id(txn, ref)
+        seg_id = account.segments.id_of(ref)
         token = convert.MEMBERS_PAGE
         # the core checks the rest against the segment: a version it has had, a position inside the shard
         state = token.read(request.page_token, segment=seg_id, version=range(1, 1 << 32),

@@ -9,8 +9,11 @@ import pytest
 import harness
 from harness import FRONT_FAILURES
 from listseg.core import _parser_py, _store_py
+from listseg.core.layout import CHANNELS
 
 TWIN_ONLY = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
+# under LISTSEG_NO_EXTENSIONS "lmdb" is the twin binding already
+BACKENDS = [b for b in harness.BACKENDS if not (TWIN_ONLY and b == "lmdb-twin")]
 
 
 def _scanners():
@@ -39,9 +42,17 @@ def store_cls(request):
     return request.param
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The backend's name (harness.BACKENDS): a test that takes `engine` or `account` runs once per
+    backend, the engine's conformance suite. Server tests run on the default backend; one that takes
+    `backend` too gets its servers (`serve`, `server`) on each."""
+    return request.param
+
+
 @pytest.fixture
-def engine(tmp_path, store_cls):
-    with harness.open_engine(tmp_path / "data", store_cls=store_cls) as e:
+def engine(tmp_path, backend):
+    with harness.open_engine(tmp_path / "data", backend=backend) as e:
         yield e
 
 
@@ -54,6 +65,12 @@ def people(n, start=0):
     """n profiles: guid g<k>, identity id<k> for odd k, channels by k."""
     chans = [["email"], ["sms", "push"], [], ["email", "whatsapp", "webpush"]]
     return [(f"g{k}", f"id{k}" if k % 2 else None, chans[k % 4]) for k in range(start, start + n)]
+
+
+def channels_of(account):
+    """{channel: FrozenBitMap of its reachable uids} of the account, from one snapshot."""
+    with account.backend.snapshot() as snap:
+        return {name: snap.channel(account.number, name) for name in CHANNELS}
 
 
 def upload(account, data, mode="create", chunk=None, **kw):
@@ -92,22 +109,16 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def backend():
-    """The store the servers' engines run on (None: the engine's default). The one place to
-    parametrise server tests per backend; today's servers run on the default only."""
-    return None
-
-
-@pytest.fixture
-def serve(tmp_path, backend):
+def serve(tmp_path, request):
     """serve(data=None, engine=None, **kw): an in-process server (harness.InProcess; kw: map_size and
     create_server's) over engine, or a new engine at data (by default a new directory in tmp_path);
     all stopped after the test."""
     made = []
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
 
     def start(data=None, engine=None, **kw):
         if engine is None:
-            kw.setdefault("store_cls", backend)
+            kw.setdefault("backend", backend)
             if data is None:            # tmp_path/"data", then data1, data2...: one directory each
                 data = tmp_path / (f"data{len(made)}" if made else "data")
         made.append(harness.InProcess(data, engine, **kw))

@@ -24,21 +24,38 @@ def free_port():
         return s.getsockname()[1]
 
 
-def open_engine(path, map_size=MAP_SIZE, store_cls=None, **kw):
-    """An engine on path; store_cls None is the engine's own choice (compiled unless
-    LISTSEG_NO_EXTENSIONS). The seam where a test picks a backend."""
+#: The backends the engine suite runs on (tests/conftest.py `backend`), by name: "lmdb" is the embedded
+#: store with the engine's own binding (compiled unless LISTSEG_NO_EXTENSIONS), "lmdb-twin" the same
+#: files through the pure-Python binding. The Redis Cluster backend (issue 12) joins here.
+BACKENDS = ("lmdb", "lmdb-twin")
+DEFAULT_BACKEND = "lmdb"
+
+
+def backend_options(backend):
+    """Engine options for a backend name (None: the default)."""
+    if backend in (None, DEFAULT_BACKEND):
+        return {}
+    if backend == "lmdb-twin":
+        from listseg.core._store_py import Store
+        return {"store_cls": Store}
+    raise ValueError(f"no backend {backend!r}; expected one of {BACKENDS}")
+
+
+def open_engine(path, map_size=MAP_SIZE, backend=None, **kw):
+    """An engine on path, over a backend of BACKENDS (None: the default). The seam where a test
+    picks a backend."""
     from listseg.core.engine import Engine      # here: the benchmark's processes load no engine
-    return Engine(str(path), map_size=map_size, store_cls=store_cls, **kw)
+    return Engine(str(path), map_size=map_size, **backend_options(backend), **kw)
 
 
 class InProcess:
     """listseg.server.app.create_server in this process, on a free loopback port, over `engine`
     (or a new one at `data`). stop() stops the server, then closes the engine."""
 
-    def __init__(self, data=None, engine=None, address=f"{LOOPBACK}:0", map_size=MAP_SIZE, store_cls=None,
+    def __init__(self, data=None, engine=None, address=f"{LOOPBACK}:0", map_size=MAP_SIZE, backend=None,
                  **server_kw):
         from listseg.server.app import create_server
-        self.engine = engine if engine is not None else open_engine(data, map_size, store_cls)
+        self.engine = engine if engine is not None else open_engine(data, map_size, backend)
         try:
             self.server, self.port = create_server(self.engine, address, **server_kw)
         except BaseException:

@@ -303,13 +303,13 @@ def test_crlf_identity_lines_through_lmdb_and_the_index(account):
     compiled store and its twin (and, in `make test-twin`, the twin index)."""
     account.profiles.upsert(people(10))
     upload(account, csv(b"g%d" % k for k in range(0, 10, 2)), name="s")
-    with account.database.read() as txn:
-        assert account.profiles.index.get(txn, build=False) is None          # not built: LMDB answers
+    with account.backend.snapshot() as snap:
+        assert account.profiles.index.get(snap, build=False) is None          # not built: LMDB answers
     assert account.segments.check_lines("s", CRLF_PROBE, "g") == (1, CRLF_FLAGS)       # LMDB
     assert account.segments.check_lines("s", b"id1\r\nid2\r\nid3\r\n", "i") == (1, b"\x00\x00\x00")
     account.profiles.index.wait()
-    with account.database.read() as txn:
-        assert account.profiles.index.get(txn) is not None, "the index was not built"
+    with account.backend.snapshot() as snap:
+        assert account.profiles.index.get(snap) is not None, "the index was not built"
     assert account.segments.check_lines("s", CRLF_PROBE, "g") == (1, CRLF_FLAGS)       # the index
     upload(account, csv([b"g1", b"g3"]), "replace", segment="s")
     assert account.segments.check_lines("s", b"id1\r\nid2\r\nid3\r\n", "i")[1] == b"\x01\x00\x01"

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import people, upload
+from conftest import channels_of, people, upload
 from listseg.core.engine import Engine
 from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, TooLarge, VersionGone
 from listseg.core.ids import InvalidProfile
@@ -20,8 +20,7 @@ def test_profiles_and_reachability(account):
     assert (p.uid, p.identity, p.channels) == (3, "id3", ("email", "whatsapp", "webpush"))
     assert account.profiles.find(identity="id5").guid == "g5"
     assert account.profiles.find(guid="nobody") is None
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
+    ch = channels_of(account)
     assert list(ch["email"]) == [0, 3, 4, 7] and list(ch["sms"]) == [1, 5]
 
 
@@ -32,8 +31,7 @@ def test_profile_update_moves_identity_and_channels(account):
     assert account.profiles.find(identity="new@x.com").uid == 1
     assert account.profiles.find(identity="id3").guid == "g0"          # identities are unique
     assert account.profiles.find(guid="g3").identity is None
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
+    ch = channels_of(account)
     assert list(ch["email"]) == [1, 3] and list(ch["sms"]) == []
 
 

@@ -24,8 +24,6 @@ from hypothesis import strategies as st
 import csv_reference
 from harness import InProcess, open_engine
 from listseg.core.ingest import ACTIVE_STATES
-from listseg.core.layout import loads
-from listseg.core.store import Database
 from listseg.v1 import listseg_pb2 as pb
 
 TWIN = bool(os.environ.get("LISTSEG_NO_EXTENSIONS"))
@@ -279,10 +277,8 @@ def _check_uploads_ended(account, grace):
     message) the client has its status while the servicer is still failing the upload: `grace` seconds."""
     deadline = time.time() + grace
     while True:
-        with account.database.read() as txn:
-            active = [u["id"] for u in map(loads, (v for _, v in Database.scan(txn, account.database.db.uploads,
-                                                                                   account.prefix)))
-                      if u["state"] in ACTIVE_STATES]
+        with account.backend.snapshot() as snap:
+            active = [u["id"] for u in snap.uploads(account.number) if u["state"] in ACTIVE_STATES]
         if not active or time.time() > deadline:
             break
         time.sleep(0.01)

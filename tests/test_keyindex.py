@@ -120,8 +120,8 @@ def ready_index(acct):
     """Ask once (which starts a build), wait for it, and check the index now serves reads."""
     acct.segments.check_lines("s", b"g0\n", "g")
     acct.profiles.index.wait()
-    with acct.database.read() as txn:
-        assert acct.profiles.index.get(txn) is not None, "the index was not built"
+    with acct.backend.snapshot() as snap:
+        assert acct.profiles.index.get(snap) is not None, "the index was not built"
 
 
 def test_bulk_answers_match_the_lmdb_path(account):
@@ -156,11 +156,11 @@ def test_a_new_profile_counts_at_once(account):
 def test_the_index_is_rebuilt_after_a_change(account):
     ready_index(account)
     account.profiles.upsert([("later", None, [])])
-    with account.database.read() as txn:
-        assert account.profiles.index.get(txn) is None             # stale: LMDB answers
+    with account.backend.snapshot() as snap:
+        assert account.profiles.index.get(snap) is None             # stale: LMDB answers
     account.profiles.index.wait()
-    with account.database.read() as txn:
-        pair = account.profiles.index.get(txn)
+    with account.backend.snapshot() as snap:
+        pair = account.profiles.index.get(snap)
         assert pair is not None and pair[0].count == 101 and pair[1].count == 100
 
 
@@ -177,11 +177,11 @@ def test_a_stored_guid_with_a_newline_keeps_the_lmdb_path(account):
     """A store written before line breaks were refused: the guid cannot be framed by newlines, so the
     build refuses and readers keep using LMDB."""
     fields, ends = b"two\nlines" + b"\x00", array("Q", [9, 9, 10])
-    account.database.write(lambda txn: account.profiles._write_batch(txn, fields, ends, ids._bits_byte))
+    account.profiles._write_batch(fields, ends, ids._bits_byte)
     account.segments.check_lines("s", b"g0\n", "g")
     account.profiles.index.wait()
-    with account.database.read() as txn:
-        assert account.profiles.index.get(txn) is None
+    with account.backend.snapshot() as snap:
+        assert account.profiles.index.get(snap) is None
     assert account.segments.check_members("s", ["g0", "two\nlines"], "g")[1] == [True, False]
 
 
@@ -198,8 +198,8 @@ def test_uploads_resolve_alike_from_the_index_and_from_lmdb(account, monkeypatch
     account.profiles.upsert([("extra", None, [])])                   # the index is stale now
     with monkeypatch.context() as m:
         m.setattr(account.profiles.index, "warm", lambda: None)
-        with account.database.read() as txn:
-            assert account.profiles.index.get(txn) is None            # so LMDB resolves
+        with account.backend.snapshot() as snap:
+            assert account.profiles.index.get(snap) is None            # so LMDB resolves
         cold = upload_report(account, body)
         cold_members = account.segments.members("s", count=1000)[1]
     ready_index(account)
@@ -226,8 +226,8 @@ def test_the_index_can_be_turned_off(tmp_path):
         up.feed(b"Type,Identity\ni,id1\n")
         up.finish()
         assert acct.segments.check_lines("s", b"g1\ng2\n", "g") == (1, b"\x01\x00")
-        with acct.database.read() as txn:
-            assert acct.profiles.index.get(txn) is None
+        with acct.backend.snapshot() as snap:
+            assert acct.profiles.index.get(snap) is None
         assert acct.profiles.index._thread is None            # and none is being built
 
 
@@ -245,8 +245,8 @@ def test_uploads_use_the_index_but_never_start_a_build(account):
     assert upload_report(account, b"g,extra\n")["qualified"] == 1       # resolved by LMDB
     index = account.profiles.index
     assert index._thread is None and index._timer is None
-    with account.database.read() as txn:
-        assert index.get(txn, build=False) is None
+    with account.backend.snapshot() as snap:
+        assert index.get(snap, build=False) is None
 
 
 def test_rebuilds_wait_their_turn(account, monkeypatch):
@@ -269,6 +269,6 @@ def test_the_server_warms_the_index_after_an_import(tmp_path):
             c.import_profiles(b"guid,identity,channels\ng1,id1,\ng2,,\n")
         index = server.engine.account().profiles.index
         index.wait()
-        with server.engine.database.read() as txn:
-            pair = index.get(txn, build=False)
+        with server.engine.backend.snapshot() as snap:
+            pair = index.get(snap, build=False)
         assert pair is not None and (pair[0].count, pair[1].count) == (2, 1)

@@ -209,11 +209,11 @@ def test_passcodes_are_stored_only_as_salted_hashes(tmp_path):
     creds = Credentials(engine)
     (a, pa), (b, pb_) = creds.create("A"), creds.create("B")
     assert creds.authenticate(a, pa).name == a
-    with engine.database.read() as txn:
-        stored = b"".join(k + v for k, v in Database.scan(txn, engine.database.db.accounts, b""))
+    db = engine.backend.database                  # the LMDB file itself: every key and value
+    with db.read() as txn:
+        stored = b"".join(k + v for k, v in Database.scan(txn, db.db.accounts, b""))
     assert pa.encode() not in stored and pb_.encode() not in stored
-    with engine.database.read() as txn:
-        states = [engine.account(x).load_state(txn) for x in (a, b)]
+    states = [engine.account(x).state() for x in (a, b)]
     assert states[0]["salt"] != states[1]["salt"] and len(bytes.fromhex(states[0]["passcode"])) == 32
     engine.close()
 

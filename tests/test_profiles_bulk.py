@@ -5,7 +5,7 @@ from array import array
 
 import pytest
 
-from conftest import TWIN_ONLY
+from conftest import TWIN_ONLY, channels_of
 from listseg.core import _store_py, parser
 from listseg.core.ids import CHANNELS, InvalidProfile
 from listseg.core.store import DATABASES, UNKNOWN
@@ -54,9 +54,8 @@ def check(account, model):
     for identity in model.seen_idents - {""}:
         p = profiles.find(identity=identity)
         assert (p.uid if p else None) == model.idents.get(identity), identity
-    with account.database.read() as txn:
-        channels = profiles.channel_bitmaps(txn)
-        assert account.load_state(txn)["next_uid"] == model.next_uid
+    channels = channels_of(account)
+    assert account.state()["next_uid"] == model.next_uid
     for k, name in enumerate(CHANNELS):
         assert set(channels[name]) == {u for u, (_, _, b) in model.profiles.items() if b & 1 << k}, name
 
@@ -83,9 +82,8 @@ def test_same_guid_twice_in_a_batch(account):
     assert (a.uid, a.identity, a.channels) == (0, "ia2", ("push",))
     assert account.profiles.find(guid="b").uid == 1
     assert account.profiles.find(identity="ia") is None
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
-        assert account.load_state(txn)["next_uid"] == 2
+    ch = channels_of(account)
+    assert account.state()["next_uid"] == 2
     assert (list(ch["email"]), list(ch["sms"]), list(ch["push"])) == ([], [1], [0])
 
 
@@ -106,8 +104,7 @@ def test_updates_mixed_with_inserts_keep_uid_order(account):
     assert [account.profiles.find(guid=g).uid for g in ("old1", "old2", "n1", "n2", "n3")] == [0, 1, 2, 3, 4]
     assert account.profiles.find(identity="i1").guid == "n2"
     assert account.profiles.find(guid="old1").identity is None
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
+    ch = channels_of(account)
     assert (list(ch["email"]), list(ch["sms"]), list(ch["push"]), list(ch["webpush"])) == ([1], [2], [0], [4])
 
 
@@ -115,8 +112,7 @@ def test_a_channel_flipping_within_a_batch_ends_as_the_last_row_says(account):
     account.profiles.upsert([("a", None, ["email"])])
     account.profiles.import_csv([b"a,,\na,,email\nb,,email\nb,,\nb,,email\n"])
     account.profiles.upsert([("c", None, ["sms"]), ("c", None, []), ("c", None, ["sms"])])
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
+    ch = channels_of(account)
     assert list(ch["email"]) == [0, 1] and list(ch["sms"]) == [2]
 
 
@@ -167,9 +163,14 @@ def test_upsert_rejects_out_of_range_bits(account):
 def test_a_failing_batch_writes_nothing(account, monkeypatch):
     account.profiles.upsert([("a", "ia", ["email"])])
 
-    def boom(txn, state):
-        raise RuntimeError("disk on fire")
-    monkeypatch.setattr(account, "save_state", boom)
+    write = account.backend.write
+
+    def failing(fn):                        # each unit fails after it has written all it would
+        def run(unit):
+            fn(unit)
+            raise RuntimeError("disk on fire")
+        return write(run)
+    monkeypatch.setattr(account.backend, "write", failing)
     with pytest.raises(RuntimeError):
         account.profiles.import_csv([b"a,ib,sms\nb,ia,push\nc,ic,email\n"])
     monkeypatch.undo()
@@ -213,8 +214,7 @@ def test_large_fresh_import(account):
     for k in (0, 1, 2, 49_999):
         p = account.profiles.find(guid=f"{k:032x}")
         assert (p.uid, p.identity, p.channels) == (k, f"u{k}@x.com" if k % 3 else None, CHANNELS[: k % 4])
-    with account.database.read() as txn:
-        ch = account.profiles.channel_bitmaps(txn)
+    ch = channels_of(account)
     assert len(ch["email"]) == 37_500 and len(ch["push"]) == 12_500
 
 

@@ -1,0 +1,143 @@
+"""Profile writes and bulk profile reads of the LMDB backend, inside its transactions.
+
+An upsert batch is mostly new profiles: the binding's `put_new_profiles` writes those in one C loop;
+the rest (stored guids, identities that move, a guid named twice) are applied here in row order, as
+if the batch were written one row at a time.
+"""
+from array import array
+
+from pyroaring import BitMap
+
+from listseg.core.errors import InvalidProfile
+from listseg.core.layout import (CHANNEL_BIT, CHANNEL_KEY, CHANNELS, DELETED, GENERATION, GENERATION_KEY, GUID_KEY,
+                                 IDENT_KEY, PROFILE_KEY, account_prefix, channel_names, decode_profile, decode_uid,
+                                 encode_profile, encode_uid)
+
+
+def value(fields, ends, i):
+    """Value i of a packed batch (fields concatenated, ends their cumulative end offsets)."""
+    return fields[ends[i - 1] if i else 0:ends[i]]
+
+
+def records(txn, db, p, uids):
+    """[(bits, guid, identity) or None] of each uid."""
+    out = []
+    for uid in uids:
+        raw = txn.get(db.profile, PROFILE_KEY.pack(p, uid))
+        out.append(decode_profile(raw) if raw is not None else None)
+    return out
+
+
+def upsert(unit, acct, fields, ends, bits_of):
+    """core/backend.py Unit.upsert_profiles, in the unit's write transaction."""
+    txn, db, p = unit.txn, unit.db, account_prefix(acct)
+    n = len(ends) // 3
+    chan_gids, firsts = txn.groups(fields, ends, 3, 2)
+    chan_gids = memoryview(chan_gids).cast("I")
+    table, bad = bytearray(), {}
+    for g, r in enumerate(memoryview(firsts).cast("I")):      # few distinct channel values
+        try:
+            table.append(bits_of(value(fields, ends, 3 * r + 2)))
+        except InvalidProfile as e:
+            table.append(0xFF)                                 # put_new_profiles skips the row
+            bad[g] = str(e)
+    guid_uids = txn.resolve(db.guid, db.ident, p, b"g" * n, fields, ends, 3, 0)
+    ident_uids = txn.resolve(db.guid, db.ident, p, b"i" * n, fields, ends, 3, 1)
+    state = unit.account_state(acct)
+    slow_rows, slow_uids, fast_adds, state["next_uid"] = txn.put_new_profiles(
+        db.guid, db.ident, db.profile, p, fields, ends, 3, memoryview(guid_uids).cast("I"),
+        memoryview(ident_uids).cast("I"), chan_gids, bytes(table), state["next_uid"])
+    # the rest: stored guids or identities, or named twice in the batch; in row order
+    before, after = {}, {}
+    for r, new_uid in zip(memoryview(slow_rows).cast("I"), memoryview(slow_uids).cast("I")):
+        uid, old_bits = _put_one(txn, db, p, value(fields, ends, 3 * r), value(fields, ends, 3 * r + 1),
+                                 table[chan_gids[r]], new_uid)
+        before.setdefault(uid, old_bits)
+        after[uid] = table[chan_gids[r]]
+    unit.put_account_state(acct, state)
+    _changed(unit, acct)
+    adds = {name: array("I") for name in CHANNELS}
+    drops = {name: array("I") for name in CHANNELS}
+    for k, name in enumerate(CHANNELS):
+        adds[name].frombytes(fast_adds[k])
+    for uid, bits in after.items():       # net change per uid: a channel may flip twice in a batch
+        for name, bit in CHANNEL_BIT.items():
+            if bits & bit and not before[uid] & bit:
+                adds[name].append(uid)
+            elif before[uid] & bit and not bits & bit:
+                drops[name].append(uid)
+    _update_channels(txn, db, p, adds, drops)
+    skipped = [(r, bad[g]) for r, g in enumerate(chan_gids) if g in bad] if bad else []
+    return n - len(skipped), skipped
+
+
+def _put_one(txn, db, p, g, i, bits, new_uid):
+    """Insert or update one profile; a guid not stored yet takes new_uid. Returns (uid, old bits)."""
+    old = txn.get(db.guid, GUID_KEY.pack(p, g))
+    if old is None:
+        uid, old_bits, old_ident = new_uid, 0, b""
+        txn.put(db.guid, GUID_KEY.pack(p, g), encode_uid(uid))
+    else:
+        uid = decode_uid(old)
+        old_bits, _, old_ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
+    if i != old_ident:
+        if old_ident:
+            txn.delete(db.ident, IDENT_KEY.pack(p, old_ident))
+        if i:
+            _take_identity(txn, db, p, i, uid)
+            txn.put(db.ident, IDENT_KEY.pack(p, i), encode_uid(uid))
+    txn.put(db.profile, PROFILE_KEY.pack(p, uid), encode_profile(bits, g, i))
+    return uid, old_bits
+
+
+def _take_identity(txn, db, p, identity, uid):
+    """If another profile holds this identity, clear it there (identities are unique)."""
+    holder = txn.get(db.ident, IDENT_KEY.pack(p, identity))
+    if holder is None or decode_uid(holder) == uid:
+        return
+    key = PROFILE_KEY.pack(p, decode_uid(holder))
+    bits, guid, _ = decode_profile(txn.get(db.profile, key))
+    txn.put(db.profile, key, encode_profile(bits, guid, b""))
+
+
+def _update_channels(txn, db, p, adds, drops):
+    """adds and drops: {channel or DELETED: array('I')}, disjoint."""
+    for name in adds.keys() | drops.keys():
+        if not adds.get(name) and not drops.get(name):
+            continue
+        key = CHANNEL_KEY.pack(p, name.encode())
+        raw = txn.get(db.channels, key)
+        bm = BitMap.deserialize(raw) if raw else BitMap()
+        bm |= BitMap(adds.get(name, ()))
+        bm -= BitMap(drops.get(name, ()))
+        txn.put(db.channels, key, bm.serialize())
+
+
+def _changed(unit, acct):
+    """Move the profiles generation (core/keyindex.py trusts the profile index only at its own)."""
+    unit.txn.put(unit.db.accounts, GENERATION_KEY.pack(account_prefix(acct)),
+                 GENERATION.pack(unit.generation(acct) + 1))
+
+
+def delete(unit, acct, guids):
+    """core/backend.py Unit.delete_profiles, in the unit's write transaction."""
+    txn, db, p = unit.txn, unit.db, account_prefix(acct)
+    drops = {name: array("I") for name in CHANNELS}
+    gone = array("I")
+    for g in guids:
+        old = txn.get(db.guid, GUID_KEY.pack(p, g))
+        if old is None:
+            continue
+        uid = decode_uid(old)
+        bits, _, ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
+        if ident:
+            txn.delete(db.ident, IDENT_KEY.pack(p, ident))
+        txn.delete(db.guid, GUID_KEY.pack(p, g))
+        txn.delete(db.profile, PROFILE_KEY.pack(p, uid))
+        for name in channel_names(bits):
+            drops[name].append(uid)
+        gone.append(uid)
+    if gone:
+        _changed(unit, acct)
+    _update_channels(txn, db, p, {DELETED: gone}, drops)
+    return len(gone)
