@@ -15,7 +15,8 @@ from listseg.core import ingest
 from listseg.core.backend import open_backend
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
-from listseg.core.segments import BitmapCache, Segments
+from listseg.core.members import BitmapCache
+from listseg.core.segments import Segments
 from listseg.core.layout import DEFAULT_ACCOUNT
 DEFAULT_MAX_UPLOAD_BYTES = 5 << 30
 DEFAULT_RETENTION_S = 3600

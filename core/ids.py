@@ -1,82 +1,18 @@
-"""Profiles of one account: validation, CSV import, and look-ups (through the profile index when it
-is current, else the backend).
+"""Profiles of one account: upserts and deletes (checked by core/profile.py's rules), the CSV import
+(core/profile_import.py), and look-ups (through the profile index when it is current, else the backend).
 
 uids are dense uint32s, assigned in order and never reused. Only profiles qualify for segments. A
 deleted profile's uid joins the account's deleted set: versions are immutable, so it stays in its
 segments' bitmaps until their next version, and sizes subtract the deleted set meanwhile.
 """
 from array import array
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from itertools import accumulate
 
-from listseg.core import parser
+from listseg.core import profile_import
 from listseg.core.errors import InvalidProfile
 from listseg.core.keyindex import ProfileIndex, resolve_rows
-from listseg.core.layout import CHANNEL_BIT, CHANNELS, UNKNOWN, channel_names
-
-
-@dataclass(frozen=True)
-class Profile:
-    uid: int
-    guid: str
-    identity: str | None
-    channels: tuple
-
-    def to_dict(self):
-        return {"uid": self.uid, "guid": self.guid, "identity": self.identity,
-                "channels": list(self.channels)}
-
-
-def channel_bits(names):
-    bits = 0
-    for name in names:
-        name = name.strip().lower()
-        if not name:
-            continue
-        if name not in CHANNEL_BIT:
-            raise InvalidProfile(f"unknown channel {name!r}; expected one of {', '.join(CHANNELS)}")
-        bits |= CHANNEL_BIT[name]
-    return bits
-
-
-def _decode(uid, rec):
-    bits, guid, identity = rec
-    return Profile(uid, guid.decode(), identity.decode() or None, channel_names(bits))
-
-
-def _bits_byte(value):
-    return value[0]
-
-
-def _key(value, what):
-    value = value.strip(" \t") if isinstance(value, str) else value.strip(b" \t")
-    raw = value.encode() if isinstance(value, str) else bytes(value)
-    if len(raw) > parser.MAX_FIELD:
-        raise InvalidProfile(f"{what} longer than {parser.MAX_FIELD} bytes")
-    if b"\n" in raw or b"\r" in raw:
-        raise InvalidProfile(f"line break in {what}")
-    return raw
-
-
-LINE_BREAK = "line break in guid or identity"
-
-
-def _drop_line_breaks(batch):
-    """(batch, rows dropped): a parsed profiles batch without the rows whose guid or identity holds a
-    CR or LF (a quoted field may). Such a key would break the newline framing of ListMembers, the
-    export and the profile index. Rare, so a plain loop."""
-    if b"\n" not in batch.fields and b"\r" not in batch.fields:
-        return batch, 0
-    fields, ends, dropped = bytearray(), array("Q"), 0
-    for row in batch.values():
-        if any(b"\n" in v or b"\r" in v for v in row[:2]):
-            dropped += 1
-            continue
-        for v in row:
-            fields += v
-            ends.append(len(fields))
-    return replace(batch, fields=bytes(fields), ends=memoryview(ends)), dropped
+from listseg.core.layout import CHANNELS, UNKNOWN
+from listseg.core.profile import bits_byte, channel_bits, from_record, stored_key
 
 
 class Profiles:
@@ -103,10 +39,10 @@ class Profiles:
         unit. Returns the number upserted. An identity moves to the profile that names it last."""
         fields, ends = bytearray(), array("Q")
         for guid, identity, channels in rows:
-            g = _key(guid, "guid")
+            g = stored_key(guid, "guid")
             if not g:
                 raise InvalidProfile("empty guid")
-            i = _key(identity, "identity") if identity else b""
+            i = stored_key(identity, "identity") if identity else b""
             bits = channels if isinstance(channels, int) else channel_bits(channels)
             if not 0 <= bits < 1 << len(CHANNELS):
                 raise InvalidProfile(f"channel bits {bits!r} out of range")
@@ -118,7 +54,7 @@ class Profiles:
             ends.append(len(fields))
         if not ends:
             return 0
-        upserted, _ = self._write_batch(bytes(fields), ends, _bits_byte)
+        upserted, _ = self._write_batch(bytes(fields), ends, bits_byte)
         return upserted
 
     def _write_batch(self, fields, ends, bits_of):
@@ -129,83 +65,15 @@ class Profiles:
         """Delete profiles by guid; returns how many existed. Their uids are never reused. A guid that
         no profile could have (over 256 bytes, a line break) is InvalidProfile, and nothing is deleted."""
         try:
-            keys = [_key(g, "guid") for g in guids]
+            keys = [stored_key(g, "guid") for g in guids]
         except InvalidProfile as e:
             e.metadata["field"] = "guids"           # DeleteProfilesRequest's
             raise
         return self.backend.write(lambda unit: unit.delete_profiles(self.number, keys))
 
-    def import_csv(self, chunks, batch_rows=500_000):
-        """Import a `guid,identity,channels` CSV from an iterable of byte chunks, one transaction per
-        batch of rows. Returns {"rows", "upserted", "invalid", "errors": [(line, reason)] (first 100)};
-        a row with an unknown channel, or a line break inside its guid or identity, is invalid with
-        line 0.
-
-        Batches are big because new guids and identities land all over their B-trees and each commit
-        rewrites every leaf page it touched: a batch costs about as much as the tables are large."""
-        p = parser.Parser(parser.PROFILES)
-        report = {"rows": 0, "upserted": 0, "invalid": 0, "errors": []}
-        memo = {}
-
-        def bits_of(value):                 # bits, or the reason the value is bad
-            bits = memo.get(value)
-            if bits is None:
-                try:
-                    bits = channel_bits(value.decode().split(";"))
-                except InvalidProfile as e:
-                    bits = str(e)
-                if len(memo) < 4096:
-                    memo[value] = bits
-            if isinstance(bits, str):
-                raise InvalidProfile(bits)
-            return bits
-
-        def write(batch):
-            return self._write_batch(batch.fields, batch.ends, bits_of)
-
-        def collect(result):
-            upserted, skipped = result
-            report["upserted"] += upserted
-            report["invalid"] += len(skipped)
-            for _, reason in skipped[: 100 - len(report["errors"])]:
-                report["errors"].append((0, reason))
-
-        def take():
-            batch = p.take()
-            for line, reason in p.errors(batch, 100 - len(report["errors"])):
-                report["errors"].append((line, reason))
-            report["invalid"] += batch.invalid
-            report["rows"] += batch.valid + batch.invalid
-            batch, dropped = _drop_line_breaks(batch)
-            report["invalid"] += dropped
-            report["errors"] += [(0, LINE_BREAK)] * min(dropped, 100 - len(report["errors"]))
-            return batch
-
-        # A batch is written on a thread (the backend's C loops release the GIL) while the next one parses;
-        # each batch's result is collected before the next is counted, so errors stay in file order.
-        writer, pending = None, None
-        try:
-            for chunk in chunks:
-                p.feed(chunk)
-                if p.pending_rows >= batch_rows:
-                    if pending is not None:
-                        collect(pending.result())
-                        pending = None
-                    batch = take()
-                    if batch.valid:
-                        writer = writer or ThreadPoolExecutor(1, thread_name_prefix="profile-import")
-                        pending = writer.submit(write, batch)
-            p.finish()
-            if pending is not None:
-                collect(pending.result())
-                pending = None
-            batch = take()
-            if batch.valid:
-                collect(write(batch))
-        finally:
-            if writer is not None:
-                writer.shutdown(wait=True)      # an in-flight batch commits or fails whole
-        return report
+    def import_csv(self, chunks, batch_rows=profile_import.BATCH_ROWS):
+        """Import a `guid,identity,channels` CSV (core/profile_import.py); returns its report."""
+        return profile_import.import_csv(self, chunks, batch_rows)
 
     # -- reads -----------------------------------------------------------------------------
     def resolve(self, snap, batch):
@@ -254,7 +122,7 @@ class Profiles:
 
     def get_many(self, snap, uids):
         """[Profile] of the uids that still have one, in the given order."""
-        return [_decode(uid, rec) for uid, rec in zip(uids, snap.profiles(self.number, uids)) if rec is not None]
+        return [from_record(uid, rec) for uid, rec in zip(uids, snap.profiles(self.number, uids)) if rec is not None]
 
     def find(self, guid=None, identity=None):
         """The profile with this guid or identity, or None."""

@@ -15,7 +15,7 @@ from pyroaring import BitMap
 from listseg.core import parser
 from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, TooLarge
 from listseg.core.layout import UNKNOWN
-from listseg.core.segments import without_deleted
+from listseg.core.members import without_deleted
 
 MODES = ("create", "replace", "append", "remove")
 ACTIVE_STATES = ("receiving", "processing")

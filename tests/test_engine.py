@@ -1,4 +1,5 @@
-"""Profiles, segments and uploads through the engine (both store bindings)."""
+"""Profiles, segments and uploads through the engine: the conformance suite, once per backend (conftest `backend`)."""
+import os
 import signal
 import subprocess
 import sys
@@ -8,9 +9,8 @@ import threading
 import pytest
 
 from conftest import channels_of, people, upload
-from listseg.core.engine import Engine
-from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, TooLarge, VersionGone
-from listseg.core.ids import InvalidProfile
+from harness import open_engine
+from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, InvalidProfile, NotFound, TooLarge, VersionGone
 
 
 # -- profiles -----------------------------------------------------------------------------------
@@ -320,9 +320,10 @@ def test_readers_see_only_whole_versions(account):
 
 
 CRASH_SCRIPT = textwrap.dedent("""
-    import sys, os
-    from listseg.core.engine import Engine
-    e = Engine(sys.argv[1], map_size=1 << 30)
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from harness import open_engine
+    e = open_engine(sys.argv[1], backend=sys.argv[2])
     a = e.account()
     up = a.upload("replace", segment="s")
     up.feed(b"g,g3\\n" * 1000)
@@ -331,18 +332,18 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_crash_mid_upload_keeps_last_version(tmp_path):
+def test_crash_mid_upload_keeps_last_version(tmp_path, backend):
     path = str(tmp_path / "data")
-    with Engine(path, map_size=1 << 30) as e:
+    with open_engine(path, backend=backend) as e:
         a = e.account()
         a.profiles.upsert(people(10))
         upload(a, b"g,g1\ng,g2\n", name="s")
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, path], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, path, backend, os.path.dirname(__file__)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"fed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with Engine(path, map_size=1 << 30) as e:                          # opens cleanly, recovers
+    with open_engine(path, backend=backend) as e:                      # opens cleanly, recovers
         a = e.account()
         uploads = [a.get_upload(i) for i in (1, 2)]
         assert uploads[1]["state"] == "failed" and uploads[1]["reason"] == "interrupted"

@@ -10,7 +10,7 @@ import pytest
 
 import listseg
 from listseg.clients.client import CallError
-from listseg.core import errors, ids, parser, store
+from listseg.core import errors, parser, store
 from listseg.core.errors import REASONS
 from listseg.server import errors as server_errors
 
@@ -99,7 +99,7 @@ def test_every_error_class_takes_an_engine_reason_from_the_table():
 
 
 def test_the_engines_errors_are_one_hierarchy():
-    assert issubclass(ids.InvalidProfile, errors.InvalidArgument)
+    assert issubclass(errors.InvalidProfile, errors.InvalidArgument)
     assert issubclass(parser.BadHeader, errors.InvalidArgument)
     assert issubclass(store.MapFullError, errors.StoreError) and issubclass(store.StoreError, errors.ListsegError)
     from listseg.core import _store_py

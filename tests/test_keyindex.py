@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from harness import InProcess, open_engine
 from listseg import Client
-from listseg.core import _keyindex_py, ids, keyindex
+from listseg.core import _keyindex_py, keyindex, profile_import
+from listseg.core.errors import InvalidProfile
+from listseg.core.profile import bits_byte
 
 UNKNOWN = 0xFFFFFFFF
 IMPLEMENTATIONS = [(_keyindex_py.KeyIndex, _keyindex_py.resolve_rows)]
@@ -105,8 +107,8 @@ def test_bad_input_is_refused(impl):
 
 # -- the index inside the engine ---------------------------------------------------------------------
 @pytest.fixture
-def account(tmp_path):
-    engine = open_engine(tmp_path / "data")            # the default store only, not conftest's pair
+def account(tmp_path, backend):
+    engine = open_engine(tmp_path / "data", backend=backend)
     acct = engine.account()
     acct.profiles.upsert([(f"g{k}", f"id{k}", ["email"]) for k in range(100)])
     up = acct.upload("create", name="s")
@@ -167,8 +169,8 @@ def test_the_index_is_rebuilt_after_a_change(account):
 def test_line_breaks_in_guids_and_identities_are_refused(account):
     report = account.profiles.import_csv([b'guid,identity,channels\nn1,,\n"two\nlines",,\nn3,"id\r3",\nn4,,\n'])
     assert (report["upserted"], report["invalid"]) == (2, 2)
-    assert report["errors"] == [(0, ids.LINE_BREAK)] * 2
-    with pytest.raises(ids.InvalidProfile, match="line break in guid"):
+    assert report["errors"] == [(0, profile_import.LINE_BREAK)] * 2
+    with pytest.raises(InvalidProfile, match="line break in guid"):
         account.profiles.upsert([("a\nb", None, [])])
     ready_index(account)                                  # no such key reached the store
 
@@ -177,7 +179,7 @@ def test_a_stored_guid_with_a_newline_keeps_the_lmdb_path(account):
     """A store written before line breaks were refused: the guid cannot be framed by newlines, so the
     build refuses and readers keep using LMDB."""
     fields, ends = b"two\nlines" + b"\x00", array("Q", [9, 9, 10])
-    account.profiles._write_batch(fields, ends, ids._bits_byte)
+    account.profiles._write_batch(fields, ends, bits_byte)
     account.segments.check_lines("s", b"g0\n", "g")
     account.profiles.index.wait()
     with account.backend.snapshot() as snap:

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import TWIN_ONLY, channels_of
 from listseg.core import _store_py, parser
-from listseg.core.ids import CHANNELS, InvalidProfile
+from listseg.core.errors import InvalidProfile
+from listseg.core.layout import CHANNELS
 from listseg.core.store import DATABASES, UNKNOWN
 
 

@@ -13,11 +13,13 @@ from listseg.core import ingest
 from listseg.core.errors import HeadMoved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Above the seam: everything but the backends, their bindings and the layout they share.
-ABOVE = ["core/engine.py", "core/accounts.py", "core/ids.py", "core/keyindex.py", "core/segments.py",
-         "core/ingest.py", "core/parser.py"] + [
-    f"{folder}/{name}" for folder in ("server", "dashboard", "clients")
-    for name in sorted(os.listdir(os.path.join(ROOT, folder))) if name.endswith(".py")]
+# At and below the seam: the interface, the LMDB backend and its bindings, and the layout they share.
+SEAM = {"core/backend.py", "core/lmdb_backend.py", "core/lmdb_profiles.py", "core/store.py", "core/_store_py.py",
+        "core/layout.py"}
+# Above it: every other module of the engine, the server, the dashboard and the clients.
+ABOVE = [rel for folder in ("core", "server", "dashboard", "clients")
+         for rel in (f"{folder}/{name}" for name in sorted(os.listdir(os.path.join(ROOT, folder))))
+         if rel.endswith(".py") and rel not in SEAM]
 BELOW = ("listseg.core.store", "listseg.core.lmdb_backend", "listseg.core.lmdb_profiles",
          "listseg.core._store", "listseg.core._store_py", "lmdb")
 # What the layout holds that only a backend may use: keys, the databases, and the record codecs.
@@ -50,6 +52,7 @@ def breaches(path, source):
 
 
 def test_nothing_above_the_seam_touches_storage():
+    assert {"core/engine.py", "core/ids.py", "core/segments.py", "core/ingest.py", "server/servicers.py"} <= set(ABOVE)
     found = []
     for rel in ABOVE:
         with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
