@@ -8,7 +8,7 @@ PROTO  := proto/listseg/v1/listseg.proto
 STUBS  := v1/listseg_pb2.py v1/reflection_v1_pb2.py
 FRONT  := server/native/listseg-front
 
-.PHONY: install test test-twin bench-core bench bench-soak run clean sysdeps front-sysdeps bench-sysdeps browser-sysdeps node-sysdeps proto-sysdeps
+.PHONY: install test test-twin bench-core bench bench-soak run clean cluster cluster-stop sysdeps front-sysdeps redis-sysdeps browser-sysdeps node-sysdeps proto-sysdeps
 
 install: $(VENV)/.built $(STUBS) $(FRONT)
 
@@ -86,11 +86,11 @@ $(INTEROP)/.stamp-npm: $(INTEROP)/package.json $(INTEROP)/package-lock.json | no
 	cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install $(INTEROP)/.stamp-npm | browser-sysdeps
+test: install $(INTEROP)/.stamp-npm | browser-sysdeps redis-sysdeps
 	$(BIN)/python -m pytest -q tests
 
 # The whole suite against the pure-Python twins (no compiled code loaded).
-test-twin: install $(INTEROP)/.stamp-npm | browser-sysdeps
+test-twin: install $(INTEROP)/.stamp-npm | browser-sysdeps redis-sysdeps
 	LISTSEG_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests
 
 bench-core: install
@@ -101,16 +101,25 @@ $(VENV)/.bench-deps: benchmarks/requirements.txt $(VENV)/.deps
 	$(BIN)/pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	touch $@
 
-bench-sysdeps:
+redis-sysdeps:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; fi; }
 
-bench: install $(VENV)/.bench-deps | bench-sysdeps
+bench: install $(VENV)/.bench-deps | redis-sysdeps
 	$(BIN)/python benchmarks/bench.py --scale $(SCALE)
 
-bench-soak: install $(VENV)/.bench-deps | bench-sysdeps
+bench-soak: install $(VENV)/.bench-deps | redis-sysdeps
 	$(BIN)/python benchmarks/soak.py
+
+# A local Redis Cluster (3 primaries, 3 replicas) on free loopback ports, in CLUSTER_DIR: prints the
+# --store URL; `make cluster-stop` stops it by its pids. The tests start their own the same way.
+CLUSTER_DIR ?= /tmp/listseg-cluster
+cluster: install | redis-sysdeps
+	$(BIN)/python tests/cluster.py start --dir $(CLUSTER_DIR)
+
+cluster-stop:
+	$(BIN)/python tests/cluster.py stop --dir $(CLUSTER_DIR)
 
 # Serve gRPC on 127.0.0.1:50051, the membership front on 127.0.0.1:50052 and the dashboard on
 # http://127.0.0.1:8080, LMDB in ./data

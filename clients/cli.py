@@ -148,13 +148,30 @@ def cmd_upload_errors(args, client):
             "\n".join(f"line {line}: {reason}" for line, reason in rows) or "no rejected rows")
 
 
+STORE_HELP = ("keep the data in Redis instead of --data: redis-cluster://HOST:PORT,HOST:PORT,... (seed nodes) "
+              "or redis://HOST:PORT (one node); rediss:// and redis-clusters:// for TLS, redis://:PASSWORD@...")
+
+
+def _check_store(args):
+    from listseg.core.backend import is_redis
+    from listseg.core.errors import ListsegError
+    try:
+        if args.store and not is_redis(args.store):
+            raise UsageError(f"--store takes a Redis URL, not {args.store!r}; a directory is --data")
+    except ListsegError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_serve(args, _client):
     from listseg.server.app import serve
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    _check_store(args)
+    if args.store and args.membership_listen:
+        raise UsageError("--membership-listen reads the LMDB store; with --store the servers answer IsMember")
     try:
-        return None, serve(args.data, args.listen, args.workers, args.grace, tls, http=args.http,
+        return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
                            max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
                            membership_listen=args.membership_listen), None
@@ -192,7 +209,8 @@ def cmd_accounts_create(args, _client):
     from listseg.core.accounts import Credentials
     from listseg.core.engine import Engine
     from listseg.core.errors import ListsegError
-    with Engine(args.data) as engine:
+    _check_store(args)
+    with Engine(args.store or args.data) as engine:
         try:
             account_id, passcode = Credentials(engine).create(args.account_name)
         except ListsegError as e:           # the engine's refusal (an empty name), not a traceback
@@ -265,6 +283,7 @@ def build_parser():
 
     p = command("serve", cmd_serve, "run the server")
     p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    p.add_argument("--store", metavar="URL", help=STORE_HELP)
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default 127.0.0.1:50051)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM (default 30)")
@@ -296,6 +315,7 @@ def build_parser():
     p.set_defaults(fn=cmd_accounts_create)
     p.add_argument("account_name", metavar="NAME")
     p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    p.add_argument("--store", metavar="URL", help=STORE_HELP)
     return ap
 
 

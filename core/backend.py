@@ -25,7 +25,7 @@ A snapshot of the LMDB backend is one consistent view of every key; a backend th
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 
-from listseg.core.errors import HeadMoved  # noqa: F401 (part of the interface)
+from listseg.core.errors import HeadMoved, InvalidArgument  # noqa: F401 (HeadMoved: part of the interface)
 from listseg.core.layout import CHANNELS
 
 
@@ -169,6 +169,8 @@ class Unit(Snapshot):
 class Backend(ABC):
     #: The LMDB directory the membership front reads, or None (the front is LMDB's alone).
     lmdb_path: str | None = None
+    #: Whether a profile write (upsert_profiles, delete_profiles) is all or nothing like a unit.
+    atomic_bulk_writes = True
 
     @abstractmethod
     def snapshot(self) -> AbstractContextManager[Snapshot]: ...
@@ -187,7 +189,26 @@ class Backend(ABC):
     def close(self) -> None: ...
 
 
+#: URL schemes of a Redis store: one node, a cluster (seed nodes), each plain or over TLS.
+REDIS_SCHEMES = ("redis", "rediss", "redis-cluster", "redis-clusters")
+
+
+def is_redis(where) -> bool:
+    """Whether `where` names a Redis store; InvalidArgument for a URL of any other kind."""
+    scheme, sep, _ = str(where).partition("://")
+    if not sep:
+        return False
+    if scheme not in REDIS_SCHEMES:
+        raise InvalidArgument(f"not a store URL: {str(where)[:100]!r} (a directory, or "
+                              f"{', '.join(s + '://' for s in REDIS_SCHEMES)})", field="store")
+    return True
+
+
 def open_backend(where, **options) -> Backend:
-    """The backend at `where`: a directory is the embedded LMDB store (options: map_size, store_cls)."""
+    """The backend at `where`: a Redis URL (core/redis_backend.py), or a directory for the embedded
+    LMDB store (options: map_size, store_cls)."""
+    if is_redis(where):
+        from listseg.core.redis_backend import RedisBackend
+        return RedisBackend(str(where))
     from listseg.core.lmdb_backend import LmdbBackend
     return LmdbBackend(str(where), **options)

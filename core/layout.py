@@ -16,6 +16,7 @@ that docs/design.md holds.
 import json
 import struct
 import sys
+import zlib
 from typing import NamedTuple
 
 
@@ -238,6 +239,50 @@ DATABASES = tuple(dict.fromkeys(k.db for k in KEYS))
 def account_prefix(number):
     """The first bytes of every key of the account's data."""
     return ACCOUNT.pack(number)
+
+
+# == Redis Cluster keys (core/redis_backend.py) =====================================================
+# Records are the ones above. Keys carry a hash tag ({...}) that decides their slot: the directory is
+# one slot; an account's metadata (records, heads, manifests, history, counters) is one slot, so a
+# metadata unit is one Lua script; a uid block's profiles, channel containers and version containers
+# share a slot, and an account spreads over many; an identity map is split into buckets of its own.
+#: uids per block: a Roaring container's span, so a block's bitmap is one container.
+REDIS_BLOCK_BITS = 16
+#: Buckets an account's guid map and identity map each have (fixed when the account is made). Up to
+#: ~512 fields a bucket (0.5M profiles) a hash stays listpack-encoded, as the test cluster sets
+#: hash-max-listpack-entries; past that each bucket is a hashtable: still right, more memory a profile.
+#: Every profile index build reads every bucket, so more buckets cost small accounts.
+REDIS_BUCKETS = 1024
+REDIS_DIRECTORY_NAMES = b"{d}:names"            # hash: account name -> number (decimal)
+REDIS_DIRECTORY_COUNTER = b"{d}:counter"        # the next account number (INCR)
+REDIS_DIRECTORY_CREDENTIALS = b"{d}:credentials"  # FLAG: present once any account has a passcode
+#: Fields of an account's meta hash: its record (JSON, less the counters), the counters, the profiles
+#: generation (odd while a profile write runs), and mver, moved by every metadata unit (the units'
+#: optimistic check).
+REDIS_ACCOUNT_FIELDS = (b"state", b"next_uid", b"next_segment", b"next_upload", b"buckets", b"generation", b"mver")
+
+
+def redis_account_key(acct, what=b"acct"):
+    """A key of account acct's metadata slot: acct (the meta hash), seg (id -> segment record), names
+    (name -> id), heads (id -> version), up (id -> upload record), hist:ID / m:ID (version -> history
+    row / manifest of segment ID), rej:ID (upload ID's rejects, a list), plock (the profile-write lock)."""
+    return b"{a:%d}:%s" % (acct, what)
+
+
+def redis_block_key(acct, block, what):
+    """A key of uid block `block` of account acct: p (uid -> profile record), c:NAME (a channel's, or
+    #deleted's, container), v:TOKEN (the container of a staged version)."""
+    return b"{a:%d:%d}:%s" % (acct, block, what)
+
+
+def redis_bucket_key(acct, kind, key, buckets):
+    """The bucket of guid (kind b"g") or identity (b"i") `key` in account acct's map: a hash, field key,
+    value a uid (UID). The bucket is crc32(key) mod buckets, the same in every process."""
+    return b"{a:%d:%s:%d}" % (acct, kind, zlib.crc32(key) % buckets)
+
+
+def redis_bucket_keys(acct, kind, buckets):
+    return [b"{a:%d:%s:%d}" % (acct, kind, b) for b in range(buckets)]
 
 
 # == generated files ==============================================================================

@@ -167,8 +167,8 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     engine = Engine(data, profile_index=limits.pop("profile_index", True))   # after the fork, in each worker
     server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
                     **limits).start()
-    log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "data": os.path.abspath(data),
-                                          "pid": os.getpid()}})
+    store = engine.backend.lmdb_path and os.path.abspath(engine.backend.lmdb_path) or _without_password(data)
+    log.info("serving", extra={"fields": {"listen": listen, "port": server.port, "store": store, "pid": os.getpid()}})
     try:
         if helpers:
             if helpers.membership_listen:
@@ -191,6 +191,12 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     engine.close()
     log.info("stopped")
     return 0
+
+
+def _without_password(url):
+    """A store URL fit for a log line."""
+    head, at, tail = url.rpartition("@")
+    return head.split("//", 1)[0] + "//***@" + tail if at else url
 
 
 def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None):

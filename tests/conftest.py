@@ -2,6 +2,7 @@
 servers)."""
 import logging
 import os
+import shutil
 import time
 
 import pytest
@@ -42,12 +43,40 @@ def store_cls(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real 6-node Redis Cluster (tests/cluster.py) for the whole session; skipped only where
+    redis-server is not installed (`make test` installs it)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    import cluster
+    c = cluster.start()
+    yield c
+    c.stop()
+    shutil.rmtree(c.folder, ignore_errors=True)
+
+
+def flush(cluster_):
+    """An empty cluster for the next test: every primary flushed."""
+    from redis.cluster import RedisCluster
+    client = RedisCluster.from_url(cluster_.url.replace("redis-cluster://", "redis://").split(",")[0])
+    try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """The backend's name (harness.BACKENDS): a test that takes `engine` or `account` runs once per
-    backend, the engine's conformance suite. Server tests run on the default backend; one that takes
-    `backend` too gets its servers (`serve`, `server`) on each."""
-    return request.param
+    """What harness.open_engine opens (harness.BACKENDS): "lmdb", "lmdb-twin", or the URL of the
+    session's Redis Cluster, emptied for this test. A test that takes `engine` or `account` runs once
+    per backend, the engine's conformance suite. Server tests run on the default backend; one that
+    takes `backend` too gets its servers (`serve`, `server`) on each."""
+    if request.param != "redis-cluster":
+        return request.param
+    c = request.getfixturevalue("redis_cluster")
+    flush(c)
+    return c.url
 
 
 @pytest.fixture

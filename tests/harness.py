@@ -26,26 +26,23 @@ def free_port():
 
 #: The backends the engine suite runs on (tests/conftest.py `backend`), by name: "lmdb" is the embedded
 #: store with the engine's own binding (compiled unless LISTSEG_NO_EXTENSIONS), "lmdb-twin" the same
-#: files through the pure-Python binding. The Redis Cluster backend (issue 12) joins here.
-BACKENDS = ("lmdb", "lmdb-twin")
+#: files through the pure-Python binding, "redis-cluster" a real local cluster (tests/cluster.py).
+BACKENDS = ("lmdb", "lmdb-twin", "redis-cluster")
 DEFAULT_BACKEND = "lmdb"
 
 
-def backend_options(backend):
-    """Engine options for a backend name (None: the default)."""
+def open_engine(path, map_size=MAP_SIZE, backend=None, **kw):
+    """An engine over `backend`: None (the default), "lmdb" or "lmdb-twin" at directory path, or a
+    Redis URL (redis-cluster://..., which path is not used for). The seam where a test picks one."""
+    from listseg.core.engine import Engine      # here: the benchmark's processes load no engine
     if backend in (None, DEFAULT_BACKEND):
-        return {}
+        return Engine(str(path), map_size=map_size, **kw)
     if backend == "lmdb-twin":
         from listseg.core._store_py import Store
-        return {"store_cls": Store}
-    raise ValueError(f"no backend {backend!r}; expected one of {BACKENDS}")
-
-
-def open_engine(path, map_size=MAP_SIZE, backend=None, **kw):
-    """An engine on path, over a backend of BACKENDS (None: the default). The seam where a test
-    picks a backend."""
-    from listseg.core.engine import Engine      # here: the benchmark's processes load no engine
-    return Engine(str(path), map_size=map_size, **backend_options(backend), **kw)
+        return Engine(str(path), map_size=map_size, store_cls=Store, **kw)
+    if "://" in backend:
+        return Engine(backend, **kw)
+    raise ValueError(f"no backend {backend!r}; expected one of {BACKENDS} or a Redis URL")
 
 
 class InProcess:

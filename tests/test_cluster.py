@@ -1,0 +1,90 @@
+"""listseg on a real local Redis Cluster (tests/cluster.py): `listseg serve --store redis-cluster://...`
+processes share one cluster's data, and what only a Redis store does. The engine's own suite runs on
+the cluster too (conftest `backend`)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import flush
+from harness import open_engine, start_server, stop_server
+from listseg import Client
+
+CSV = b"Type,Identity\n"
+
+
+def profiles_csv(n):
+    return "".join(f"g{k},id{k},email\n" for k in range(n)).encode()
+
+
+@pytest.fixture
+def store(redis_cluster):
+    flush(redis_cluster)
+    return redis_cluster.url
+
+
+@pytest.fixture
+def two_servers(store, tmp_path):
+    made = [start_server(tmp_path / f"unused{k}", "--store", store) for k in range(2)]
+    yield [target for _, target in made]
+    for proc, _ in made:
+        stop_server(proc)
+
+
+def test_two_servers_on_one_cluster_answer_alike(two_servers):
+    a, b = two_servers
+    with Client(a) as ca, Client(b) as cb:
+        ca.import_profiles(profiles_csv(50))
+        report = ca.upload(CSV + b"g,g1\ng,g2\ni,id3\ng,nobody\n", name="vip").report
+        assert (report.qualified, report.unknown) == (3, 1)
+        # at once on the other server: no cache of a head it has not read
+        assert [cb.is_member("vip", guid=g) for g in ("g1", "g3", "g4")] == [True, True, False]
+        assert cb.check_members("vip", ["g1", "g2", "g4"])[1] == [True, True, False]
+        assert sorted(cb.export("vip").decode().split()[1:]) == ["g,g1", "g,g2", "g,g3"]
+        cb.upload(CSV + b"g,g4\n", replace="vip")
+        assert [ca.is_member("vip", guid=g) for g in ("g1", "g4")] == [False, True]
+        assert ca.get_segment("vip").size == cb.get_segment("vip").size == 1
+
+
+def test_an_account_made_through_one_server_signs_in_on_the_other(store, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "listseg.clients.cli", "accounts", "create", "Acme",
+                          "--store", store, "--json"], capture_output=True, text=True, check=True)
+    made = json.loads(out.stdout)
+    proc, target = start_server(tmp_path / "unused", "--store", store)
+    try:
+        with Client(target, account=made["account"], passcode=made["passcode"]) as c:
+            assert c.list_segments() == []
+    finally:
+        stop_server(proc)
+
+
+def test_the_membership_front_is_refused_with_a_redis_store(store, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "listseg.clients.cli", "serve", "--store", store,
+                          "--membership-listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--membership-listen reads the LMDB store" in out.stderr
+
+
+@pytest.mark.parametrize("url, says", [("mysql://x", "not a store URL"), ("./data", "takes a Redis URL")])
+def test_a_store_that_is_no_redis_url_is_a_usage_error(url, says, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "listseg.clients.cli", "serve", "--store", url],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []                 # and no directory was made of it
+
+
+def test_a_version_stays_whole_in_the_cluster_across_many_blocks(store, tmp_path):
+    """A version spread over blocks of 2^16 uids (many slots, every primary) reads back whole."""
+    with open_engine(tmp_path, backend=store) as engine:
+        acct = engine.account()
+        n = 200_000                                       # 4 blocks
+        acct.profiles.import_csv([profiles_csv(n)])
+        body = CSV + b"".join(b"g,g%d\n" % k for k in range(0, n, 7))
+        up = acct.upload("create", name="wide")
+        up.feed(body)
+        assert up.finish()["state"] == "succeeded"
+        version, uids, _ = acct.segments.members("wide", count=n)
+        assert list(uids) == list(range(0, n, 7))
+        with engine.backend.snapshot() as snap:
+            manifest = snap._manifest(acct.number, acct.segments.id_of("wide"), version)
+        assert manifest["blocks"] == [0, 1, 2, 3]
