@@ -30,7 +30,8 @@ REASONS = {r.name: r for r in (
     Reason("TOO_MANY_UPLOADS", "engine", "the account has as many uploads running as the server allows"),
     Reason("UNAUTHENTICATED", "engine", "missing or wrong x-account-id / x-passcode"),
     Reason("STORAGE_FULL", "engine", "the LMDB map is full; nothing committed is lost"),
-    Reason("STORAGE_ERROR", "engine", "LMDB failed; the server logs it"),
+    Reason("STORAGE_ERROR", "engine", "the store failed; the server logs it"),
+    Reason("STORAGE_UNAVAILABLE", "engine", "the store (Redis) is out of reach or failing over; nothing half-done is kept: retry"),
     Reason("INTERNAL", "engine", "a bug; the server logs the traceback, the client learns nothing more"),
     Reason("UNKNOWN_METHOD", "server", "a method the server does not serve"),
     Reason("CANCELLED", "server", "the call ended (cancelled, past its deadline) before its answer"),
@@ -126,6 +127,12 @@ class Unauthenticated(ListsegError):
 class StoreError(ListsegError):
     """LMDB failed (raised by both stores, core/_store.pyx and core/_store_py.py)."""
     reason = "STORAGE_ERROR"
+
+
+class StorageUnavailable(StoreError):
+    """The store cannot be reached, or is failing over, for longer than the backend waits (Redis
+    Cluster: a primary down until its replica is promoted, or a write its replicas did not take)."""
+    reason = "STORAGE_UNAVAILABLE"
 
 
 class MapFullError(StoreError):

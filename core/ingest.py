@@ -5,6 +5,7 @@
 failed create had made). The segment's live version is only ever replaced by the one unit that
 publishes a successful upload's version (core/backend.py Unit.publish).
 """
+import logging
 import os
 import threading
 import time
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroaring import BitMap
 
 from listseg.core import parser
-from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, TooLarge
+from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, StorageUnavailable, TooLarge
 from listseg.core.layout import UNKNOWN
 from listseg.core.members import without_deleted
 
@@ -33,6 +34,10 @@ MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every 
 # A commit reads the head, builds and stages the version, then publishes it if the head has not moved;
 # a commit in between (another upload's) makes it read again, at most this many times in all.
 COMMIT_TRIES = 3
+# How long a failed upload whose record the store could not take (a failover) keeps trying to write
+# it; a server that stops meanwhile leaves it to ingest.recover at the next start.
+FAIL_LATER_S = 3600
+log = logging.getLogger("listseg.ingest")
 
 
 class Upload:
@@ -60,7 +65,15 @@ class Upload:
         self._lock = threading.RLock()  # feed, finish and abort may come from different threads
         self._resolver = None           # a thread, started with the first full batch
         self._in_flight = None          # (batch, future of its uids)
-        self.record = self.backend.write(lambda unit: self._start(unit, name, segment, file_name))
+        self.id = None                  # _start's, once it has one
+        try:
+            self.record = self.backend.write(lambda unit: self._start(unit, name, segment, file_name))
+        except StorageUnavailable:
+            if self.id is not None:     # the store may hold the record though the write's answer was lost
+                self.state = "failed"
+                threading.Thread(target=_write_later, args=(self.backend, self._abandon, self.id), daemon=True,
+                                 name=f"fail-upload-{self.id}").start()
+            raise
         self.id = self.record["id"]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -81,7 +94,17 @@ class Upload:
                   "strict": self.strict, "file_name": file_name, "state": "receiving", "reason": "",
                   "created": now, "finished": None, "owner": process_token(os.getpid()), "report": None}
         unit.put_upload(self.number, upload)
+        self.id = upload["id"]
         return upload
+
+    def _abandon(self, unit):
+        """Fail this upload's record if a _start whose answer was lost left one (in a unit)."""
+        upload = self._current(unit)
+        if upload is not None and upload["state"] in ACTIVE_STATES and upload["owner"] == process_token(os.getpid()):
+            upload.update(state="failed", reason="the store was unavailable when the upload started",
+                          finished=self.now(), report=self._report(0))
+            unit.put_upload(self.number, upload)
+            note_failure(self.segments, unit, upload)
 
     def feed(self, chunk):
         with self._lock:
@@ -247,6 +270,8 @@ class Upload:
         self._stop_resolver()
         def run(unit):
             upload = self._current(unit)
+            if upload["state"] == "succeeded":
+                return upload   # its commit landed though its answer was lost (a failover): keep it true
             _, live = (self.segments.bitmap(unit, upload["segment"])
                        if upload["segment"] is not None else (0, BitMap()))
             upload.update(state="failed", reason=reason, finished=self.now(), report=self._report(len(live)))
@@ -255,7 +280,27 @@ class Upload:
             note_failure(self.segments, unit, upload)
             return upload
         self.state = "failed"
-        return self.backend.write(run)
+        try:
+            return self.backend.write(run)
+        except StorageUnavailable:
+            # the store is away (a failover): the record must still say failed once it is back
+            threading.Thread(target=_write_later, args=(self.backend, run, self.id), daemon=True,
+                             name=f"fail-upload-{self.id}").start()
+            raise
+
+
+def _write_later(backend, run, upload_id, give_up_s=FAIL_LATER_S):
+    """backend.write(run) again and again, backing off, until it lands or give_up_s have passed."""
+    deadline, delay = time.monotonic() + give_up_s, 1.0
+    while time.monotonic() < deadline:
+        time.sleep(delay)
+        try:
+            backend.write(run)
+            log.info("failed upload recorded", extra={"fields": {"upload": upload_id}})
+            return
+        except StorageUnavailable:
+            delay = min(delay * 2, 30.0)
+    log.error("could not record a failed upload", extra={"fields": {"upload": upload_id}})
 
 
 def note_failure(segments, unit, upload):

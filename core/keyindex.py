@@ -73,25 +73,30 @@ class ProfileIndex:
     def warm(self):
         """Bring the index up to date in the background, as soon as the rate limit allows."""
         with self._lock:
-            if not self.enabled or self._closed or self._thread is not None or self._timer is not None:
-                return
-            wait = self._not_before - time.monotonic()
-            if wait > 0:
-                self._timer = threading.Timer(wait, self._when_allowed)
-                self._timer.daemon = True
-                self._timer.start()
-            else:
-                # published once started: wait() and close() join it without the lock (joining a
-                # thread not yet started raises); its own finally needs the lock, so it clears
-                # _thread only after this
-                thread = threading.Thread(target=self._rebuild, name="profile-index", daemon=True)
-                thread.start()
-                self._thread = thread
+            self._warm()
+
+    def _warm(self):
+        """warm(), with the lock held."""
+        if not self.enabled or self._closed or self._thread is not None or self._timer is not None:
+            return
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            self._timer = threading.Timer(wait, self._when_allowed)
+            self._timer.daemon = True
+            self._timer.start()
+        else:
+            # published once started: wait() and close() join it without the lock (joining a
+            # thread not yet started raises); its own finally needs the lock, so it clears
+            # _thread only after this
+            thread = threading.Thread(target=self._rebuild, name="profile-index", daemon=True)
+            thread.start()
+            self._thread = thread
 
     def _when_allowed(self):
+        # the timer hands over to the build under one lock: wait() never sees neither running
         with self._lock:
             self._timer = None
-        self.warm()
+            self._warm()
 
     def _rebuild(self):
         generation = None

@@ -256,10 +256,10 @@ REDIS_BUCKETS = 1024
 REDIS_DIRECTORY_NAMES = b"{d}:names"            # hash: account name -> number (decimal)
 REDIS_DIRECTORY_COUNTER = b"{d}:counter"        # the next account number (INCR)
 REDIS_DIRECTORY_CREDENTIALS = b"{d}:credentials"  # FLAG: present once any account has a passcode
-#: Fields of an account's meta hash: its record (JSON, less the counters), the counters, the profiles
-#: generation (odd while a profile write runs), and mver, moved by every metadata unit (the units'
-#: optimistic check).
-REDIS_ACCOUNT_FIELDS = (b"state", b"next_uid", b"next_segment", b"next_upload", b"buckets", b"generation", b"mver")
+# An account's meta hash (redis_account_key(acct)) holds: state (the record as JSON, less its counters),
+# the counters next_uid / next_segment / next_upload, buckets, the profiles generation (odd while a
+# profile write runs), mver (moved by every metadata unit: the units' optimistic check) and unit (the
+# token of the last unit applied).
 
 
 def redis_account_key(acct, what=b"acct"):

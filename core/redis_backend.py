@@ -17,6 +17,7 @@ What it gives of core/backend.py's guarantees, and how:
   failover (issue 12 adds WAIT and the manifest check after a failover).
 """
 import json
+import re
 import time
 import uuid
 from array import array
@@ -26,31 +27,37 @@ from urllib.parse import urlsplit
 from pyroaring import BitMap, FrozenBitMap
 
 from listseg.core.backend import Backend, Snapshot, Unit
-from listseg.core.errors import HeadMoved, InvalidProfile, StoreError
+from listseg.core.errors import HeadMoved, InvalidProfile, StorageUnavailable, StoreError
 from listseg.core.layout import (CHANNELS, DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_DIRECTORY_COUNTER,
                                  REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, channel_names,
                                  decode_profile, decode_uid, dumps, encode_profile, encode_uid, loads,
                                  redis_account_key, redis_block_key, redis_bucket_key, redis_bucket_keys)
 
 COUNTERS = ("next_uid", "next_segment", "next_upload")
+FAILOVER_S = 20                 # how long a write keeps trying through a failover before STORAGE_UNAVAILABLE
+WAIT_MS = 5_000                 # how long a write waits for its replicas (WAIT)
 UNIT_TRIES = 100                # a unit that keeps meeting other units' writes gives up (StoreError)
 LOCK_TTL_MS = 600_000           # a profile write's lock lasts at most this long if its writer dies
 GET_CHUNK = 10_000              # fields asked in one HMGET
 
 # Applies a unit's buffered writes to one account's slot if its mver is still the one the unit saw.
-# KEYS[1] is the account's meta hash; ARGV[1] the expected mver, then ops: "s" key field value (HSET),
-# "d" key field (HDEL), "x" key (DEL), "k" key value (SET), keys given as indexes into KEYS.
+# KEYS[1] is the account's meta hash; ARGV[1] the expected mver, ARGV[2] the unit's token (the same
+# unit sent again, after its answer was lost, is told it applied), then ops: "s" key field value
+# (HSET), "d" key field (HDEL), "x" key (DEL), keys given as indexes into KEYS.
 COMMIT = """
-if (redis.call('HGET', KEYS[1], 'mver') or '0') ~= ARGV[1] then return 0 end
-local i = 2
+if (redis.call('HGET', KEYS[1], 'mver') or '0') ~= ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'unit') == ARGV[2] then return 1 end
+  return 0
+end
+local i = 3
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 's' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'd' then redis.call('HDEL', key, ARGV[i + 2]); i = i + 3
-  elseif op == 'x' then redis.call('DEL', key); i = i + 2
-  else redis.call('SET', key, ARGV[i + 2]); i = i + 3 end
+  else redis.call('DEL', key); i = i + 2 end
 end
 redis.call('HINCRBY', KEYS[1], 'mver', 1)
+redis.call('HSET', KEYS[1], 'unit', ARGV[2])
 return 1
 """
 UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -65,7 +72,31 @@ def _block(uid):
     return uid >> REDIS_BLOCK_BITS
 
 
-def connect(url):
+def _retry(failover_s):
+    """Commands retried through a failover: a primary's replica takes over within a few seconds
+    (cluster-node-timeout plus an election), so back off up to 1 s, for about failover_s in all."""
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=max(1, int(failover_s)))
+
+
+def options(url):
+    """(url without listseg's own query options, {option: value}): failover_s (how long a call keeps
+    trying through a failover, default FAILOVER_S) and replicas (how many replicas each write must
+    reach: 1 on a cluster, 0 on one node)."""
+    parts = urlsplit(url)
+    ours = {"failover_s": float, "replicas": int}
+    found, rest = {}, []
+    for pair in filter(None, parts.query.split("&")):
+        name, _, value = pair.partition("=")
+        if name in ours:
+            found[name] = ours[name](value)
+        else:
+            rest.append(pair)
+    return parts._replace(query="&".join(rest)).geturl(), found
+
+
+def connect(url, failover_s=FAILOVER_S):
     """A redis-py client for redis-cluster://host:port,host:port... or redis://host:port[/db]
     (rediss:// and redis-clusters:// for TLS; a password as redis://:PASSWORD@host:port)."""
     import redis
@@ -73,13 +104,82 @@ def connect(url):
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("redis", "rediss"):
-        return redis.Redis.from_url(url)
+        return redis.Redis.from_url(url, retry=_retry(failover_s), retry_on_error=[redis.ConnectionError])
     nodes = []
     for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
         host, _, port = seed.rpartition(":")
         nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
     return RedisCluster(startup_nodes=nodes, password=parts.password, ssl=scheme == "redis-clusters",
-                        require_full_coverage=True)
+                        require_full_coverage=True, retry=_retry(failover_s))
+
+
+# What a store in a failover answers for a while: a connection refused or reset, the cluster down,
+# a slot moving, a primary refusing writes while it has no replica (NOREPLICAS) or while it loads.
+TRANSIENT = ("NOREPLICAS", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING", "READONLY", "MOVED", "ASK")
+# as an error's first word, or after "caused error: " in a pipeline's
+TRANSIENT_RE = re.compile(r"(?:^|error: )(?:%s)\b" % "|".join(TRANSIENT))
+
+
+def _transient(exc):
+    import redis
+    from redis.exceptions import ClusterError, RedisClusterException
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)) or (
+        isinstance(exc, redis.ResponseError) and TRANSIENT_RE.search(str(exc)) is not None)
+
+
+def _patiently(client, failover_s, attempt):
+    """attempt(), tried again through a failover for up to failover_s: redis-py retries a cluster
+    command at once, without waiting, so a failover (seconds) outlasts its retries."""
+    deadline = time.monotonic() + failover_s
+    while True:
+        try:
+            return attempt()
+        except Exception as e:              # noqa: BLE001 - transient ones are tried again, the rest raised
+            if not _transient(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+            manager = getattr(client, "nodes_manager", None)
+            if manager is not None:
+                try:
+                    manager.initialize()    # learn who the primaries are now
+                except Exception:           # noqa: BLE001 - still failing over: the next attempt says
+                    pass
+
+
+class Patient:
+    """A redis-py client whose commands and pipelines are tried again through a failover
+    (_patiently). Reads go through it; writes go through RedisBackend.durable."""
+
+    def __init__(self, client, failover_s):
+        self.raw, self.failover_s = client, failover_s
+
+    def pipeline(self, transaction=False):
+        return _PatientPipeline(self)
+
+    def __getattr__(self, name):
+        command = getattr(self.raw, name)
+        return lambda *args, **kw: _patiently(self.raw, self.failover_s, lambda: command(*args, **kw))
+
+
+class _PatientPipeline:
+    """Collects the commands, then runs them in a fresh pipeline each try (reads only: idempotent)."""
+
+    def __init__(self, patient):
+        self.patient, self.calls = patient, []
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: self.calls.append((name, args, kw))
+
+    def __len__(self):
+        return len(self.calls)
+
+    def execute(self):
+        def attempt():
+            pipe = self.patient.raw.pipeline(transaction=False)
+            for name, args, kw in self.calls:
+                getattr(pipe, name)(*args, **kw)
+            return pipe.execute()
+        return _patiently(self.patient.raw, self.patient.failover_s, attempt) if self.calls else []
 
 
 class RedisSnapshot(Snapshot):
@@ -311,8 +411,8 @@ class RedisUnit(RedisSnapshot, Unit):
 
     def commit(self):
         """True if applied (or nothing to apply); False if another unit wrote the account meanwhile."""
-        for key, value in self.directory:
-            self.r.set(key, value)
+        if self.directory:
+            self.b.durable([(key, "set", key, value) for key, value in self.directory])
         if self.acct is None or not (self.hashes or self.dropped):
             return True
         keys = [redis_account_key(self.acct)]
@@ -323,29 +423,29 @@ class RedisUnit(RedisSnapshot, Unit):
                 keys.append(key)
                 index[key] = len(keys)
             return index[key]
-        args = [self.mver]
+        args = [self.mver, uuid.uuid4().hex]
         for key in self.dropped:
             args += [b"x", at(key)]
         for key, fields in self.hashes.items():
             for field, value in fields.items():
                 args += [b"d", at(key), field] if value is GONE else [b"s", at(key), field, value]
-        if not self.b.commit_script(keys=keys, args=args):
+        if not self.b.durable([(keys[0], "eval", COMMIT, len(keys), *keys, *args)])[0]:
             return False
         if self.after:
-            pipe = self.r.pipeline(transaction=False)
-            for key in self.after:
-                pipe.delete(key)
-            pipe.execute()
+            self.b.durable([(key, "delete", key) for key in self.after])
         return True
 
     # -- writes ----------------------------------------------------------------------------------
     def create_account(self, name, state):
-        number = self.r.incr(REDIS_DIRECTORY_COUNTER) - 1
+        counter = REDIS_DIRECTORY_COUNTER
+        number = self.b.durable([(counter, "incr", counter)])[0] - 1
         meta = {b"state": dumps({k: v for k, v in state.items() if k not in COUNTERS}),
                 b"buckets": REDIS_BUCKETS, b"generation": 0, b"mver": 0}
         meta.update({c.encode(): state[c] for c in COUNTERS})
-        self.r.hset(redis_account_key(number), mapping=meta)       # nobody knows the number yet
-        if not self.r.hsetnx(REDIS_DIRECTORY_NAMES, name.encode(), number):
+        key = redis_account_key(number)
+        self.b.durable([(key, "hset", key, None, None, meta)])         # nobody knows the number yet
+        names = REDIS_DIRECTORY_NAMES
+        if not self.b.durable([(names, "hsetnx", names, name.encode(), number)])[0]:
             raise _Conflict()                # another process named it first: read its number again
         return number
 
@@ -395,11 +495,8 @@ class RedisUnit(RedisSnapshot, Unit):
     def put_rejects(self, acct, upload_id, rows):
         # written at once (only this upload writes them; a unit run again writes the same rows)
         key = redis_account_key(acct, b"rej:%d" % upload_id)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.delete(key)
-        for i in range(0, len(rows), GET_CHUNK):
-            pipe.rpush(key, *(json.dumps(row) for row in rows[i:i + GET_CHUNK]))
-        pipe.execute()
+        self.b.durable([(key, "delete", key)] + [(key, "rpush", key, *(json.dumps(row) for row in rows[i:i + GET_CHUNK]))
+                                                 for i in range(0, len(rows), GET_CHUNK)])
 
     def publish(self, acct, seg_id, expected_head, staged, now, retention_s):
         head = self.head(acct, seg_id)
@@ -440,7 +537,7 @@ def _containers(acct, manifest):
 # -- profile writes ------------------------------------------------------------------------------------
 def _upsert(unit, acct, fields, ends, bits_of):
     """core/backend.py Unit.upsert_profiles, row by row in Python over prefetched state."""
-    r, n = unit.r, len(ends) // 3
+    n = len(ends) // 3
     rows, skipped, memo = [], [], {}
     for k in range(n):
         chans = _value(fields, ends, 3 * k + 2)
@@ -462,8 +559,8 @@ def _upsert(unit, acct, fields, ends, bits_of):
     stored_i = {rows[j][1]: ident_uids[k] for j, k in enumerate(good) if ident_uids[k] != UNKNOWN and rows[j][1]}
     fresh = list(dict.fromkeys(g for g, _, _ in rows if g not in stored_g))
     meta = redis_account_key(acct)
-    r.hincrby(meta, b"generation", 1)                       # odd: a profile write is under way
-    base = r.hincrby(meta, b"next_uid", len(fresh)) - len(fresh) if fresh else 0
+    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])       # odd: a profile write is under way
+    base = unit.b.durable([(meta, "hincrby", meta, b"next_uid", len(fresh))])[0] - len(fresh) if fresh else 0
     new_uid = {g: base + i for i, g in enumerate(fresh)}
     recs = {uid: decode_profile(raw) for uid, raw in
             unit._records(acct, set(stored_g.values()) | set(stored_i.values())).items()}
@@ -487,18 +584,20 @@ def _upsert(unit, acct, fields, ends, bits_of):
         recs[uid] = (bits, g, i)
         gmap[g] = uid
     buckets = unit.b.buckets(acct)
-    pipe = r.pipeline(transaction=False)
-    for uid, (bits, g, i) in recs.items():                   # records, then the maps
-        pipe.hset(redis_block_key(acct, _block(uid), b"p"), str(uid).encode(), encode_profile(bits, g, i))
+    records = []                                           # records first, then the maps that lead to them
+    for uid, (bits, g, i) in recs.items():
+        key = redis_block_key(acct, _block(uid), b"p")
+        records.append((key, "hset", key, str(uid).encode(), encode_profile(bits, g, i)))
+    unit.b.durable(records)
+    maps = []
     for g, uid in gmap.items():
         if stored_g.get(g) != uid:
-            pipe.hset(redis_bucket_key(acct, b"g", g, buckets), g, encode_uid(uid))
+            key = redis_bucket_key(acct, b"g", g, buckets)
+            maps.append((key, "hset", key, g, encode_uid(uid)))
     for i, uid in imap.items():
-        if uid is None:
-            pipe.hdel(redis_bucket_key(acct, b"i", i, buckets), i)
-        else:
-            pipe.hset(redis_bucket_key(acct, b"i", i, buckets), i, encode_uid(uid))
-    pipe.execute()
+        key = redis_bucket_key(acct, b"i", i, buckets)
+        maps.append((key, "hdel", key, i) if uid is None else (key, "hset", key, i, encode_uid(uid)))
+    unit.b.durable(maps)
     adds, drops = {}, {}
     for uid, old_bits in before.items():
         bits = recs[uid][0]
@@ -508,13 +607,12 @@ def _upsert(unit, acct, fields, ends, bits_of):
                 adds.setdefault(name, []).append(uid)
             elif old_bits & bit and not bits & bit:
                 drops.setdefault(name, []).append(uid)
-    _update_channels(r, acct, adds, drops)
-    r.hincrby(meta, b"generation", 1)                       # even: done
+    _update_channels(unit.b, acct, adds, drops)
+    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])       # even: done
     return n - len(skipped), skipped
 
 
 def _delete(unit, acct, guids):
-    r = unit.r
     guids = list(dict.fromkeys(guids))
     if not guids:
         return 0
@@ -527,27 +625,28 @@ def _delete(unit, acct, guids):
     if not uids:
         return 0
     meta = redis_account_key(acct)
-    r.hincrby(meta, b"generation", 1)
+    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])
     recs = unit._records(acct, uids)
     buckets = unit.b.buckets(acct)
-    drops = {}
-    pipe = r.pipeline(transaction=False)
+    drops, gone = {}, []
     uids = [u for u in uids if u in recs]              # a map entry whose record a crash never wrote
     for uid in uids:
         bits, g, i = decode_profile(recs[uid])
-        pipe.hdel(redis_bucket_key(acct, b"g", g, buckets), g)
-        if i:
-            pipe.hdel(redis_bucket_key(acct, b"i", i, buckets), i)
-        pipe.hdel(redis_block_key(acct, _block(uid), b"p"), str(uid).encode())
+        for kind, key in ((b"g", g), (b"i", i)):
+            if key:
+                bucket = redis_bucket_key(acct, kind, key, buckets)
+                gone.append((bucket, "hdel", bucket, key))
         for name in channel_names(bits):
             drops.setdefault(name, []).append(uid)
-    pipe.execute()
-    _update_channels(r, acct, {DELETED: uids}, drops)
-    r.hincrby(meta, b"generation", 1)
+    unit.b.durable(gone)                               # the maps first: then nothing leads to the records
+    unit.b.durable([(key, "hdel", key, str(uid).encode())
+                    for uid in uids for key in [redis_block_key(acct, _block(uid), b"p")]])
+    _update_channels(unit.b, acct, {DELETED: uids}, drops)
+    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])
     return len(uids)
 
 
-def _update_channels(r, acct, adds, drops):
+def _update_channels(backend, acct, adds, drops):
     """Read-modify-write the touched blocks' containers (under the account's profile lock)."""
     touched = {}
     for change, changes in ((0, adds), (1, drops)):
@@ -558,30 +657,77 @@ def _update_channels(r, acct, adds, drops):
         return
     items = list(touched.items())
     keys = [redis_block_key(acct, block, b"c:" + name.encode()) for (name, block), _ in items]
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        pipe.get(key)
-    old = pipe.execute()
-    pipe = r.pipeline(transaction=False)
-    for key, raw, (_, (add, drop)) in zip(keys, old, items):
+    writes = []
+    for key, raw, (_, (add, drop)) in zip(keys, backend.get_many(keys), items):
         bm = BitMap.deserialize(raw) if raw else BitMap()
         bm.update(add)
         bm -= BitMap(drop)
-        pipe.set(key, bm.serialize())
-    pipe.execute()
+        writes.append((key, "set", key, bm.serialize()))
+    backend.durable(writes)
 
 
 class RedisBackend(Backend):
     """url: redis-cluster://HOST:PORT,... (seed nodes) or redis://HOST:PORT (one node)."""
 
-    def __init__(self, url, client=None):
+    def __init__(self, url):
+        from redis.cluster import RedisCluster
         self.url = url
-        self.r = client or connect(url)
-        self.commit_script = self.r.register_script(COMMIT)
-        self._unlock = self.r.register_script(UNLOCK)
+        url, opts = options(url)
+        self.failover_s = opts.get("failover_s", FAILOVER_S)
+        self.raw = connect(url, self.failover_s)
+        self.r = Patient(self.raw, self.failover_s)
+        self.cluster = isinstance(self.raw, RedisCluster)
+        #: replicas each write must reach before it is acknowledged: 1 on a cluster, none on one node
+        self.replicas = opts.get("replicas", int(self.cluster))
+        self._unlock = self.raw.register_script(UNLOCK)
         self._buckets = {}
 
     atomic_bulk_writes = False      # a profile batch is not one unit (see the module docstring)
+
+    def durable(self, ops):
+        """Run write ops [(routing key, command, *args)] and return their results in order, once
+        every node written has passed them to `replicas` replicas (WAIT on the connection that wrote,
+        so nothing acknowledged lives on one node only). Tried again through a failover for up to
+        failover_s (each op is idempotent, or, as HINCRBY of next_uid, harmless twice: a gap)."""
+        if not ops:
+            return []
+        return _patiently(self.raw, self.failover_s, lambda: self._durable_once(ops))
+
+    def _durable_once(self, ops):
+        if not self.cluster:
+            pipe = self.raw.pipeline(transaction=False)
+            for _, command, *args in ops:
+                getattr(pipe, command)(*args)
+            return pipe.execute()
+        by_node = {}
+        for i, (key, command, *args) in enumerate(ops):
+            node = self.raw.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append((i, command, args))
+        out = [None] * len(ops)
+        for node, items in by_node.values():
+            pipe = self.raw.get_redis_connection(node).pipeline(transaction=False)
+            for _, command, args in items:
+                getattr(pipe, command)(*args)
+            pipe.execute_command("WAIT", self.replicas, WAIT_MS)
+            results = pipe.execute()
+            if results[-1] < self.replicas:
+                raise StorageUnavailable(f"{node.name} passed a write to {results[-1]} of {self.replicas} "
+                                         f"replicas within {WAIT_MS} ms")
+            for (i, _, _), result in zip(items, results):
+                out[i] = result
+        return out
+
+    @contextmanager
+    def _errors(self):
+        """Redis failures as the engine's errors: STORAGE_UNAVAILABLE when it may pass, else STORAGE_ERROR."""
+        import redis
+        from redis.exceptions import RedisClusterException
+        try:
+            yield
+        except (redis.RedisError, RedisClusterException) as e:
+            if _transient(e):
+                raise StorageUnavailable(f"the Redis store is unavailable: {e}") from e
+            raise StoreError(f"the Redis store failed: {e}") from e
 
     def get_many(self, keys):
         """GET of each key, pipelined (grouped by node on a cluster)."""
@@ -600,24 +746,25 @@ class RedisBackend(Backend):
 
     @contextmanager
     def snapshot(self):
-        yield RedisSnapshot(self)
+        with self._errors():
+            yield RedisSnapshot(self)
 
     def write(self, fn):
-        for _ in range(UNIT_TRIES):
-            unit = RedisUnit(self)
-            try:
-                result = fn(unit)
-            except _Conflict:
-                continue
-            if unit.commit():
-                return result
+        with self._errors():
+            for _ in range(UNIT_TRIES):
+                unit = RedisUnit(self)
+                try:
+                    result = fn(unit)
+                except _Conflict:
+                    continue
+                if unit.commit():
+                    return result
         raise StoreError(f"a unit met other writers' changes {UNIT_TRIES} times in a row")
 
     def stage(self, acct, bm):
         bm.run_optimize()
         token = uuid.uuid4().hex
-        blocks = []
-        pipe = self.r.pipeline(transaction=False)
+        blocks, writes = [], []
         if bm:
             for block in range(_block(bm.min()), _block(bm.max()) + 1):
                 lo = block << REDIS_BLOCK_BITS
@@ -625,21 +772,24 @@ class RedisBackend(Backend):
                 if part:
                     part.run_optimize()
                     blocks.append(block)
-                    pipe.set(redis_block_key(acct, block, b"v:" + token.encode()), part.serialize())
-            pipe.execute()
+                    key = redis_block_key(acct, block, b"v:" + token.encode())
+                    writes.append((key, "set", key, part.serialize()))
+        with self._errors():
+            self.durable(writes)
         return {"token": token, "blocks": blocks, "size": len(bm)}
 
     @contextmanager
     def profile_lock(self, acct):
         key, token = redis_account_key(acct, b"plock"), uuid.uuid4().hex
         delay = 0.001
-        while not self.r.set(key, token, nx=True, px=LOCK_TTL_MS):
+        # a SET tried again after its answer was lost finds the lock taken: by us, then
+        while not self.r.set(key, token, nx=True, px=LOCK_TTL_MS) and self.r.get(key) != token.encode():
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         try:
             yield
         finally:
-            self._unlock(keys=[key], args=[token])
+            _patiently(self.raw, self.failover_s, lambda: self._unlock(keys=[key], args=[token]))
 
     def close(self):
-        self.r.close()
+        self.raw.close()

@@ -33,6 +33,7 @@ CODES = {
     errors.RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.MapFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -88,6 +88,12 @@ class Cluster:
     def primaries(self):
         return [p for p in self.ports if self.alive(p) and self.role(p) == "master"]
 
+    def replicas_of(self, port):
+        """The ports of the replicas of the primary on port."""
+        info = cli(port, "INFO", "replication")
+        return [int(line.split("port=", 1)[1].split(",", 1)[0]) for line in info.splitlines()
+                if line.startswith("slave") and "port=" in line]
+
     def alive(self, port):
         try:
             os.kill(self.pids[port], 0)
