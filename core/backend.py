@@ -99,6 +99,12 @@ class Snapshot(ABC):
     def version(self, acct: int, seg_id: int, version: int):
         """The FrozenBitMap of a published version, or None once it has expired."""
 
+    def version_tag(self, acct: int, seg_id: int, version: int):
+        """What tells apart two versions that had one number: None where a number is never issued
+        twice (LMDB). On Redis a commit whose answer was lost can be lost in a failover and its number
+        issued again with other members, so caches key versions by number and tag."""
+        return None
+
     @abstractmethod
     def history(self, acct: int, seg_id: int) -> list[tuple[int, dict]]:
         """[(version, {time, size})] of every version ever published, expired ones too: the trend."""

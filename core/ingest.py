@@ -7,6 +7,7 @@ publishes a successful upload's version (core/backend.py Unit.publish).
 """
 import logging
 import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -340,7 +341,7 @@ def upload_errors(account, upload_id, start=0, limit=1000):
 
 
 def recover(account):
-    """Mark uploads whose process has died as failed (reason: interrupted)."""
+    """Mark uploads whose process has died (on this host) as failed (reason: interrupted)."""
 
     def run(unit):
         fixed = 0
@@ -355,16 +356,23 @@ def recover(account):
 
 
 def process_token(pid):
-    """pid plus the process's start time, so a recycled pid is not mistaken for the old process."""
+    """pid plus the process's start time (so a recycled pid is not mistaken for the old process), at
+    this host (servers on several machines share a Redis store)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             start = f.read().rsplit(b")", 1)[1].split()[19].decode()
     except (OSError, IndexError):
         start = "?"
-    return f"{pid}:{start}"
+    return f"{pid}:{start}@{socket.gethostname()}"
 
 
 def owner_alive(owner):
-    pid = int(owner.split(":", 1)[0])
-    return process_token(pid) == owner
+    """Whether the process that owns an upload lives. Only this host's processes can be judged: an
+    owner elsewhere counts as alive (its own host's next start judges it). An owner written before
+    hosts were named is this host's."""
+    local, _, host = owner.partition("@")
+    if host and host != socket.gethostname():
+        return True
+    pid = int(local.split(":", 1)[0])
+    return process_token(pid).partition("@")[0] == local
 

@@ -262,6 +262,11 @@ REDIS_DIRECTORY_CREDENTIALS = b"{d}:credentials"  # FLAG: present once any accou
 # token of the last unit applied).
 
 
+def redis_block(uid):
+    """The uid block of uid."""
+    return uid >> REDIS_BLOCK_BITS
+
+
 def redis_account_key(acct, what=b"acct"):
     """A key of account acct's metadata slot: acct (the meta hash), seg (id -> segment record), names
     (name -> id), heads (id -> version), up (id -> upload record), hist:ID / m:ID (version -> history

@@ -9,14 +9,10 @@ from array import array
 from pyroaring import BitMap
 
 from listseg.core.errors import InvalidProfile
+from listseg.core.parser import value_at
 from listseg.core.layout import (CHANNEL_BIT, CHANNEL_KEY, CHANNELS, DELETED, GENERATION, GENERATION_KEY, GUID_KEY,
                                  IDENT_KEY, PROFILE_KEY, account_prefix, channel_names, decode_profile, decode_uid,
                                  encode_profile, encode_uid)
-
-
-def value(fields, ends, i):
-    """Value i of a packed batch (fields concatenated, ends their cumulative end offsets)."""
-    return fields[ends[i - 1] if i else 0:ends[i]]
 
 
 def records(txn, db, p, uids):
@@ -37,7 +33,7 @@ def upsert(unit, acct, fields, ends, bits_of):
     table, bad = bytearray(), {}
     for g, r in enumerate(memoryview(firsts).cast("I")):      # few distinct channel values
         try:
-            table.append(bits_of(value(fields, ends, 3 * r + 2)))
+            table.append(bits_of(value_at(fields, ends, 3 * r + 2)))
         except InvalidProfile as e:
             table.append(0xFF)                                 # put_new_profiles skips the row
             bad[g] = str(e)
@@ -50,7 +46,7 @@ def upsert(unit, acct, fields, ends, bits_of):
     # the rest: stored guids or identities, or named twice in the batch; in row order
     before, after = {}, {}
     for r, new_uid in zip(memoryview(slow_rows).cast("I"), memoryview(slow_uids).cast("I")):
-        uid, old_bits = _put_one(txn, db, p, value(fields, ends, 3 * r), value(fields, ends, 3 * r + 1),
+        uid, old_bits = _put_one(txn, db, p, value_at(fields, ends, 3 * r), value_at(fields, ends, 3 * r + 1),
                                  table[chan_gids[r]], new_uid)
         before.setdefault(uid, old_bits)
         after[uid] = table[chan_gids[r]]

@@ -16,8 +16,8 @@ FIT_CHUNK = 16_384              # uids read at a time when a page has a byte bud
 
 
 class BitmapCache:
-    """Deserialized versions, keyed by (account, segment, version). Versions are immutable, so an
-    entry never goes stale; it only ages out."""
+    """Deserialized versions, keyed by (account, segment, version, the backend's version_tag).
+    Versions are immutable, so an entry never goes stale; it only ages out."""
 
     def __init__(self, capacity=32):
         self.capacity = capacity

@@ -164,3 +164,8 @@ def merge(batches, nvals):
         codes += b.error_codes
     return Batch(bytes(fields), memoryview(ends.tobytes()).cast("Q"), bytes(kinds),
                  memoryview(lines.tobytes()).cast("Q"), bytes(codes), nvals)
+
+
+def value_at(fields, ends, i):
+    """Value i of a packed batch (fields concatenated, ends their cumulative end offsets), as bytes."""
+    return bytes(fields[ends[i - 1] if i else 0:ends[i]])

@@ -13,29 +13,29 @@ What it gives of core/backend.py's guarantees, and how:
 - Profile writes (upsert, delete) are not one unit: they hold the account's profile lock, move the
   profiles generation to odd while they write and to even after, and write records, then maps, then
   channel containers. A crash can leave part of a batch; a record without a map entry is never read.
-- Durability is Redis's own: replication is asynchronous, so an acknowledged write can be lost in a
-  failover (issue 12 adds WAIT and the manifest check after a failover).
+- Durability: Redis replicates asynchronously; every write here is acknowledged only once a replica
+  has it (`durable`: WAIT on the connection that wrote), and writes and reads wait through a
+  failover for up to failover_s. docs/design.md says what loss window is left.
 """
 import json
-import re
 import time
 import uuid
 from array import array
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
 from pyroaring import BitMap, FrozenBitMap
 
+from listseg.core import redis_profiles
 from listseg.core.backend import Backend, Snapshot, Unit
-from listseg.core.errors import HeadMoved, InvalidProfile, StorageUnavailable, StoreError
-from listseg.core.layout import (CHANNELS, DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_DIRECTORY_COUNTER,
-                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, channel_names,
-                                 decode_profile, decode_uid, dumps, encode_profile, encode_uid, loads,
-                                 redis_account_key, redis_block_key, redis_bucket_key, redis_bucket_keys)
+from listseg.core.errors import HeadMoved, StoreError
+from listseg.core.redis_client import Connection, patiently
+from listseg.core.layout import (DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_DIRECTORY_COUNTER,
+                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, decode_profile, decode_uid,
+                                 dumps, loads, redis_account_key, redis_block, redis_block_key, redis_bucket_key,
+                                 redis_bucket_keys)
+from listseg.core.parser import value_at
 
 COUNTERS = ("next_uid", "next_segment", "next_upload")
-FAILOVER_S = 20                 # how long a write keeps trying through a failover before STORAGE_UNAVAILABLE
-WAIT_MS = 5_000                 # how long a write waits for its replicas (WAIT)
 UNIT_TRIES = 100                # a unit that keeps meeting other units' writes gives up (StoreError)
 LOCK_TTL_MS = 600_000           # a profile write's lock lasts at most this long if its writer dies
 GET_CHUNK = 10_000              # fields asked in one HMGET
@@ -64,128 +64,11 @@ UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL',
 GONE = object()                 # a buffered delete
 
 
-def _value(fields, ends, i):
-    return bytes(fields[ends[i - 1] if i else 0:ends[i]])
-
-
-def _block(uid):
-    return uid >> REDIS_BLOCK_BITS
-
-
-def _retry(failover_s):
-    """Commands retried through a failover: a primary's replica takes over within a few seconds
-    (cluster-node-timeout plus an election), so back off up to 1 s, for about failover_s in all."""
-    from redis.backoff import ExponentialWithJitterBackoff
-    from redis.retry import Retry
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=max(1, int(failover_s)))
-
-
-def options(url):
-    """(url without listseg's own query options, {option: value}): failover_s (how long a call keeps
-    trying through a failover, default FAILOVER_S) and replicas (how many replicas each write must
-    reach: 1 on a cluster, 0 on one node)."""
-    parts = urlsplit(url)
-    ours = {"failover_s": float, "replicas": int}
-    found, rest = {}, []
-    for pair in filter(None, parts.query.split("&")):
-        name, _, value = pair.partition("=")
-        if name in ours:
-            found[name] = ours[name](value)
-        else:
-            rest.append(pair)
-    return parts._replace(query="&".join(rest)).geturl(), found
-
-
-def connect(url, failover_s=FAILOVER_S):
-    """A redis-py client for redis-cluster://host:port,host:port... or redis://host:port[/db]
-    (rediss:// and redis-clusters:// for TLS; a password as redis://:PASSWORD@host:port)."""
-    import redis
-    from redis.cluster import ClusterNode, RedisCluster
-    parts = urlsplit(url)
-    scheme = parts.scheme
-    if scheme in ("redis", "rediss"):
-        return redis.Redis.from_url(url, retry=_retry(failover_s), retry_on_error=[redis.ConnectionError])
-    nodes = []
-    for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = seed.rpartition(":")
-        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-    return RedisCluster(startup_nodes=nodes, password=parts.password, ssl=scheme == "redis-clusters",
-                        require_full_coverage=True, retry=_retry(failover_s))
-
-
-# What a store in a failover answers for a while: a connection refused or reset, the cluster down,
-# a slot moving, a primary refusing writes while it has no replica (NOREPLICAS) or while it loads.
-TRANSIENT = ("NOREPLICAS", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "LOADING", "READONLY", "MOVED", "ASK")
-# as an error's first word, or after "caused error: " in a pipeline's
-TRANSIENT_RE = re.compile(r"(?:^|error: )(?:%s)\b" % "|".join(TRANSIENT))
-
-
-def _transient(exc):
-    import redis
-    from redis.exceptions import ClusterError, RedisClusterException
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)) or (
-        isinstance(exc, redis.ResponseError) and TRANSIENT_RE.search(str(exc)) is not None)
-
-
-def _patiently(client, failover_s, attempt):
-    """attempt(), tried again through a failover for up to failover_s: redis-py retries a cluster
-    command at once, without waiting, so a failover (seconds) outlasts its retries."""
-    deadline = time.monotonic() + failover_s
-    while True:
-        try:
-            return attempt()
-        except Exception as e:              # noqa: BLE001 - transient ones are tried again, the rest raised
-            if not _transient(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.25)
-            manager = getattr(client, "nodes_manager", None)
-            if manager is not None:
-                try:
-                    manager.initialize()    # learn who the primaries are now
-                except Exception:           # noqa: BLE001 - still failing over: the next attempt says
-                    pass
-
-
-class Patient:
-    """A redis-py client whose commands and pipelines are tried again through a failover
-    (_patiently). Reads go through it; writes go through RedisBackend.durable."""
-
-    def __init__(self, client, failover_s):
-        self.raw, self.failover_s = client, failover_s
-
-    def pipeline(self, transaction=False):
-        return _PatientPipeline(self)
-
-    def __getattr__(self, name):
-        command = getattr(self.raw, name)
-        return lambda *args, **kw: _patiently(self.raw, self.failover_s, lambda: command(*args, **kw))
-
-
-class _PatientPipeline:
-    """Collects the commands, then runs them in a fresh pipeline each try (reads only: idempotent)."""
-
-    def __init__(self, patient):
-        self.patient, self.calls = patient, []
-
-    def __getattr__(self, name):
-        return lambda *args, **kw: self.calls.append((name, args, kw))
-
-    def __len__(self):
-        return len(self.calls)
-
-    def execute(self):
-        def attempt():
-            pipe = self.patient.raw.pipeline(transaction=False)
-            for name, args, kw in self.calls:
-                getattr(pipe, name)(*args, **kw)
-            return pipe.execute()
-        return _patiently(self.patient.raw, self.patient.failover_s, attempt) if self.calls else []
-
-
 class RedisSnapshot(Snapshot):
     def __init__(self, backend):
         self.b = backend
         self.r = backend.r
+        self._tags = {}              # (acct, segment, version) -> the token its head named
 
     # -- raw reads (a unit overlays its own writes on these) -------------------------------------------
     def _hget(self, key, field):
@@ -232,7 +115,7 @@ class RedisSnapshot(Snapshot):
         buckets = self._buckets(acct)
         groups = {}
         for r in range(n):
-            key = _value(fields, ends, nvals * r + col)
+            key = value_at(fields, ends, nvals * r + col)
             if key:
                 groups.setdefault(redis_bucket_key(acct, b"i" if kinds[r] == 105 else b"g", key, buckets),
                                   []).append((r, key))
@@ -251,7 +134,7 @@ class RedisSnapshot(Snapshot):
         """{uid: raw profile record} of the uids that have one."""
         by_block = {}
         for uid in uids:
-            by_block.setdefault(_block(uid), []).append(uid)
+            by_block.setdefault(redis_block(uid), []).append(uid)
         pipe = self.r.pipeline(transaction=False)
         asked = []
         for block, members in by_block.items():
@@ -304,7 +187,7 @@ class RedisSnapshot(Snapshot):
     def _blocks(self, acct):
         """Every uid block the account has used."""
         next_uid = int(self.r.hget(redis_account_key(acct), b"next_uid") or 0)
-        return range(_block(next_uid - 1) + 1) if next_uid else range(0)
+        return range(redis_block(next_uid - 1) + 1) if next_uid else range(0)
 
     def channel(self, acct, name):
         keys = [redis_block_key(acct, block, b"c:" + name.encode()) for block in self._blocks(acct)]
@@ -326,8 +209,21 @@ class RedisSnapshot(Snapshot):
         return [loads(recs[k]) for k in sorted(recs, key=int)]
 
     def head(self, acct, seg_id):
+        # "version:token": a version number an unacknowledged commit used and a failover lost can be
+        # issued again, with other members; the token tells the two apart (version_tag)
         raw = self._hget(redis_account_key(acct, b"heads"), str(seg_id).encode())
-        return int(raw) if raw is not None else 0
+        if raw is None:
+            return 0
+        version, _, token = raw.decode().partition(":")
+        self._tags[(acct, seg_id, int(version))] = token
+        return int(version)
+
+    def version_tag(self, acct, seg_id, version):
+        tag = self._tags.get((acct, seg_id, version))
+        if tag is None:
+            manifest = self._manifest(acct, seg_id, version)
+            tag = manifest["token"] if manifest else None
+        return tag
 
     def _manifest(self, acct, seg_id, version):
         return loads(self._hget(redis_account_key(acct, b"m:%d" % seg_id), str(version).encode()))
@@ -467,11 +363,11 @@ class RedisUnit(RedisSnapshot, Unit):
 
     def upsert_profiles(self, acct, fields, ends, bits_of):
         with self.b.profile_lock(acct):
-            return _upsert(self, acct, fields, ends, bits_of)
+            return redis_profiles.upsert(self, acct, fields, ends, bits_of)
 
     def delete_profiles(self, acct, guids):
         with self.b.profile_lock(acct):
-            return _delete(self, acct, guids)
+            return redis_profiles.delete(self, acct, guids)
 
     def put_segment(self, acct, rec):
         self._hset(redis_account_key(acct, b"seg"), str(rec["id"]).encode(), dumps(rec))
@@ -507,7 +403,7 @@ class RedisUnit(RedisSnapshot, Unit):
         self._hset(redis_account_key(acct, b"m:%d" % seg_id), str(version).encode(), dumps(staged))
         self._hset(redis_account_key(acct, b"hist:%d" % seg_id), str(version).encode(),
                    dumps({"time": now, "size": staged["size"]}))
-        self._hset(redis_account_key(acct, b"heads"), str(seg_id).encode(), str(version).encode())
+        self._hset(redis_account_key(acct, b"heads"), str(seg_id).encode(), f"{version}:{staged['token']}".encode())
         superseded_at = {v - 1: rec["time"] for v, rec in self.history(acct, seg_id)}
         manifests = self._hgetall(redis_account_key(acct, b"m:%d" % seg_id))
         for raw_version, raw in manifests.items():
@@ -534,209 +430,15 @@ def _containers(acct, manifest):
     return [redis_block_key(acct, block, b"v:" + token) for block in manifest["blocks"]]
 
 
-# -- profile writes ------------------------------------------------------------------------------------
-def _upsert(unit, acct, fields, ends, bits_of):
-    """core/backend.py Unit.upsert_profiles, row by row in Python over prefetched state."""
-    n = len(ends) // 3
-    rows, skipped, memo = [], [], {}
-    for k in range(n):
-        chans = _value(fields, ends, 3 * k + 2)
-        if chans not in memo:
-            try:
-                memo[chans] = bits_of(chans)
-            except InvalidProfile as e:
-                memo[chans] = e
-        bits = memo[chans]
-        if isinstance(bits, InvalidProfile):
-            skipped.append((k, str(bits)))
-        else:
-            rows.append((_value(fields, ends, 3 * k), _value(fields, ends, 3 * k + 1), bits))
-    guid_uids = array("I", unit.resolve(acct, b"g" * n, fields, ends, 3, 0))
-    ident_uids = array("I", unit.resolve(acct, b"i" * n, fields, ends, 3, 1))
-    bad = {k for k, _ in skipped}
-    good = [k for k in range(n) if k not in bad]
-    stored_g = {rows[j][0]: guid_uids[k] for j, k in enumerate(good) if guid_uids[k] != UNKNOWN}
-    stored_i = {rows[j][1]: ident_uids[k] for j, k in enumerate(good) if ident_uids[k] != UNKNOWN and rows[j][1]}
-    fresh = list(dict.fromkeys(g for g, _, _ in rows if g not in stored_g))
-    meta = redis_account_key(acct)
-    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])       # odd: a profile write is under way
-    base = unit.b.durable([(meta, "hincrby", meta, b"next_uid", len(fresh))])[0] - len(fresh) if fresh else 0
-    new_uid = {g: base + i for i, g in enumerate(fresh)}
-    recs = {uid: decode_profile(raw) for uid, raw in
-            unit._records(acct, set(stored_g.values()) | set(stored_i.values())).items()}
-    before = {}
-    gmap, imap = {}, {}              # what the batch writes: guid -> uid, identity -> uid or None (gone)
-    for g, i, bits in rows:
-        uid = gmap.get(g, stored_g.get(g, new_uid.get(g)))
-        old = recs.get(uid)
-        old_bits, _, old_ident = old if old else (0, g, b"")
-        before.setdefault(uid, old_bits)
-        if i != old_ident:
-            if old_ident:
-                imap[old_ident] = None
-            if i:
-                holder = imap[i] if i in imap else stored_i.get(i)
-                if holder is not None and holder != uid:
-                    if holder in recs:
-                        hb, hg, _ = recs[holder]
-                        recs[holder] = (hb, hg, b"")
-                imap[i] = uid
-        recs[uid] = (bits, g, i)
-        gmap[g] = uid
-    buckets = unit.b.buckets(acct)
-    records = []                                           # records first, then the maps that lead to them
-    for uid, (bits, g, i) in recs.items():
-        key = redis_block_key(acct, _block(uid), b"p")
-        records.append((key, "hset", key, str(uid).encode(), encode_profile(bits, g, i)))
-    unit.b.durable(records)
-    maps = []
-    for g, uid in gmap.items():
-        if stored_g.get(g) != uid:
-            key = redis_bucket_key(acct, b"g", g, buckets)
-            maps.append((key, "hset", key, g, encode_uid(uid)))
-    for i, uid in imap.items():
-        key = redis_bucket_key(acct, b"i", i, buckets)
-        maps.append((key, "hdel", key, i) if uid is None else (key, "hset", key, i, encode_uid(uid)))
-    unit.b.durable(maps)
-    adds, drops = {}, {}
-    for uid, old_bits in before.items():
-        bits = recs[uid][0]
-        for k, name in enumerate(CHANNELS):
-            bit = 1 << k
-            if bits & bit and not old_bits & bit:
-                adds.setdefault(name, []).append(uid)
-            elif old_bits & bit and not bits & bit:
-                drops.setdefault(name, []).append(uid)
-    _update_channels(unit.b, acct, adds, drops)
-    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])       # even: done
-    return n - len(skipped), skipped
-
-
-def _delete(unit, acct, guids):
-    guids = list(dict.fromkeys(guids))
-    if not guids:
-        return 0
-    fields = b"".join(guids)
-    ends, at = array("Q"), 0
-    for g in guids:
-        at += len(g)
-        ends.append(at)
-    uids = [u for u in array("I", unit.resolve(acct, b"g" * len(guids), fields, ends)) if u != UNKNOWN]
-    if not uids:
-        return 0
-    meta = redis_account_key(acct)
-    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])
-    recs = unit._records(acct, uids)
-    buckets = unit.b.buckets(acct)
-    drops, gone = {}, []
-    uids = [u for u in uids if u in recs]              # a map entry whose record a crash never wrote
-    for uid in uids:
-        bits, g, i = decode_profile(recs[uid])
-        for kind, key in ((b"g", g), (b"i", i)):
-            if key:
-                bucket = redis_bucket_key(acct, kind, key, buckets)
-                gone.append((bucket, "hdel", bucket, key))
-        for name in channel_names(bits):
-            drops.setdefault(name, []).append(uid)
-    unit.b.durable(gone)                               # the maps first: then nothing leads to the records
-    unit.b.durable([(key, "hdel", key, str(uid).encode())
-                    for uid in uids for key in [redis_block_key(acct, _block(uid), b"p")]])
-    _update_channels(unit.b, acct, {DELETED: uids}, drops)
-    unit.b.durable([(meta, "hincrby", meta, b"generation", 1)])
-    return len(uids)
-
-
-def _update_channels(backend, acct, adds, drops):
-    """Read-modify-write the touched blocks' containers (under the account's profile lock)."""
-    touched = {}
-    for change, changes in ((0, adds), (1, drops)):
-        for name, uids in changes.items():
-            for uid in uids:
-                touched.setdefault((name, _block(uid)), ([], []))[change].append(uid)
-    if not touched:
-        return
-    items = list(touched.items())
-    keys = [redis_block_key(acct, block, b"c:" + name.encode()) for (name, block), _ in items]
-    writes = []
-    for key, raw, (_, (add, drop)) in zip(keys, backend.get_many(keys), items):
-        bm = BitMap.deserialize(raw) if raw else BitMap()
-        bm.update(add)
-        bm -= BitMap(drop)
-        writes.append((key, "set", key, bm.serialize()))
-    backend.durable(writes)
-
-
-class RedisBackend(Backend):
+class RedisBackend(Connection, Backend):
     """url: redis-cluster://HOST:PORT,... (seed nodes) or redis://HOST:PORT (one node)."""
 
     def __init__(self, url):
-        from redis.cluster import RedisCluster
-        self.url = url
-        url, opts = options(url)
-        self.failover_s = opts.get("failover_s", FAILOVER_S)
-        self.raw = connect(url, self.failover_s)
-        self.r = Patient(self.raw, self.failover_s)
-        self.cluster = isinstance(self.raw, RedisCluster)
-        #: replicas each write must reach before it is acknowledged: 1 on a cluster, none on one node
-        self.replicas = opts.get("replicas", int(self.cluster))
+        super().__init__(url)
         self._unlock = self.raw.register_script(UNLOCK)
         self._buckets = {}
 
     atomic_bulk_writes = False      # a profile batch is not one unit (see the module docstring)
-
-    def durable(self, ops):
-        """Run write ops [(routing key, command, *args)] and return their results in order, once
-        every node written has passed them to `replicas` replicas (WAIT on the connection that wrote,
-        so nothing acknowledged lives on one node only). Tried again through a failover for up to
-        failover_s (each op is idempotent, or, as HINCRBY of next_uid, harmless twice: a gap)."""
-        if not ops:
-            return []
-        return _patiently(self.raw, self.failover_s, lambda: self._durable_once(ops))
-
-    def _durable_once(self, ops):
-        if not self.cluster:
-            pipe = self.raw.pipeline(transaction=False)
-            for _, command, *args in ops:
-                getattr(pipe, command)(*args)
-            return pipe.execute()
-        by_node = {}
-        for i, (key, command, *args) in enumerate(ops):
-            node = self.raw.get_node_from_key(key)
-            by_node.setdefault(node.name, (node, []))[1].append((i, command, args))
-        out = [None] * len(ops)
-        for node, items in by_node.values():
-            pipe = self.raw.get_redis_connection(node).pipeline(transaction=False)
-            for _, command, args in items:
-                getattr(pipe, command)(*args)
-            pipe.execute_command("WAIT", self.replicas, WAIT_MS)
-            results = pipe.execute()
-            if results[-1] < self.replicas:
-                raise StorageUnavailable(f"{node.name} passed a write to {results[-1]} of {self.replicas} "
-                                         f"replicas within {WAIT_MS} ms")
-            for (i, _, _), result in zip(items, results):
-                out[i] = result
-        return out
-
-    @contextmanager
-    def _errors(self):
-        """Redis failures as the engine's errors: STORAGE_UNAVAILABLE when it may pass, else STORAGE_ERROR."""
-        import redis
-        from redis.exceptions import RedisClusterException
-        try:
-            yield
-        except (redis.RedisError, RedisClusterException) as e:
-            if _transient(e):
-                raise StorageUnavailable(f"the Redis store is unavailable: {e}") from e
-            raise StoreError(f"the Redis store failed: {e}") from e
-
-    def get_many(self, keys):
-        """GET of each key, pipelined (grouped by node on a cluster)."""
-        if not keys:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return pipe.execute()
 
     def buckets(self, acct):
         n = self._buckets.get(acct)
@@ -746,11 +448,11 @@ class RedisBackend(Backend):
 
     @contextmanager
     def snapshot(self):
-        with self._errors():
+        with self.errors():
             yield RedisSnapshot(self)
 
     def write(self, fn):
-        with self._errors():
+        with self.errors():
             for _ in range(UNIT_TRIES):
                 unit = RedisUnit(self)
                 try:
@@ -766,7 +468,7 @@ class RedisBackend(Backend):
         token = uuid.uuid4().hex
         blocks, writes = [], []
         if bm:
-            for block in range(_block(bm.min()), _block(bm.max()) + 1):
+            for block in range(redis_block(bm.min()), redis_block(bm.max()) + 1):
                 lo = block << REDIS_BLOCK_BITS
                 part = bm & BitMap(range(lo, lo + (1 << REDIS_BLOCK_BITS)))
                 if part:
@@ -774,7 +476,7 @@ class RedisBackend(Backend):
                     blocks.append(block)
                     key = redis_block_key(acct, block, b"v:" + token.encode())
                     writes.append((key, "set", key, part.serialize()))
-        with self._errors():
+        with self.errors():
             self.durable(writes)
         return {"token": token, "blocks": blocks, "size": len(bm)}
 
@@ -789,7 +491,5 @@ class RedisBackend(Backend):
         try:
             yield
         finally:
-            _patiently(self.raw, self.failover_s, lambda: self._unlock(keys=[key], args=[token]))
+            patiently(self.raw, self.failover_s, lambda: self._unlock(keys=[key], args=[token]))
 
-    def close(self):
-        self.raw.close()

@@ -92,7 +92,8 @@ class Segments(Members):
                                   segment=seg_id, version=version)
             return bm
 
-        return version, self.cache.get((self.number, seg_id, version), load)
+        return version, self.cache.get((self.number, seg_id, version, snap.version_tag(self.number, seg_id, version)),
+                                       load)
 
     def check_new_name(self, snap, name):
         """The name, trimmed, if it is valid and free; InvalidArgument or AlreadyExists otherwise."""

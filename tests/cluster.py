@@ -46,8 +46,12 @@ def free_ports(n):
 
 
 def node_config(port, folder):
+    """A node's settings; its files (AOF, nodes.conf) in a folder of its own: nodes sharing one
+    would write one appendonlydir."""
+    node_dir = os.path.join(folder, f"node-{port}")
+    os.makedirs(node_dir, exist_ok=True)
     return "\n".join([
-        f"port {port}", f"bind {LOOPBACK}", "protected-mode no", f"dir {folder}",
+        f"port {port}", f"bind {LOOPBACK}", "protected-mode no", f"dir {node_dir}",
         "cluster-enabled yes", f"cluster-config-file nodes-{port}.conf", f"cluster-node-timeout {NODE_TIMEOUT_MS}",
         "appendonly yes", "appendfsync everysec", 'save ""', "min-replicas-to-write 1", "min-replicas-max-lag 10",
         "hash-max-listpack-entries 512",     # identity buckets stay listpack (core/layout.py REDIS_BUCKETS)

@@ -66,7 +66,14 @@ def flush(cluster_):
         client.close()
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc):
+    """`backend` takes each of BACKENDS, or of the test module's own BACKENDS list when it has one."""
+    if "backend" in metafunc.fixturenames:
+        names = getattr(metafunc.module, "BACKENDS", BACKENDS)
+        metafunc.parametrize("backend", [n for n in names if n in BACKENDS], indirect=True)
+
+
+@pytest.fixture
 def backend(request):
     """What harness.open_engine opens (harness.BACKENDS): "lmdb", "lmdb-twin", or the URL of the
     session's Redis Cluster, emptied for this test. A test that takes `engine` or `account` runs once

@@ -88,3 +88,28 @@ def test_a_version_stays_whole_in_the_cluster_across_many_blocks(store, tmp_path
         with engine.backend.snapshot() as snap:
             manifest = snap._manifest(acct.number, acct.segments.id_of("wide"), version)
         assert manifest["blocks"] == [0, 1, 2, 3]
+
+
+def test_a_version_number_issued_again_is_not_answered_from_the_cache(store, tmp_path):
+    """A commit whose answer was lost can be lost in a failover, and its number issued again with
+    other members: a server that cached the lost version must not answer from it."""
+    from listseg.core.layout import redis_account_key
+    with open_engine(tmp_path, backend=store) as engine:
+        acct = engine.account()
+        acct.profiles.upsert([(f"g{k}", None, []) for k in range(5)])
+        for mode, guid, kw in (("create", b"g1", {"name": "s"}), ("replace", b"g2", {"segment": "s"})):
+            up = acct.upload(mode, **kw)
+            up.feed(CSV + b"g," + guid + b"\n")
+            up.finish()
+        assert acct.segments.check_members("s", ["g2"], "g") == (2, [True])      # version 2 cached
+        seg, r = acct.segments.id_of("s"), engine.backend.raw
+        with engine.backend.snapshot() as snap:
+            token1 = snap._manifest(acct.number, seg, 1)["token"]
+        # what a failover that lost version 2 leaves: the head back at 1, no manifest or row for 2
+        r.hset(redis_account_key(acct.number, b"heads"), str(seg), f"1:{token1}")
+        r.hdel(redis_account_key(acct.number, b"m:%d" % seg), "2")
+        r.hdel(redis_account_key(acct.number, b"hist:%d" % seg), "2")
+        up = acct.upload("replace", segment="s")
+        up.feed(CSV + b"g,g3\n")
+        assert up.finish()["report"]["version"] == 2                          # the number again
+        assert acct.segments.check_members("s", ["g2", "g3"], "g") == (2, [False, True])

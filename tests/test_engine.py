@@ -357,3 +357,15 @@ def test_one_million_rows_smoke(account):
     r = upload(account, b"Type,Identity\n" + rows, name="big", chunk=1 << 20)["report"]
     assert (r["rows"], r["qualified"], r["unknown"], r["duplicates"]) == (1_000_000, 200_000, 200_000, 600_000)
     assert account.segments.get("big")["size"] == 200_000
+
+
+def test_only_this_hosts_dead_uploads_are_judged_dead():
+    """Servers on several machines share a Redis store: recover() must not fail another host's
+    uploads because no process here has their pid."""
+    import socket
+    from listseg.core.ingest import owner_alive, process_token
+    here = socket.gethostname()
+    assert owner_alive(process_token(os.getpid()))
+    assert not owner_alive(f"999999999:1@{here}")              # no such process here
+    assert owner_alive("999999999:1@some-other-host")           # not ours to judge
+    assert not owner_alive("999999999:1")                        # a record from before hosts were named

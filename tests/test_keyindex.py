@@ -121,7 +121,8 @@ def account(tmp_path, backend):
 def ready_index(acct):
     """Ask once (which starts a build), wait for it, and check the index now serves reads."""
     acct.segments.check_lines("s", b"g0\n", "g")
-    acct.profiles.index.wait()
+    # the build may wait its turn: REBUILD_GAP times the last build, which is slow on a loaded machine
+    acct.profiles.index.wait(timeout=300)
     with acct.backend.snapshot() as snap:
         assert acct.profiles.index.get(snap) is not None, "the index was not built"
 
@@ -160,7 +161,7 @@ def test_the_index_is_rebuilt_after_a_change(account):
     account.profiles.upsert([("later", None, [])])
     with account.backend.snapshot() as snap:
         assert account.profiles.index.get(snap) is None             # stale: LMDB answers
-    account.profiles.index.wait()
+    account.profiles.index.wait(timeout=300)
     with account.backend.snapshot() as snap:
         pair = account.profiles.index.get(snap)
         assert pair is not None and pair[0].count == 101 and pair[1].count == 100
@@ -181,7 +182,7 @@ def test_a_stored_guid_with_a_newline_keeps_the_lmdb_path(account):
     fields, ends = b"two\nlines" + b"\x00", array("Q", [9, 9, 10])
     account.profiles._write_batch(fields, ends, bits_byte)
     account.segments.check_lines("s", b"g0\n", "g")
-    account.profiles.index.wait()
+    account.profiles.index.wait(timeout=300)
     with account.backend.snapshot() as snap:
         assert account.profiles.index.get(snap) is None
     assert account.segments.check_members("s", ["g0", "two\nlines"], "g")[1] == [True, False]
@@ -259,7 +260,7 @@ def test_rebuilds_wait_their_turn(account, monkeypatch):
     account.profiles.upsert([("one", None, [])])
     ready = account.profiles.index
     ready.warm()
-    ready.wait(0.5)
+    ready.wait(timeout=300)                 # this one's turn came after the last build's 10x
     account.profiles.upsert([("two", None, [])])
     assert account.segments.check_lines("s", b"two\n", "g") == (1, b"\x00")   # LMDB answers meanwhile
     assert ready._timer is not None and ready._thread is None               # a rebuild waits its turn
@@ -270,7 +271,7 @@ def test_the_server_warms_the_index_after_an_import(tmp_path):
         with Client(server.target, timeout=10) as c:
             c.import_profiles(b"guid,identity,channels\ng1,id1,\ng2,,\n")
         index = server.engine.account().profiles.index
-        index.wait()
+        index.wait(timeout=300)
         with server.engine.backend.snapshot() as snap:
             pair = index.get(snap, build=False)
         assert pair is not None and (pair[0].count, pair[1].count) == (2, 1)

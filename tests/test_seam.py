@@ -15,7 +15,7 @@ from listseg.core.errors import HeadMoved
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # At and below the seam: the interface, the backends (LMDB's bindings too), and the layout they share.
 SEAM = {"core/backend.py", "core/lmdb_backend.py", "core/lmdb_profiles.py", "core/store.py", "core/_store_py.py",
-        "core/redis_backend.py", "core/layout.py"}
+        "core/redis_backend.py", "core/redis_client.py", "core/redis_profiles.py", "core/layout.py"}
 # Above it: every other module of the engine, the server, the dashboard and the clients.
 ABOVE = [rel for folder in ("core", "server", "dashboard", "clients")
          for rel in (f"{folder}/{name}" for name in sorted(os.listdir(os.path.join(ROOT, folder))))

@@ -24,8 +24,12 @@ PROFILES = b"guid,identity,channels\n" + b"".join(
     b"g%d,user%d@x.com,%s\n" % (k, k, [b"email", b"sms;push", b""][k % 3]) for k in range(300))
 
 
+#: The service suite runs on the embedded store and on a real Redis Cluster (conftest `backend`).
+BACKENDS = ["lmdb", "redis-cluster"]
+
+
 @pytest.fixture
-def served(server):
+def served(backend, server):
     return server.engine, server.server, server.target
 
 
