@@ -112,6 +112,12 @@ bench: install $(VENV)/.bench-deps | redis-sysdeps
 bench-soak: install $(VENV)/.bench-deps | redis-sysdeps
 	$(BIN)/python benchmarks/soak.py
 
+# listseg on a local Redis Cluster (tests/cluster.py, stopped at the end) beside plain Redis sets on the
+# same cluster; writes benchmarks/results/cluster.json. SCALE defaults to 1000000 here.
+.PHONY: bench-cluster
+bench-cluster: install $(VENV)/.bench-deps | redis-sysdeps
+	$(BIN)/python benchmarks/bench_cluster.py --scale $(if $(filter file,$(origin SCALE)),1000000,$(SCALE))
+
 # A local Redis Cluster (3 primaries, 3 replicas) on free loopback ports, in CLUSTER_DIR: prints the
 # --store URL; `make cluster-stop` stops it by its pids. The tests start their own the same way.
 CLUSTER_DIR ?= /tmp/listseg-cluster

@@ -115,14 +115,16 @@ def read_ids(workdir):
 class ListsegServer:
     """`listseg serve` as a subprocess; `pids` are the processes serving (the workers, if any, and
     the membership front). `membership` is where Membership calls go: the native front
-    (`--membership-listen`), or with front=False the server itself."""
+    (`--membership-listen`), or with front=False the server itself. With `store` (a Redis URL) it
+    serves `--store store` instead of `--data datadir`, with no front (the front reads LMDB)."""
 
-    def __init__(self, datadir, logpath, workers=1, port=None, front=True):
+    def __init__(self, datadir, logpath, workers=1, port=None, front=True, store=None):
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.membership = f"127.0.0.1:{free_port()}" if front else self.target
         exe = os.path.join(os.path.dirname(sys.executable), "listseg")
-        cmd = [exe, "serve", "--data", datadir, "--listen", self.target, "--grace", "5"]
+        cmd = [exe, "serve", *(("--store", store) if store else ("--data", datadir)), "--listen", self.target,
+               "--grace", "5"]
         if workers > 1:
             cmd += ["--workers", str(workers)]
         if front:
@@ -223,13 +225,34 @@ def work_ours_ingest(target, workdir, name, delete=0):
     return {"seconds": seconds, "rows": up.report.rows, "qualified": up.report.qualified, "size": up.report.size}
 
 
-def redis_client(port):
+def cluster_nodes(url, node_cls):
+    """The seed nodes of a redis-cluster://HOST:PORT,HOST:PORT,... URL as redis-py ClusterNodes."""
+    return [node_cls(host, int(port)) for host, port in
+            (seed.rsplit(":", 1) for seed in url.split("://", 1)[1].split(","))]
+
+
+def redis_client(where):
+    """redis-py for a local port (one redis-server), or for a redis-cluster://... URL a RedisCluster,
+    which sends each command (and groups a pipeline's) to the primary of its key's slot."""
     import redis
-    return redis.Redis(port=int(port), socket_timeout=600)
+    if "://" in str(where):
+        from redis.cluster import ClusterNode, RedisCluster
+        return RedisCluster(startup_nodes=cluster_nodes(where, ClusterNode), socket_timeout=600)
+    return redis.Redis(port=int(where), socket_timeout=600)
 
 
-def work_redis_profiles(port, workdir):
-    """A set of guids per channel: what a Redis user keeps for reachability (setup, not a case)."""
+def sadd_batches(pipe, key, values):
+    """Variadic SADD of BATCH members a command into a non-transactional pipeline, executed every
+    PIPELINE_DEPTH commands (the caller executes the rest)."""
+    for i in range(0, len(values), BATCH):
+        pipe.sadd(key, *values[i:i + BATCH])
+        if len(pipe) >= PIPELINE_DEPTH:
+            pipe.execute()
+
+
+def work_redis_profiles(port, workdir, channel_key=CHANNEL_KEY):
+    """A set of guids per channel: what a Redis user keeps for reachability (setup, not a case).
+    channel_key names a channel's set (on a cluster with the segment's hash tag, for SINTERCARD)."""
     r = redis_client(port)
     t = time.perf_counter()
     per_channel = {ch: [] for ch in CHANNELS}
@@ -238,7 +261,7 @@ def work_redis_profiles(port, workdir):
     def flush(force=False):
         for ch, guids in per_channel.items():
             if guids and (force or len(guids) >= BATCH):
-                pipe.sadd(CHANNEL_KEY.format(ch), *guids)
+                pipe.sadd(channel_key.format(ch), *guids)
                 guids.clear()
         if force or len(pipe) >= PIPELINE_DEPTH:
             pipe.execute()
@@ -251,7 +274,7 @@ def work_redis_profiles(port, workdir):
                 per_channel[ch].append(guid)
             flush()
     flush(force=True)
-    return {"seconds": time.perf_counter() - t, "email": r.scard(CHANNEL_KEY.format("email"))}
+    return {"seconds": time.perf_counter() - t, "email": r.scard(channel_key.format("email"))}
 
 
 def work_redis_ingest(port, workdir, key, delete=0):
@@ -270,10 +293,7 @@ def work_redis_ingest(port, workdir, key, delete=0):
                 break
             values = [line.split(b",", 1)[1].strip() for line in lines]
             rows += len(values)
-            for i in range(0, len(values), BATCH):
-                pipe.sadd(key, *values[i:i + BATCH])
-                if len(pipe) >= PIPELINE_DEPTH:
-                    pipe.execute()
+            sadd_batches(pipe, key, values)
     pipe.execute()
     seconds = time.perf_counter() - t
     size = r.scard(key)
@@ -290,10 +310,7 @@ def work_redis_members(port, workdir, key):
     with open(os.path.join(workdir, "members.txt"), "rb") as f:
         members = f.read().split()
     pipe = r.pipeline(transaction=False)
-    for i in range(0, len(members), BATCH):
-        pipe.sadd(key, *members[i:i + BATCH])
-        if len(pipe) >= PIPELINE_DEPTH:
-            pipe.execute()
+    sadd_batches(pipe, key, members)
     pipe.execute()
     time.sleep(1.0)                      # let an incremental rehash finish: its spare table is not the set's cost
     after = r.info("memory")["used_memory"]
@@ -325,7 +342,9 @@ def work_check_batch(side, where, workdir, segment):
 
 def work_is_member(side, where, workdir, segment, seconds, connections=1, concurrency=CONCURRENCY):
     """One id per call from `concurrency` asyncio tasks for `seconds` (after a short warm-up):
-    grpc.aio IsMember vs redis.asyncio SISMEMBER. Returns qps and latency percentiles."""
+    grpc.aio IsMember vs redis.asyncio SISMEMBER. Returns qps and latency percentiles. Ours: `where`
+    is one target or several, comma-separated (`connections` to each, calls taken in turn); the
+    peer's: a port, or a redis-cluster:// URL (redis.asyncio's RedisCluster)."""
     ids = read_ids(workdir)
     seconds, connections, concurrency = float(seconds), int(connections), int(concurrency)
     warmup = min(1.0, seconds / 10)
@@ -355,8 +374,8 @@ def work_is_member(side, where, workdir, segment, seconds, connections=1, concur
         from listseg.v1 import listseg_pb2 as pb
         from listseg.v1 import listseg_pb2_grpc as pb_grpc
         # one connection per server process: SO_REUSEPORT spreads connections, not calls
-        channels = [grpc.aio.insecure_channel(where, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(connections)]
+        channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for target in where.split(",") for _ in range(connections)]
         stubs = [pb_grpc.MembershipStub(ch) for ch in channels]
         turn = itertools.count()
 
@@ -372,7 +391,12 @@ def work_is_member(side, where, workdir, segment, seconds, connections=1, concur
 
     async def peer():
         import redis.asyncio as aredis
-        r = aredis.Redis(port=int(where), max_connections=concurrency, socket_timeout=10)
+        if "://" in where:
+            from redis.asyncio.cluster import ClusterNode
+            r = aredis.RedisCluster(startup_nodes=cluster_nodes(where, ClusterNode), max_connections=concurrency,
+                                    socket_timeout=10)
+        else:
+            r = aredis.Redis(port=int(where), max_connections=concurrency, socket_timeout=10)
 
         async def call(guid):
             await r.sismember(segment, guid)
@@ -411,7 +435,7 @@ def work_export(side, where, segment):
     return {"seconds": seconds, "members": members}
 
 
-def work_reach(side, where, segment, repeats=11):
+def work_reach(side, where, segment, repeats=11, channel_key=CHANNEL_KEY):
     """Members reachable by email: GetSegment's reachability vs SINTERCARD; the median of `repeats`
     calls after one warm-up call (the machine is noisy; a median shrugs off a stall)."""
     times = []
@@ -426,7 +450,7 @@ def work_reach(side, where, segment, repeats=11):
         r = redis_client(where)
         for _ in range(int(repeats) + 1):
             t = time.perf_counter()
-            count = r.sintercard(2, [segment, CHANNEL_KEY.format("email")])
+            count = r.sintercard(2, [segment, channel_key.format("email")])
             times.append(time.perf_counter() - t)
     return {"ms": statistics.median(times[1:]) * 1000, "count": count, "all_ms": [t * 1000 for t in times]}
 
@@ -686,11 +710,17 @@ def table(result):
     out = [f"SCALE={result['scale']:,}, {result['cpu']}, {result['cores']} cores, listseg serve --workers "
            f"{result['versions'].get('listseg_workers', 1)}, Membership calls to the "
            f"{result['versions'].get('listseg_membership', 'server')}, redis-server {result['versions']['redis-server']}",
-           "", "| case | listseg | peer | ours vs peer | bar | holds |", "|---|---|---|---|---|---|"]
-    for case, ours, peer, adv, bar, holds in rows_of(result):
-        out.append(f"| {case} | {ours} | {peer} | {'' if adv is None else f'{adv:.2f}x'} | {bar} | "
-                   f"{'yes' if holds else '**no**'} |")
+           ""] + markdown(rows_of(result))
     return "\n".join(out)
+
+
+def markdown(rows):
+    """The table's lines for rows of (case, ours, peer, advantage or None, bar, holds or None: no bar)."""
+    out = ["| case | listseg | peer | ours vs peer | bar | holds |", "|---|---|---|---|---|---|"]
+    for case, ours, peer, adv, bar, holds in rows:
+        out.append(f"| {case} | {ours} | {peer} | {'' if adv is None else f'{adv:.2f}x'} | {bar} | "
+                   f"{'' if holds is None else 'yes' if holds else '**no**'} |")
+    return out
 
 
 def main():
@@ -710,7 +740,11 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker_main(args.worker)
-    result = run(args)
+    report(run(args), args, table)
+
+
+def report(result, args, table):
+    """Write result to --out, print it and table(result), and drop the data unless --keep."""
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

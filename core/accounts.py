@@ -7,9 +7,13 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
+import weakref
 
 from listseg.core.errors import InvalidArgument, Unauthenticated
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
+RECHECK_S = 1.0
+_REQUIRED = weakref.WeakKeyDictionary()     # engine -> [credentials required, when read]: per engine
 
 
 def _hash(passcode, salt):
@@ -27,8 +31,16 @@ class Credentials:
         self._lock = threading.Lock()
 
     def required(self):
+        """Whether calls must authenticate. Asked on every call, so kept: once true it stays true (no
+        call removes the last passcode); false is read again at most every RECHECK_S, the time another
+        server sharing the store may keep answering in dev mode after an account gets a passcode."""
+        known = _REQUIRED.setdefault(self.engine, [False, -RECHECK_S])     # [required, when read]
+        if known[0] or time.monotonic() < known[1] + RECHECK_S:
+            return known[0]
         with self.backend.snapshot() as snap:
-            return snap.credentials_required()
+            known[0] = snap.credentials_required()
+        known[1] = time.monotonic()
+        return known[0]
 
     def create(self, display_name):
         """A new account: returns (account id, passcode). The passcode is shown once, stored hashed."""
@@ -47,6 +59,7 @@ class Credentials:
             unit.put_account_state(acct.number, state)
             unit.require_credentials()
         self.backend.write(run)
+        _REQUIRED[self.engine] = [True, time.monotonic()]
         return account_id, passcode
 
     def authenticate(self, account_id, passcode):

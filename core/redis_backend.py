@@ -61,6 +61,15 @@ redis.call('HSET', KEYS[1], 'unit', ARGV[2])
 return 1
 """
 UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# What a membership check reads first, in one round trip: the segment's id (by name ARGV[1], or the id
+# ARGV[2]), its record, its head and the account's profiles generation. KEYS: names, seg, heads, acct.
+LOCATE = """
+local id = ARGV[2]
+if ARGV[1] ~= '' then id = redis.call('HGET', KEYS[1], ARGV[1]) end
+local generation = redis.call('HGET', KEYS[4], 'generation')
+if not id then return {false, false, false, generation} end
+return {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), generation}
+"""
 GONE = object()                 # a buffered delete
 
 
@@ -69,10 +78,26 @@ class RedisSnapshot(Snapshot):
         self.b = backend
         self.r = backend.r
         self._tags = {}              # (acct, segment, version) -> the token its head named
+        self._read = {}              # (key, field) -> value, read ahead by _locate
+
+    def _locate(self, acct, name, seg_id):
+        """The segment's id, with its record, head and the generation read ahead (LOCATE)."""
+        keys = [redis_account_key(acct, what) for what in (b"names", b"seg", b"heads", b"acct")]
+        found, rec, head, generation = self.b.locate(keys, [name.encode(), str(seg_id).encode()])
+        if name:
+            self._read[(keys[0], name.encode())] = found
+        if found is not None:
+            self._read[(keys[1], found)] = rec
+            self._read[(keys[2], found)] = head
+        self._read[(keys[3], b"generation")] = generation
+        return int(found) if found is not None else None
 
     # -- raw reads (a unit overlays its own writes on these) -------------------------------------------
     def _hget(self, key, field):
-        return self.r.hget(key, field)
+        try:
+            return self._read[(key, field)]
+        except KeyError:
+            return self.r.hget(key, field)
 
     def _hgetall(self, key):
         return self.r.hgetall(key)
@@ -104,7 +129,7 @@ class RedisSnapshot(Snapshot):
 
     # -- profiles --------------------------------------------------------------------------------
     def generation(self, acct):
-        return int(self.r.hget(redis_account_key(acct), b"generation") or 0)
+        return int(self._hget(redis_account_key(acct), b"generation") or 0)
 
     def _buckets(self, acct):
         return self.b.buckets(acct)
@@ -198,11 +223,13 @@ class RedisSnapshot(Snapshot):
 
     # -- segments, versions, uploads ----------------------------------------------------------------
     def segment_id(self, acct, name):
-        raw = self._hget(redis_account_key(acct, b"names"), name.encode())
-        return int(raw) if raw is not None else None
+        return self._locate(acct, name, 0)
 
     def segment(self, acct, seg_id):
-        return loads(self._hget(redis_account_key(acct, b"seg"), str(seg_id).encode()))
+        key, field = redis_account_key(acct, b"seg"), str(seg_id).encode()
+        if (key, field) not in self._read:
+            self._locate(acct, "", seg_id)
+        return loads(self._hget(key, field))
 
     def segments(self, acct):
         recs = self._hgetall(redis_account_key(acct, b"seg"))
@@ -281,6 +308,14 @@ class RedisUnit(RedisSnapshot, Unit):
             value = fields[field]
             return None if value is GONE else value
         return None if key in self.dropped else self.r.hget(key, field)
+
+    # a unit reads what is there now, under its account's mver (no read-ahead)
+    def segment_id(self, acct, name):
+        raw = self._hget(redis_account_key(acct, b"names"), name.encode())
+        return int(raw) if raw is not None else None
+
+    def segment(self, acct, seg_id):
+        return loads(self._hget(redis_account_key(acct, b"seg"), str(seg_id).encode()))
 
     def _hgetall(self, key):
         self._watch(key)
@@ -436,6 +471,7 @@ class RedisBackend(Connection, Backend):
     def __init__(self, url):
         super().__init__(url)
         self._unlock = self.raw.register_script(UNLOCK)
+        self._locate = self.raw.register_script(LOCATE)
         self._buckets = {}
 
     atomic_bulk_writes = False      # a profile batch is not one unit (see the module docstring)
@@ -479,6 +515,9 @@ class RedisBackend(Connection, Backend):
         with self.errors():
             self.durable(writes)
         return {"token": token, "blocks": blocks, "size": len(bm)}
+
+    def locate(self, keys, args):
+        return patiently(self.raw, self.failover_s, lambda: self._locate(keys=keys, args=args))
 
     @contextmanager
     def profile_lock(self, acct):

@@ -4,6 +4,7 @@ They are scripts, not tests: no figure is checked here, only that they run and k
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,11 @@ def redis_available():
     pytest.importorskip("redis", reason="redis-py is not installed (make bench installs it)")
 
 
-def run(script, *args):
+def run(script, *args, full=False):
     out = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    return out if full else out.stdout
 
 
 def test_bench_writes_every_key(tmp_path, redis_available):
@@ -45,6 +46,35 @@ def test_bench_writes_every_key(tmp_path, redis_available):
                for v in result[case].values())
     assert "| case | listseg | peer | ours vs peer | bar | holds |" in stdout
     assert not (tmp_path / "work").exists()
+
+
+def test_bench_cluster_writes_every_key(tmp_path, redis_available):
+    """bench_cluster.py on its own local cluster: every key of cluster.json, and the cluster is gone after."""
+    out = tmp_path / "cluster.json"
+    done = run("bench_cluster.py", "--scale", "2000", "--seconds", "1", "--repeat", "1",
+               "--workdir", str(tmp_path / "work"), "--out", str(out), full=True)
+    result = json.loads(out.read_text())
+    assert set(result) == {"scale", "ingest", "check_batch", "is_member", "export", "reach", "memory",
+                           "cpu", "cores", "versions"}
+    assert set(result["ingest"]) == set(result["check_batch"]) == set(result["export"]) == {"listseg", "redis"}
+    assert set(result["is_member"]) == {"listseg_qps", "listseg_p99_ms", "redis_qps", "redis_p99_ms"}
+    assert set(result["reach"]) == {"listseg_ms", "redis_ms"}
+    assert set(result["memory"]) == {"listseg_bytes_per_member", "redis_bytes_per_member",
+                                     "listseg_bytes_per_profile", "redis_bytes_per_profile"}
+    assert result["scale"] == 2000 and result["cores"] >= 1
+    assert {"python", "redis-server", "grpcio", "pyroaring", "redis", "hiredis"} <= set(result["versions"])
+    assert result["versions"]["listseg_servers"] == 2 and result["versions"]["hiredis_in_use"] is True
+    assert all(v > 0 for case in ("ingest", "check_batch", "is_member", "export", "reach", "memory")
+               for v in result[case].values())
+    assert "| case | listseg | peer | ours vs peer | bar | holds |" in done.stdout
+    assert not (tmp_path / "work").exists()
+    # the cluster it started (its folder and pids are in its log) is stopped and removed
+    up = re.search(r"cluster up in (\S+): ports .* \(pids \[([\d, ]+)\]\)", done.stderr)
+    assert up and "cluster stopped" in done.stderr, done.stderr[-3000:]
+    assert not os.path.exists(up.group(1))
+    for pid in map(int, up.group(2).split(",")):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_soak_runs_without_errors(tmp_path):                        # listseg alone: no Redis needed

@@ -93,8 +93,12 @@ def wait_for(condition, timeout=20):
     return result
 
 
+#: The dashboard works alike on the embedded store and on a real Redis Cluster (conftest `backend`).
+BACKENDS = ["lmdb", "redis-cluster"]
+
+
 @pytest.fixture
-def stack(server):
+def stack(backend, server):
     """(engine, grpc target, dashboard) with 300 profiles, in dev mode (no account)."""
     dash = Dashboard(server.target, "127.0.0.1:0").start()
     with Client(server.target) as c:

@@ -1,5 +1,6 @@
 """The in-memory guid index: compiled vs twin vs a dict, and that it never answers from stale profiles."""
 import os
+import time
 from array import array
 
 import pytest
@@ -124,7 +125,11 @@ def ready_index(acct):
     # the build may wait its turn: REBUILD_GAP times the last build, which is slow on a loaded machine
     acct.profiles.index.wait(timeout=300)
     with acct.backend.snapshot() as snap:
-        assert acct.profiles.index.get(snap) is not None, "the index was not built"
+        index = acct.profiles.index
+        assert index.get(snap) is not None, (
+            f"the index was not built: built at {index._current[1]}, generation {acct.profiles.generation(snap)}, "
+            f"failed at {index._failed_at}, thread {index._thread}, timer {index._timer}, "
+            f"turn in {index._not_before - time.monotonic():.3f} s")
 
 
 def test_bulk_answers_match_the_lmdb_path(account):
