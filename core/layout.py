@@ -248,7 +248,8 @@ def account_prefix(number):
 # share a slot, and an account spreads over many; an identity map is split into buckets of its own.
 #: uids per block: a Roaring container's span, so a block's bitmap is one container.
 REDIS_BLOCK_BITS = 16
-#: Buckets an account's guid map and identity map each have (fixed when the account is made). Up to
+#: Buckets an account's guid map and identity map each have, by default (fixed when the account is
+#: made; the store URL's ?buckets=N sets it for accounts made from then on). Up to
 #: ~512 fields a bucket (0.5M profiles) a hash stays listpack-encoded, as the test cluster sets
 #: hash-max-listpack-entries; past that each bucket is a hashtable: still right, more memory a profile.
 #: Every profile index build reads every bucket, so more buckets cost small accounts.

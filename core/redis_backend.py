@@ -371,7 +371,7 @@ class RedisUnit(RedisSnapshot, Unit):
         counter = REDIS_DIRECTORY_COUNTER
         number = self.b.durable([(counter, "incr", counter)])[0] - 1
         meta = {b"state": dumps({k: v for k, v in state.items() if k not in COUNTERS}),
-                b"buckets": REDIS_BUCKETS, b"generation": 0, b"mver": 0}
+                b"buckets": self.b.new_buckets, b"generation": 0, b"mver": 0}
         meta.update({c.encode(): state[c] for c in COUNTERS})
         key = redis_account_key(number)
         self.b.durable([(key, "hset", key, None, None, meta)])         # nobody knows the number yet

@@ -5,7 +5,8 @@ import time
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-from listseg.core.errors import StorageUnavailable, StoreError
+from listseg.core.errors import InvalidArgument, StorageUnavailable, StoreError
+from listseg.core.layout import REDIS_BUCKETS
 
 FAILOVER_S = 20                 # how long a call keeps trying through a failover before STORAGE_UNAVAILABLE
 WAIT_MS = 5_000                 # how long a write waits for its replicas (WAIT)
@@ -21,10 +22,11 @@ def _retry(failover_s):
 
 def options(url):
     """(url without listseg's own query options, {option: value}): failover_s (how long a call keeps
-    trying through a failover, default FAILOVER_S) and replicas (how many replicas each write must
-    reach: 1 on a cluster, 0 on one node)."""
+    trying through a failover, default FAILOVER_S), replicas (how many replicas each write must
+    reach: 1 on a cluster, 0 on one node) and buckets (how many buckets each identity map of an
+    account made from now on gets: about profiles / 256, so they stay small hashes)."""
     parts = urlsplit(url)
-    ours = {"failover_s": float, "replicas": int}
+    ours = {"failover_s": float, "replicas": int, "buckets": int}
     found, rest = {}, []
     for pair in filter(None, parts.query.split("&")):
         name, _, value = pair.partition("=")
@@ -135,6 +137,9 @@ class Connection:
         self.cluster = isinstance(self.raw, RedisCluster)
         #: replicas each write must reach before it is acknowledged: 1 on a cluster, none on one node
         self.replicas = opts.get("replicas", int(self.cluster))
+        self.new_buckets = opts.get("buckets", REDIS_BUCKETS)
+        if not 1 <= self.new_buckets <= 1 << 24:
+            raise InvalidArgument(f"buckets={self.new_buckets}: 1 to {1 << 24}", field="store")
 
     def durable(self, ops):
         """Run write ops [(routing key, command, *args)] and return their results in order, once

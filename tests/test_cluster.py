@@ -113,3 +113,21 @@ def test_a_version_number_issued_again_is_not_answered_from_the_cache(store, tmp
         up.feed(CSV + b"g,g3\n")
         assert up.finish()["report"]["version"] == 2                          # the number again
         assert acct.segments.check_members("s", ["g2", "g3"], "g") == (2, [False, True])
+
+
+def test_an_account_keeps_the_bucket_count_it_was_made_with(store, tmp_path):
+    """?buckets=N sizes the identity maps of accounts made from then on; every server reads an
+    account's own count, whatever its URL says."""
+    from listseg.core.layout import redis_account_key
+    with open_engine(tmp_path, backend=f"{store}?buckets=8") as engine:
+        acct = engine.account("small")
+        acct.profiles.upsert([(f"g{k}", f"id{k}", []) for k in range(100)])
+    with open_engine(tmp_path, backend=store) as engine:         # the default count in its URL
+        acct = engine.account("small")
+        assert int(engine.backend.raw.hget(redis_account_key(acct.number), "buckets")) == 8
+        assert acct.profiles.find(identity="id42").guid == "g42"
+        up = acct.upload("create", name="s")
+        up.feed(CSV + b"".join(b"g,g%d\n" % k for k in range(0, 100, 3)) + b"i,id1\n")
+        assert up.finish()["report"]["qualified"] == 35
+    with pytest.raises(Exception, match="buckets=0"):
+        open_engine(tmp_path, backend=f"{store}?buckets=0")
