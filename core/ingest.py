@@ -205,6 +205,11 @@ class Upload:
             return self._fail("no row names a known profile")
         try:
             upload = self._commit()
+        except StorageUnavailable as e:
+            # the commit may have landed all the same (its answer was lost): the caller learns it
+            # does not know, and the record, failed or (if the commit landed) succeeded, stays true
+            self._fail(str(e))
+            raise
         except ListsegError as e:      # e.g. a consumer attached while we were receiving
             return self._fail(str(e))
         self.state = "succeeded"

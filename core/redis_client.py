@@ -152,27 +152,31 @@ class Connection:
 
     def _durable_once(self, ops):
         if not self.cluster:
-            pipe = self.raw.pipeline(transaction=False)
-            for _, command, *args in ops:
-                getattr(pipe, command)(*args)
-            return pipe.execute()
+            return self._on_one_connection(self.raw, "the Redis node", ops)
         by_node = {}
         for i, (key, command, *args) in enumerate(ops):
             node = self.raw.get_node_from_key(key)
             by_node.setdefault(node.name, (node, []))[1].append((i, command, args))
         out = [None] * len(ops)
         for node, items in by_node.values():
-            pipe = self.raw.get_redis_connection(node).pipeline(transaction=False)
-            for _, command, args in items:
-                getattr(pipe, command)(*args)
-            pipe.execute_command("WAIT", self.replicas, WAIT_MS)
-            results = pipe.execute()
-            if results[-1] < self.replicas:
-                raise StorageUnavailable(f"{node.name} passed a write to {results[-1]} of {self.replicas} "
-                                         f"replicas within {WAIT_MS} ms")
+            results = self._on_one_connection(self.raw.get_redis_connection(node), node.name,
+                                              [(None, command, *args) for _, command, args in items])
             for (i, _, _), result in zip(items, results):
                 out[i] = result
         return out
+
+    def _on_one_connection(self, client, name, ops):
+        """ops in one pipeline of client (one connection), then WAIT for `replicas` replicas there."""
+        pipe = client.pipeline(transaction=False)
+        for _, command, *args in ops:
+            getattr(pipe, command)(*args)
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, WAIT_MS)
+        results = pipe.execute()
+        if self.replicas and results[-1] < self.replicas:
+            raise StorageUnavailable(f"{name} passed a write to {results[-1]} of {self.replicas} "
+                                     f"replicas within {WAIT_MS} ms")
+        return results[:len(ops)]
 
     @contextmanager
     def errors(self):

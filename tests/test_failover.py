@@ -186,14 +186,26 @@ def test_every_node_restarted_from_its_aof_loses_nothing_committed(cluster, serv
         assert c.upload(csv_of(LIST_A), replace="s").report.version == 3
 
 
-def test_a_write_no_replica_took_is_not_acknowledged(cluster, service):
+@pytest.mark.parametrize("when", ["before the upload", "after staging"])
+def test_a_write_no_replica_took_is_not_acknowledged(cluster, service, monkeypatch, when):
     """WAIT: with the account slot's replica stopped, a replace is not acknowledged (its primary alone
-    has it, and a failover would lose it). Once the replica is back, the upload's record and the
-    segment agree: either both say the replace landed, or neither."""
+    has it, and a failover would lose it), whether the upload's start (its record) or its commit
+    (after the version is staged) meets the stopped replica. Once the replica is back, the upload's
+    record and the segment agree: either both say the replace landed, or neither."""
     target = service.target
     meta = primary_of(cluster, b"{a:0}:acct")
     [replica] = cluster.replicas_of(meta)
-    os.kill(cluster.pids[replica], signal.SIGSTOP)
+    stop = lambda: os.kill(cluster.pids[replica], signal.SIGSTOP)     # noqa: E731
+    if when == "before the upload":
+        stop()
+    else:
+        stage = RedisBackend.stage
+
+        def stage_then_stop(self, acct, bm):                # the commit is what meets it
+            staged = stage(self, acct, bm)
+            stop()
+            return staged
+        monkeypatch.setattr(RedisBackend, "stage", stage_then_stop)
     try:
         with Client(target, timeout=120) as c:
             with pytest.raises(CallError) as e:
@@ -201,6 +213,7 @@ def test_a_write_no_replica_took_is_not_acknowledged(cluster, service):
         assert e.value.code == grpc.StatusCode.UNAVAILABLE and e.value.reason == "STORAGE_UNAVAILABLE"
     finally:
         os.kill(cluster.pids[replica], signal.SIGCONT)
+        monkeypatch.undo()
     cluster.wait_ok()
     cluster.wait_replicated()
     with Client(target) as c:
