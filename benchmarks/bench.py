@@ -723,20 +723,27 @@ def markdown(rows):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=int, default=10_000_000)
+def arguments(doc, scale, name, workdir):
+    """The options bench.py and bench_cluster.py share; results go to results/NAME.json, data to
+    data/WORKDIR."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=scale)
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each timed IsMember run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of ingest, check_batch and export; best kept")
+    ap.add_argument("--workdir", default=os.path.join(HERE, "data", workdir))
+    ap.add_argument("--out", default=os.path.join(HERE, "results", f"{name}.json"))
+    ap.add_argument("--raw", help="also write every worker's raw figures here (JSON)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated data (and LMDB files)")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return ap
+
+
+def main():
+    ap = arguments(__doc__, 10_000_000, "latest", "bench")
     ap.add_argument("--workers", type=int, default=1,
                     help="listseg serve --workers (2 measured slower on 2 cores: the clients need one)")
     ap.add_argument("--no-front", action="store_true",
                     help="Membership calls to the Python server, not the native front (listseg serve --membership-listen)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of ingest, check_batch and export; best kept")
-    ap.add_argument("--workdir", default=os.path.join(HERE, "data", "bench"))
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
-    ap.add_argument("--raw", help="also write every worker's raw figures here (JSON)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated data and LMDB files")
-    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker_main(args.worker)

@@ -32,7 +32,6 @@ keys of bench.py's latest.json for these cases) and prints a markdown table with
 Figures are rates or times on a shared, noisy 2-core machine that also runs the six nodes: compare
 the ratios, not the absolutes.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -345,16 +344,7 @@ def table(result):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=int, default=1_000_000)
-    ap.add_argument("--seconds", type=float, default=20.0, help="duration of each timed IsMember run")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of ingest, check_batch and export; best kept")
-    ap.add_argument("--workdir", default=os.path.join(HERE, "data", "bench-cluster"))
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "cluster.json"))
-    ap.add_argument("--raw", help="also write every worker's raw figures here (JSON)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated data")
-    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = bench.arguments(__doc__, 1_000_000, "cluster", "bench-cluster").parse_args()
     if args.worker:
         return worker_main(args.worker)
     # a SIGTERM unwinds like an error: the finally of run() stops the servers and the cluster
