@@ -8,9 +8,8 @@ from collections import Counter
 import lmdb
 
 from listseg.core.errors import MapFullError, StoreError
-from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_HEAD, PROFILE_KEY, PROFILE_UID, UID, UNKNOWN,
-                                 decode_profile,
-                                 decode_uid, encode_profile, encode_uid, profile_guid_len)
+from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_KEY, PROFILE_UID, UID, UNKNOWN, decode_uid,
+                                 encode_profile, encode_uid, frame_keys)
 
 
 def _wrap(fn, *args, **kwargs):
@@ -117,20 +116,8 @@ class Txn:
 
     def member_guids(self, profile_dbi, prefix, uids, identities=False):
         txn = self._live()
-        guids, found = bytearray(), array("I")
-        for uid in uids:
-            rec = txn.get(PROFILE_KEY.pack(prefix, uid), db=profile_dbi)
-            if rec is None:
-                continue
-            if len(rec) < PROFILE_HEAD + profile_guid_len(rec):
-                continue                              # shorter than its guid length says: not a profile
-            _, guid, identity = decode_profile(rec)
-            value = identity if identities else guid
-            if identities and not value:
-                continue
-            guids += value + b"\n"
-            found.append(uid)
-        return bytes(guids), found.tobytes()
+        return frame_keys(((uid, txn.get(PROFILE_KEY.pack(prefix, uid), db=profile_dbi)) for uid in uids),
+                          identities)
 
     def groups(self, fields, ends, nvals=1, col=0):
         if nvals == 0 or col >= nvals or len(ends) % nvals:

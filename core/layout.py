@@ -15,6 +15,7 @@ that docs/design.md holds.
 """
 import json
 import struct
+from array import array
 import sys
 import zlib
 from typing import NamedTuple
@@ -97,6 +98,23 @@ def profile_bits(raw):
 
 def profile_guid_len(raw):
     return _PROFILE_HEAD.unpack_from(raw)[1]
+
+
+def frame_keys(records, identities=False):
+    """(keys, found) of [(uid, profile record or None)]: each guid (or identity, skipping profiles
+    with none) followed by a newline, and the uids that have one (uint32 LE). What a backend's
+    member_keys answers; a record shorter than its guid length says is no profile."""
+    keys, found = bytearray(), array("I")
+    for uid, rec in records:
+        if rec is None or len(rec) < PROFILE_HEAD + profile_guid_len(rec):
+            continue
+        _, guid, identity = decode_profile(rec)
+        key = identity if identities else guid
+        if identities and not key:
+            continue
+        keys += key + b"\n"
+        found.append(uid)
+    return bytes(keys), found.tobytes()
 
 
 def encode_uid(uid):

@@ -30,9 +30,9 @@ from listseg.core.backend import Backend, Snapshot, Unit
 from listseg.core.errors import HeadMoved, StoreError
 from listseg.core.redis_client import Connection, patiently
 from listseg.core.layout import (DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_DIRECTORY_COUNTER,
-                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, decode_profile, decode_uid,
-                                 dumps, loads, redis_account_key, redis_block, redis_block_key, redis_bucket_key,
-                                 redis_bucket_keys)
+                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, decode_profile,
+                                 decode_uid, dumps, frame_keys, loads, redis_account_key, redis_block, redis_block_key,
+                                 redis_bucket_key, redis_bucket_keys)
 from listseg.core.parser import value_at
 
 COUNTERS = ("next_uid", "next_segment", "next_upload")
@@ -177,18 +177,7 @@ class RedisSnapshot(Snapshot):
     def member_keys(self, acct, uids, identities=False):
         uids = list(uids)
         recs = self._records(acct, uids)
-        keys, found = bytearray(), array("I")
-        for uid in uids:
-            raw = recs.get(uid)
-            if raw is None:
-                continue
-            _, guid, ident = decode_profile(raw)
-            key = ident if identities else guid
-            if identities and not key:
-                continue
-            keys += key + b"\n"
-            found.append(uid)
-        return bytes(keys), found.tobytes()
+        return frame_keys(((uid, recs.get(uid)) for uid in uids), identities)
 
     def profiles(self, acct, uids):
         uids = list(uids)
@@ -426,8 +415,9 @@ class RedisUnit(RedisSnapshot, Unit):
     def put_rejects(self, acct, upload_id, rows):
         # written at once (only this upload writes them; a unit run again writes the same rows)
         key = redis_account_key(acct, b"rej:%d" % upload_id)
-        self.b.durable([(key, "delete", key)] + [(key, "rpush", key, *(json.dumps(row) for row in rows[i:i + GET_CHUNK]))
-                                                 for i in range(0, len(rows), GET_CHUNK)])
+        pushes = [(key, "rpush", key, *(json.dumps(row) for row in rows[i:i + GET_CHUNK]))
+                  for i in range(0, len(rows), GET_CHUNK)]
+        self.b.durable([(key, "delete", key)] + pushes)
 
     def publish(self, acct, seg_id, expected_head, staged, now, retention_s):
         head = self.head(acct, seg_id)
