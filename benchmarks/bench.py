@@ -572,6 +572,26 @@ def measure_replace_read(target, membership, workdir, segment, replaces=REPLACES
     return result
 
 
+def rate(raw, key, what="rows"):
+    """what per second in the best of raw[key]'s runs."""
+    run = best(raw[key], what)
+    return round(run[what] / run["seconds"])
+
+
+def side_by_side(raw, n):
+    """The cases bench.py and bench_cluster.py share, ours and the peer's, from their raw figures."""
+    member = {f"{side}_{figure}": round(raw[f"is_member_{side}"][figure], digits)
+              for side in ("listseg", "redis") for figure, digits in (("qps", None), ("p99_ms", 3))}
+    return {
+        "scale": n,
+        "ingest": {"listseg": rate(raw, "ingest_listseg"), "redis": rate(raw, "ingest_redis")},
+        "check_batch": {"listseg": rate(raw, "check_listseg", "ids"), "redis": rate(raw, "check_redis", "ids")},
+        "is_member": member,
+        "export": {"listseg": rate(raw, "export_listseg", "members"), "redis": rate(raw, "export_redis", "members")},
+        "reach": {"listseg_ms": round(raw["reach_listseg"]["ms"], 3), "redis_ms": round(raw["reach_redis"]["ms"], 3)},
+    }
+
+
 def best(samples, what):
     """The fastest of the repeats: on a shared machine the slow ones measure the neighbours."""
     return max(samples, key=lambda r: r[what] / r["seconds"])
@@ -646,25 +666,14 @@ def run(args):
     raw["bitmap"] = run_worker("bitmap_bytes", datadir, SEGMENT)
     log(f"python: {raw['python']}; bitmap: {raw['bitmap']}")
 
-    rate = lambda key, what="rows": round(best(raw[key], what)[what] / best(raw[key], what)["seconds"])  # noqa: E731
-    result = {
-        "scale": n,
-        "ingest": {"listseg": rate("ingest_listseg"), "redis": rate("ingest_redis"), "python": rate("python")},
-        "check_batch": {"listseg": rate("check_listseg", "ids"), "redis": rate("check_redis", "ids")},
-        "is_member": {"listseg_qps": round(raw["is_member_listseg"]["qps"]),
-                      "listseg_p99_ms": round(raw["is_member_listseg"]["p99_ms"], 3),
-                      "redis_qps": round(raw["is_member_redis"]["qps"]),
-                      "redis_p99_ms": round(raw["is_member_redis"]["p99_ms"], 3)},
-        "export": {"listseg": rate("export_listseg", "members"), "redis": rate("export_redis", "members")},
-        "reach": {"listseg_ms": round(raw["reach_listseg"]["ms"], 3), "redis_ms": round(raw["reach_redis"]["ms"], 3)},
-        "memory": {"listseg_bytes_per_member": round(raw["bitmap"]["bytes"] / raw["bitmap"]["size"], 4),
-                   "redis_bytes_per_member": round(raw["redis_members"]["bytes"] / raw["redis_members"]["size"], 2)},
-        "replace_read_p99_ms": round(raw["replace_read"]["p99_ms"], 3),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "versions": dict(versions(peer.version), listseg_workers=args.workers,
-                         listseg_membership="server" if args.no_front else "front"),
-    }
+    result = dict(side_by_side(raw, n),
+                  memory={"listseg_bytes_per_member": round(raw["bitmap"]["bytes"] / raw["bitmap"]["size"], 4),
+                          "redis_bytes_per_member": round(raw["redis_members"]["bytes"] / raw["redis_members"]["size"],
+                                                          2)},
+                  replace_read_p99_ms=round(raw["replace_read"]["p99_ms"], 3), cpu=cpu_model(), cores=os.cpu_count(),
+                  versions=dict(versions(peer.version), listseg_workers=args.workers,
+                                listseg_membership="server" if args.no_front else "front"))
+    result["ingest"]["python"] = rate(raw, "python")
     for side in ("is_member_listseg", "is_member_redis"):
         if raw[side]["errors"]:
             log(f"warning: {raw[side]['errors']} failed calls in {side}; its qps counts only the answered ones")

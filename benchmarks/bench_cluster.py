@@ -45,7 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench  # noqa: E402  (puts tests/ on the path too)
-from bench import ListsegServer, best, log, make_data, markdown, run_worker, versions  # noqa: E402
+from bench import ListsegServer, log, make_data, markdown, run_worker, versions  # noqa: E402
 from bench_core import cpu_model  # noqa: E402
 
 import cluster as local_cluster  # noqa: E402  (tests/cluster.py)
@@ -247,19 +247,10 @@ def run(args):
             log(f"cluster stopped (pids {sorted(nodes.pids.values())})")
         shutil.rmtree(folder, ignore_errors=True)
 
-    rate = lambda key, what="rows": round(best(raw[key], what)[what] / best(raw[key], what)["seconds"])  # noqa: E731
     ml, mr = mem["listseg"], mem["redis"]
     primaries = local_cluster.PRIMARIES
     result = {
-        "scale": n,
-        "ingest": {"listseg": rate("ingest_listseg"), "redis": rate("ingest_redis")},
-        "check_batch": {"listseg": rate("check_listseg", "ids"), "redis": rate("check_redis", "ids")},
-        "is_member": {"listseg_qps": round(raw["is_member_listseg"]["qps"]),
-                      "listseg_p99_ms": round(raw["is_member_listseg"]["p99_ms"], 3),
-                      "redis_qps": round(raw["is_member_redis"]["qps"]),
-                      "redis_p99_ms": round(raw["is_member_redis"]["p99_ms"], 3)},
-        "export": {"listseg": rate("export_listseg", "members"), "redis": rate("export_redis", "members")},
-        "reach": {"listseg_ms": round(raw["reach_listseg"]["ms"], 3), "redis_ms": round(raw["reach_redis"]["ms"], 3)},
+        **bench.side_by_side(raw, n),
         "memory": {
             "listseg_bytes_per_member": round((ml["container_bytes"] + ml["manifest_bytes"]) / ml["size"], 4),
             "redis_bytes_per_member": round(mr["set_bytes"] / mr["size"], 2),
