@@ -72,8 +72,7 @@ class Upload:
         except StorageUnavailable:
             if self.id is not None:     # the store may hold the record though the write's answer was lost
                 self.state = "failed"
-                threading.Thread(target=_write_later, args=(self.backend, self._abandon, self.id), daemon=True,
-                                 name=f"fail-upload-{self.id}").start()
+                _write_later(self.backend, self._abandon, self.id)
             raise
         self.id = self.record["id"]
 
@@ -231,7 +230,7 @@ class Upload:
 
     def _next_version(self, snap):
         """(head, the members of the version after it) as snap sees the segment."""
-        seg_id = self._current(snap)["segment"]
+        seg_id = self.record["segment"]             # an upload's segment never changes
         head = self.segments.head(snap, seg_id) if seg_id is not None else 0
         if self.mode in ("create", "replace"):
             new = self.members
@@ -290,12 +289,17 @@ class Upload:
             return self.backend.write(run)
         except StorageUnavailable:
             # the store is away (a failover): the record must still say failed once it is back
-            threading.Thread(target=_write_later, args=(self.backend, run, self.id), daemon=True,
-                             name=f"fail-upload-{self.id}").start()
+            _write_later(self.backend, run, self.id)
             raise
 
 
-def _write_later(backend, run, upload_id, give_up_s=FAIL_LATER_S):
+def _write_later(backend, run, upload_id):
+    """backend.write(run), on a thread of its own, until it lands (FAIL_LATER_S at most)."""
+    threading.Thread(target=_keep_writing, args=(backend, run, upload_id), daemon=True,
+                     name=f"fail-upload-{upload_id}").start()
+
+
+def _keep_writing(backend, run, upload_id, give_up_s=FAIL_LATER_S):
     """backend.write(run) again and again, backing off, until it lands or give_up_s have passed."""
     deadline, delay = time.monotonic() + give_up_s, 1.0
     while time.monotonic() < deadline:
