@@ -26,18 +26,20 @@ proto-sysdeps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq grpc-proto >/dev/null; \
 	  else echo "grpc-proto is missing: run 'sudo apt-get install grpc-proto'" >&2; exit 1; fi; }
 
-# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256.
-FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h
+# The native membership front's toolchain: gRPC C++ and its protoc plugin, CRoaring, OpenSSL's SHA-256,
+# hiredis (its Redis source) and zlib (the CRC-32 that picks a key's bucket, as Python's zlib does).
+FRONT_HEADERS := /usr/include/grpcpp/grpcpp.h /usr/bin/grpc_cpp_plugin /usr/include/roaring/roaring.h /usr/include/openssl/sha.h \
+  /usr/include/hiredis/hiredis.h /usr/include/zlib.h
 front-sysdeps: | proto-sysdeps
 	@for f in $(FRONT_HEADERS); do test -e $$f || missing=1; done; [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libgrpc++-dev protobuf-compiler-grpc \
-	    libprotobuf-dev libroaring-dev libssl-dev pkg-config >/dev/null; \
-	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev'" >&2; exit 1; fi; }
+	    libprotobuf-dev libroaring-dev libssl-dev libhiredis-dev zlib1g-dev pkg-config >/dev/null; \
+	  else echo "run 'sudo apt-get install libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libroaring-dev libssl-dev libhiredis-dev zlib1g-dev'" >&2; exit 1; fi; }
 
 # C++ stubs from the same .proto, the messages the front's health, reflection and errors carry (so
 # reflection can describe them; google/rpc from the pinned googleapis-common-protos), then one binary
 # (server/front.py starts it).
-FRONT_SRC    := server/native/membership_front.cc server/native/reflection.cc
+FRONT_SRC    := $(addprefix server/native/,membership_front.cc reflection.cc lmdb_source.cc redis_source.cc redis_cluster.cc)
 FRONT_PROTOS := grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto
 RPC_PROTOS   := google/rpc/status.proto google/rpc/error_details.proto
 $(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sysdeps front-sysdeps
@@ -46,7 +48,7 @@ $(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sy
 	protoc -Iproto -I$(GRPC_PROTO_DIR) -I$$rpc --cpp_out=build/front $(PROTO) $(FRONT_PROTOS) $(RPC_PROTOS)
 	protoc -Iproto --grpc_out=build/front --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin $(PROTO)
 	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $(FRONT_SRC) $$(find build/front -name '*.pb.cc') \
-	  $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto) -lroaring
+	  $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto hiredis zlib) -lroaring
 
 $(VENV)/.deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

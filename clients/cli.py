@@ -168,8 +168,6 @@ def cmd_serve(args, _client):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     _check_store(args)
-    if args.store and args.membership_listen:
-        raise UsageError("--membership-listen reads the LMDB store; with --store the servers answer IsMember")
     try:
         return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
@@ -295,7 +293,7 @@ def build_parser():
                    help="no in-memory guid and identity index (saves ~95 bytes a profile; slower look-ups)")
     p.add_argument("--membership-listen", metavar="HOST:PORT",
                    help="also serve the Membership service from the native front here (IsMember in native "
-                        "code; see README, \"The membership front\")")
+                        "code, from the LMDB files or the Redis store; see README, \"The membership front\")")
     p.add_argument("--http", metavar="HOST:PORT", help="also serve the web dashboard here (e.g. 127.0.0.1:8080)")
     p.add_argument("--smtp", metavar="HOST:PORT", help="send completion emails through this SMTP server")
     p.add_argument("--smtp-user", help="SMTP login user")

@@ -286,27 +286,51 @@ def redis_block(uid):
     return uid >> REDIS_BLOCK_BITS
 
 
+# The key formats (printf-style, for Python's bytes % and C's snprintf alike: layout.h has them too).
+REDIS_ACCOUNT_KEY = b"{a:%d}:%s"
+REDIS_BLOCK_KEY = b"{a:%d:%d}:%s"
+REDIS_BUCKET_KEY = b"{a:%d:%s:%d}"
+#: The field of the account's meta hash that holds its bucket count (absent: REDIS_BUCKETS).
+REDIS_BUCKETS_FIELD = b"buckets"
+#: The version container's name in its block: v:TOKEN, TOKEN from the version's manifest.
+REDIS_VERSION_CONTAINER = b"v:%s"
+
+
 def redis_account_key(acct, what=b"acct"):
     """A key of account acct's metadata slot: acct (the meta hash), seg (id -> segment record), names
-    (name -> id), heads (id -> version), up (id -> upload record), hist:ID / m:ID (version -> history
-    row / manifest of segment ID), rej:ID (upload ID's rejects, a list), plock (the profile-write lock)."""
-    return b"{a:%d}:%s" % (acct, what)
+    (name -> id), heads (id -> "version:token"), up (id -> upload record), hist:ID / m:ID (version ->
+    history row / manifest {"token", "blocks", "size"} of segment ID), rej:ID (upload ID's rejects, a
+    list), plock (the profile-write lock)."""
+    return REDIS_ACCOUNT_KEY % (acct, what)
 
 
 def redis_block_key(acct, block, what):
     """A key of uid block `block` of account acct: p (uid -> profile record), c:NAME (a channel's, or
     #deleted's, container), v:TOKEN (the container of a staged version)."""
-    return b"{a:%d:%d}:%s" % (acct, block, what)
+    return REDIS_BLOCK_KEY % (acct, block, what)
 
 
 def redis_bucket_key(acct, kind, key, buckets):
     """The bucket of guid (kind b"g") or identity (b"i") `key` in account acct's map: a hash, field key,
     value a uid (UID). The bucket is crc32(key) mod buckets, the same in every process."""
-    return b"{a:%d:%s:%d}" % (acct, kind, zlib.crc32(key) % buckets)
+    return REDIS_BUCKET_KEY % (acct, kind, zlib.crc32(key) % buckets)
 
 
 def redis_bucket_keys(acct, kind, buckets):
-    return [b"{a:%d:%s:%d}" % (acct, kind, b) for b in range(buckets)]
+    return [REDIS_BUCKET_KEY % (acct, kind, b) for b in range(buckets)]
+
+
+#: What a membership check reads first, in one round trip: the segment's id (by name ARGV[1], or the
+#: id ARGV[2]), its record, its head and the account's profiles generation. KEYS: the account's
+#: names, seg, heads and acct keys. The server (core/redis_backend.py) and the front run it.
+REDIS_LOCATE = b"""
+local id = ARGV[2]
+if ARGV[1] ~= '' then id = redis.call('HGET', KEYS[1], ARGV[1]) end
+local generation = redis.call('HGET', KEYS[4], 'generation')
+if not id then return {false, false, false, generation} end
+return {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), generation}
+"""
+REDIS_LOCATE_KEYS = (b"names", b"seg", b"heads", b"acct")
 
 
 # == generated files ==============================================================================
@@ -358,6 +382,12 @@ def c_header():
             "   and returns its length; the account is the account prefix (LISTSEG_ACCOUNT_WIDTH bytes) */"]
     for k in KEYS:
         out += _c_key_builder(k, ctype)
+    out += ["", "/* Redis Cluster keys: printf formats and the scripts (core/layout.py's Redis section) */",
+            f"#define LISTSEG_REDIS_BLOCK_BITS {REDIS_BLOCK_BITS}", f"#define LISTSEG_REDIS_BUCKETS {REDIS_BUCKETS}"]
+    out += [f"#define LISTSEG_{name} {_c_string(globals()[name])}" for name in (
+        "REDIS_DIRECTORY_NAMES", "REDIS_DIRECTORY_CREDENTIALS", "REDIS_ACCOUNT_KEY", "REDIS_BLOCK_KEY",
+        "REDIS_BUCKET_KEY", "REDIS_BUCKETS_FIELD", "REDIS_VERSION_CONTAINER", "REDIS_LOCATE")]
+    out += [f"#define LISTSEG_REDIS_LOCATE_KEYS {{{', '.join(_c_string(k) for k in REDIS_LOCATE_KEYS)}}}"]
     out += ["", "#endif  /* LISTSEG_LAYOUT_H */", ""]
     return "\n".join(out)
 

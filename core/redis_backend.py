@@ -29,8 +29,9 @@ from listseg.core import redis_profiles
 from listseg.core.backend import Backend, Snapshot, Unit
 from listseg.core.errors import HeadMoved, StoreError
 from listseg.core.redis_client import Connection, patiently
-from listseg.core.layout import (DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_DIRECTORY_COUNTER,
-                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, UNKNOWN, decode_profile,
+from listseg.core.layout import (DELETED, FLAG, REDIS_BLOCK_BITS, REDIS_BUCKETS, REDIS_BUCKETS_FIELD, REDIS_DIRECTORY_COUNTER,
+                                 REDIS_DIRECTORY_CREDENTIALS, REDIS_DIRECTORY_NAMES, REDIS_LOCATE, REDIS_VERSION_CONTAINER,
+                                 REDIS_LOCATE_KEYS, UNKNOWN, decode_profile,
                                  decode_uid, dumps, frame_keys, loads, redis_account_key, redis_block, redis_block_key,
                                  redis_bucket_key, redis_bucket_keys)
 from listseg.core.parser import value_at
@@ -61,15 +62,6 @@ redis.call('HSET', KEYS[1], 'unit', ARGV[2])
 return 1
 """
 UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# What a membership check reads first, in one round trip: the segment's id (by name ARGV[1], or the id
-# ARGV[2]), its record, its head and the account's profiles generation. KEYS: names, seg, heads, acct.
-LOCATE = """
-local id = ARGV[2]
-if ARGV[1] ~= '' then id = redis.call('HGET', KEYS[1], ARGV[1]) end
-local generation = redis.call('HGET', KEYS[4], 'generation')
-if not id then return {false, false, false, generation} end
-return {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), generation}
-"""
 GONE = object()                 # a buffered delete
 
 
@@ -82,7 +74,7 @@ class RedisSnapshot(Snapshot):
 
     def _locate(self, acct, name, seg_id):
         """The segment's id, with its record, head and the generation read ahead (LOCATE)."""
-        keys = [redis_account_key(acct, what) for what in (b"names", b"seg", b"heads", b"acct")]
+        keys = [redis_account_key(acct, what) for what in REDIS_LOCATE_KEYS]
         found, rec, head, generation = self.b.locate(keys, [name.encode(), str(seg_id).encode()])
         if name:
             self._read[(keys[0], name.encode())] = found
@@ -360,7 +352,7 @@ class RedisUnit(RedisSnapshot, Unit):
         counter = REDIS_DIRECTORY_COUNTER
         number = self.b.durable([(counter, "incr", counter)])[0] - 1
         meta = {b"state": dumps({k: v for k, v in state.items() if k not in COUNTERS}),
-                b"buckets": self.b.new_buckets, b"generation": 0, b"mver": 0}
+                REDIS_BUCKETS_FIELD: self.b.new_buckets, b"generation": 0, b"mver": 0}
         meta.update({c.encode(): state[c] for c in COUNTERS})
         key = redis_account_key(number)
         self.b.durable([(key, "hset", key, None, None, meta)])         # nobody knows the number yet
@@ -452,7 +444,7 @@ def _union(raws):
 
 def _containers(acct, manifest):
     token = manifest["token"].encode()
-    return [redis_block_key(acct, block, b"v:" + token) for block in manifest["blocks"]]
+    return [redis_block_key(acct, block, REDIS_VERSION_CONTAINER % token) for block in manifest["blocks"]]
 
 
 class RedisBackend(Connection, Backend):
@@ -461,7 +453,7 @@ class RedisBackend(Connection, Backend):
     def __init__(self, url):
         super().__init__(url)
         self._unlock = self.raw.register_script(UNLOCK)
-        self._locate = self.raw.register_script(LOCATE)
+        self._locate = self.raw.register_script(REDIS_LOCATE)
         self._buckets = {}
 
     atomic_bulk_writes = False      # a profile batch is not one unit (see the module docstring)
@@ -469,7 +461,7 @@ class RedisBackend(Connection, Backend):
     def buckets(self, acct):
         n = self._buckets.get(acct)
         if n is None:
-            n = self._buckets[acct] = int(self.r.hget(redis_account_key(acct), b"buckets") or REDIS_BUCKETS)
+            n = self._buckets[acct] = int(self.r.hget(redis_account_key(acct), REDIS_BUCKETS_FIELD) or REDIS_BUCKETS)
         return n
 
     @contextmanager
@@ -500,7 +492,7 @@ class RedisBackend(Connection, Backend):
                 if part:
                     part.run_optimize()
                     blocks.append(block)
-                    key = redis_block_key(acct, block, b"v:" + token.encode())
+                    key = redis_block_key(acct, block, REDIS_VERSION_CONTAINER % token.encode())
                     writes.append((key, "set", key, part.serialize()))
         with self.errors():
             self.durable(writes)

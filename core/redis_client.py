@@ -37,6 +37,15 @@ def options(url):
     return parts._replace(query="&".join(rest)).geturl(), found
 
 
+def seeds(url):
+    """[(host, port)] of a store URL's nodes (one for redis://): host:port pairs after any password."""
+    out = []
+    for seed in urlsplit(url).netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = seed.rpartition(":")
+        out.append((host or "127.0.0.1", int(port or 6379)))
+    return out
+
+
 def connect(url, failover_s=FAILOVER_S):
     """A redis-py client for redis-cluster://host:port,host:port... or redis://host:port[/db]
     (rediss:// and redis-clusters:// for TLS; a password as redis://:PASSWORD@host:port)."""
@@ -46,10 +55,7 @@ def connect(url, failover_s=FAILOVER_S):
     scheme = parts.scheme
     if scheme in ("redis", "rediss"):
         return redis.Redis.from_url(url, retry=_retry(failover_s), retry_on_error=[redis.ConnectionError])
-    nodes = []
-    for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = seed.rpartition(":")
-        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    nodes = [ClusterNode(host, port) for host, port in seeds(url)]
     return RedisCluster(startup_nodes=nodes, password=parts.password, ssl=scheme == "redis-clusters",
                         require_full_coverage=True, retry=_retry(failover_s))
 

@@ -1,7 +1,7 @@
 """The native membership front (server/native/membership_front.cc) as a child of `listseg serve`.
 
-It serves the Membership service on its own address: IsMember from the server's LMDB files in native
-code, everything else relayed to this server. Campaign engines that make one look-up per call point
+It serves the Membership service on its own address: IsMember in native code, from the server's
+store read directly (its LMDB files, or its Redis Cluster), everything else relayed to this server. Campaign engines that make one look-up per call point
 at it; the server itself is unchanged. `Supervisor` keeps it running: campaign engines call it on
 every event, so an exit is logged, reported through the server's health and followed by a restart.
 """
@@ -14,6 +14,10 @@ import subprocess
 import threading
 import time
 
+from urllib.parse import unquote, urlsplit
+
+from listseg.core.backend import is_redis
+from listseg.core.redis_client import seeds
 from listseg.server.addresses import is_loopback, split_address
 
 BINARY = os.environ.get("LISTSEG_FRONT") or os.path.join(os.path.dirname(__file__), "native", "listseg-front")
@@ -50,20 +54,39 @@ def crashed(returncode):
     return returncode < 0 and -returncode in CRASH_SIGNALS
 
 
+def store_arguments(store):
+    """(the front's flags, its environment) for the server's store: a directory, or a Redis URL (the
+    password goes in the environment, out of sight of `ps`). FrontError for a store it cannot read."""
+    if not is_redis(store):
+        return ["--data", os.path.abspath(store)], dict(os.environ)
+    parts = urlsplit(store)
+    if parts.scheme in ("rediss", "redis-clusters"):
+        raise FrontError("the membership front cannot reach a Redis store over TLS (Debian's hiredis 0.14 has "
+                         "no TLS): serve without --membership-listen, and the servers answer IsMember")
+    if parts.scheme == "redis" and parts.path.strip("/") not in ("", "0"):
+        raise FrontError("the membership front reads Redis database 0 only, not " + parts.path.strip("/"))
+    nodes = ",".join(f"{host}:{port}" for host, port in seeds(store))
+    env = dict(os.environ, LISTSEG_REDIS_USER=unquote(parts.username or ""),
+               LISTSEG_REDIS_PASSWORD=unquote(parts.password or ""))
+    return ["--redis" if parts.scheme == "redis" else "--redis-cluster", nodes], env
+
+
 class Front:
     """A running front process: `port`, `proc`, `stop()`. `backend` is this server's HOST:PORT as a
-    client dials it; with TLS, `tls` is (cert, key) and `backend_ca` what the front trusts for it."""
+    client dials it; `store` the server's (a directory or a Redis URL); with TLS, `tls` is (cert,
+    key) and `backend_ca` what the front trusts for it."""
 
-    def __init__(self, listen, backend, data, tls=None, backend_ca=None):
+    def __init__(self, listen, backend, store, tls=None, backend_ca=None):
         if not os.access(BINARY, os.X_OK):
             raise FrontError(f"the membership front is not built ({BINARY}); run `make install`")
-        args = [BINARY, "--listen", listen, "--backend", backend, "--data", os.path.abspath(data)]
+        flags, env = store_arguments(store)
+        args = [BINARY, "--listen", listen, "--backend", backend, *flags]
         if is_loopback(split_address(listen)[0]):
             args.append("--listen-is-loopback")
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1], "--backend-ca", backend_ca or tls[0]]
         # stderr is the server's: the front's own errors land in the same log
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         self.started = time.monotonic()
         self.port = self._wait_ready()
 
@@ -99,8 +122,8 @@ class Supervisor:
     """Runs a Front and restarts it whenever it exits, with growing delays; `on_change(serving)` hears
     each start and exit (the server's health). Restarts keep the port the first start bound."""
 
-    def __init__(self, listen, backend, data, tls=None, backend_ca=None, on_change=lambda serving: None):
-        self.args = (backend, data, tls, backend_ca)
+    def __init__(self, listen, backend, store, tls=None, backend_ca=None, on_change=lambda serving: None):
+        self.args = (backend, store, tls, backend_ca)
         self.on_change = on_change
         self.front = Front(listen, *self.args)           # a first start that fails is the caller's error
         self.listen = f"{split_address(listen)[0]}:{self.front.port}"

@@ -57,10 +57,13 @@ def test_bench_cluster_writes_every_key(tmp_path, redis_available):
     assert set(result) == {"scale", "ingest", "check_batch", "is_member", "export", "reach", "memory",
                            "cpu", "cores", "versions"}
     assert set(result["ingest"]) == set(result["check_batch"]) == set(result["export"]) == {"listseg", "redis"}
-    assert set(result["is_member"]) == {"listseg_qps", "listseg_p99_ms", "redis_qps", "redis_p99_ms"}
+    # latest.json's IsMember keys (through the fronts), and the same case through the servers alone
+    assert set(result["is_member"]) == {"listseg_qps", "listseg_p99_ms", "redis_qps", "redis_p99_ms",
+                                        "servers_qps", "servers_p99_ms"}
     assert set(result["reach"]) == {"listseg_ms", "redis_ms"}
     assert set(result["memory"]) == {"listseg_bytes_per_member", "redis_bytes_per_member",
                                      "listseg_bytes_per_profile", "redis_bytes_per_profile"}
+    assert result["versions"]["listseg_membership"] == "front"
     assert result["scale"] == 2000 and result["cores"] >= 1
     assert {"python", "redis-server", "grpcio", "pyroaring", "redis", "hiredis"} <= set(result["versions"])
     assert result["versions"]["listseg_servers"] == 2 and result["versions"]["hiredis_in_use"] is True

@@ -2,13 +2,14 @@
 processes share one cluster's data, and what only a Redis store does. The engine's own suite runs on
 the cluster too (conftest `backend`)."""
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from conftest import flush
-from harness import open_engine, start_server, stop_server
+from harness import free_port, open_engine, start_server, stop_server, wait_healthy
 from listseg import Client
 
 CSV = b"Type,Identity\n"
@@ -59,10 +60,81 @@ def test_an_account_made_through_one_server_signs_in_on_the_other(store, tmp_pat
         stop_server(proc)
 
 
-def test_the_membership_front_is_refused_with_a_redis_store(store, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "listseg.clients.cli", "serve", "--store", store,
-                          "--membership-listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0 and "--membership-listen reads the LMDB store" in out.stderr
+def test_each_servers_membership_front_answers_from_the_cluster(store, tmp_path):
+    """`serve --store URL --membership-listen`: a segment uploaded through one server is answered at
+    once by the other server's front, from the cluster, with no call to its server."""
+    fronts = [free_port() for _ in range(2)]
+    made = [start_server(tmp_path / f"unused{k}", "--store", store, "--membership-listen", f"127.0.0.1:{port}")
+            for k, port in enumerate(fronts)]
+    try:
+        for port in fronts:
+            wait_healthy(f"127.0.0.1:{port}")
+        with Client(made[0][1]) as a, Client(f"127.0.0.1:{fronts[1]}") as b_front:
+            a.import_profiles(profiles_csv(50))
+            a.upload(CSV + b"g,g1\ng,g2\n", name="vip")
+            assert [b_front.is_member("vip", guid=g) for g in ("g1", "g2", "g3")] == [True, True, False]
+            a.upload(CSV + b"g,g3\n", replace="vip")
+            assert [b_front.is_member("vip", guid=g) for g in ("g1", "g3")] == [False, True]
+            made[1][0].send_signal(signal.SIGSTOP)         # its server frozen: the front answers alone
+            try:
+                assert b_front.is_member("vip", guid="g3") and not b_front.is_member("vip", guid="g2")
+            finally:
+                made[1][0].send_signal(signal.SIGCONT)
+    finally:
+        for proc, _ in made:
+            stop_server(proc)
+
+
+@pytest.fixture
+def one_node_with_a_password(tmp_path):
+    """A plain redis-server (no cluster) that requires a password: the development store."""
+    import cluster
+    port = cluster.free_ports(1)[0]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", cluster.LOOPBACK, "--requirepass", "pw",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    cluster.wait_for(lambda: cluster.cli(port, "-a", "pw", "--no-auth-warning", "ping") == "PONG", 30,
+                     "redis-server did not start")
+    yield f"redis://:pw@127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+def test_the_front_signs_in_to_a_single_node_store(one_node_with_a_password, tmp_path):
+    port = free_port()
+    proc, target = start_server(tmp_path / "unused", "--store", one_node_with_a_password,
+                                "--membership-listen", f"127.0.0.1:{port}")
+    try:
+        wait_healthy(f"127.0.0.1:{port}")
+        with Client(target) as c, Client(f"127.0.0.1:{port}") as fronted:
+            c.import_profiles(profiles_csv(10))
+            c.upload(CSV + b"g,g1\ni,id2\n", name="vip")
+            proc.send_signal(signal.SIGSTOP)               # the front alone: it reads the node itself
+            try:
+                assert [fronted.is_member("vip", guid=g) for g in ("g1", "g2", "g3")] == [True, True, False]
+                assert fronted.is_member("vip", identity="id2")
+            finally:
+                proc.send_signal(signal.SIGCONT)
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize("url, flags, says", [
+    ("redis-cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001?failover_s=5",
+     ["--redis-cluster", "127.0.0.1:7000,127.0.0.1:7001"], None),
+    ("redis://user:p%40ss@localhost:6380/0", ["--redis", "localhost:6380"], None),
+    ("rediss://127.0.0.1:6380", None, "over TLS"),
+    ("redis-clusters://127.0.0.1:7000", None, "over TLS"),
+    ("redis://127.0.0.1:6380/3", None, "database 0 only")])
+def test_the_front_is_told_the_store_without_its_password_in_sight(url, flags, says):
+    from listseg.server.front import FrontError, store_arguments
+    if says:
+        with pytest.raises(FrontError, match=says):
+            store_arguments(url)
+        return
+    args, env = store_arguments(url)
+    assert args == flags and not any("s3cret" in a or "p@ss" in a for a in args)
+    password = "s3cret" if "s3cret" in url else "p@ss"
+    assert (env["LISTSEG_REDIS_PASSWORD"], env["LISTSEG_REDIS_USER"]) == (password, "" if "s3cret" in url else "user")
 
 
 @pytest.mark.parametrize("url, says", [("mysql://x", "not a store URL"), ("./data", "takes a Redis URL")])

@@ -3,6 +3,7 @@ node killed and restarted from its AOF: the segment is always exactly one commit
 get answers that match the version they report, a replace the failure interrupted fails with a
 retryable status, and the next one succeeds. Each test has a cluster of its own (tests/cluster.py):
 it kills nodes."""
+import itertools
 import os
 import signal
 import threading
@@ -17,7 +18,9 @@ from conftest import wait_until
 from harness import InProcess, open_engine
 from listseg import CallError, Client
 from listseg.core.redis_backend import RedisBackend, RedisUnit
+from listseg.server import front
 from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
 CSV = b"Type,Identity\n"
 N = 2000
@@ -50,24 +53,48 @@ def primary_of(c, key):
 
 
 class Readers:
-    """Threads asking CheckMembers of PROBES through a server, as campaign engines would, noting each
-    answer (time, version, flags) or failure (time, status)."""
+    """Threads asking through a server, as campaign engines would: CheckMembers of PROBES on the
+    server, and IsMember of each probe in turn on its membership front (which answers from the
+    cluster itself, relaying to the server what it cannot). Each answer is noted (time, version,
+    probes, flags), each failure (time, status)."""
 
-    def __init__(self, target, n=2):
+    def __init__(self, service, n=2):
         self.answers, self.failures, self.stop = [], [], threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(target,), daemon=True) for _ in range(n)]
+        self.threads = [threading.Thread(target=self._check, args=(service.target,), daemon=True) for _ in range(n)]
+        self.threads.append(threading.Thread(target=self._ask_front, args=(service.front_target,), daemon=True))
         for t in self.threads:
             t.start()
 
-    def _run(self, target):
+    def _note(self, call):
+        try:
+            self.answers.append((time.monotonic(), *call()))
+        except CallError as e:
+            self.failures.append((time.monotonic(), e.code))
+        time.sleep(0.01)
+
+    def _check(self, target):
+        def check():
+            version, flags = c.check_members("s", PROBES)
+            return version, PROBES, flags
         with Client(target, timeout=30) as c:
             while not self.stop.is_set():
-                try:
-                    version, flags = c.check_members("s", PROBES)
-                    self.answers.append((time.monotonic(), version, flags))
-                except CallError as e:
-                    self.failures.append((time.monotonic(), e.code))
-                time.sleep(0.01)
+                self._note(check)
+
+    def _ask_front(self, target):
+        def ask():
+            try:
+                r = stub.IsMember(pb.IsMemberRequest(segment="s", type=pb.IDENTITY_TYPE_GUID, identity=probe[0]),
+                                  timeout=30)
+            except grpc.RpcError as e:
+                raise CallError.from_rpc(e) from None
+            return r.version, probe, [r.member]
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.MembershipStub(channel)
+            for k in itertools.cycle(range(len(PROBES))):
+                if self.stop.is_set():
+                    return
+                probe = PROBES[k:k + 1]
+                self._note(ask)
 
     def finish(self):
         self.stop.set()
@@ -76,23 +103,28 @@ class Readers:
 
     def check(self, members_of):
         """Every answer is its version's members; returns the longest gap between answers (s)."""
-        for _, version, flags in self.answers:
+        for _, version, probes, flags in self.answers:
             members = members_of[version]
-            assert flags == [int(p[1:]) in members for p in PROBES], f"an answer not of version {version}"
+            assert flags == [int(p[1:]) in members for p in probes], f"an answer not of version {version}"
         assert {code for _, code in self.failures} <= {grpc.StatusCode.UNAVAILABLE}, self.failures
-        times = sorted(t for t, _, _ in self.answers)
+        times = sorted(t for t, *_ in self.answers)
         return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 @pytest.fixture
 def service(cluster, tmp_path):
-    engine = open_engine(tmp_path, backend=f"{cluster.url}?failover_s={FAILOVER_S}")
+    """A server on the cluster, with segment "s" at version 1 = LIST_A, and its membership front."""
+    store = f"{cluster.url}?failover_s={FAILOVER_S}"
+    engine = open_engine(tmp_path, backend=store)
     server = InProcess(engine=engine)
     acct = engine.account()
     acct.profiles.import_csv(["".join(f"g{k},id{k},email\n" for k in range(N)).encode()])
     with Client(server.target, timeout=120) as c:
         assert c.upload(csv_of(LIST_A), name="s").report.version == 1
+    server.front = front.Front("127.0.0.1:0", server.target, store)
+    server.front_target = f"127.0.0.1:{server.front.port}"
     yield server
+    assert server.front.stop() == 0
     server.stop()
 
 
@@ -118,7 +150,7 @@ def test_a_primary_killed_mid_replace_leaves_the_last_version(cluster, service, 
         staged = stage(self, acct, bm)
         cluster.kill_node(meta)                            # ...and the head's primary dies before the flip
         return staged
-    readers = Readers(target)
+    readers = Readers(service)
     time.sleep(0.3)
     monkeypatch.setattr(RedisBackend, "stage", stage_then_kill)
     with Client(target, timeout=120) as c:
@@ -150,7 +182,7 @@ def test_a_primary_killed_right_after_the_flip_keeps_the_new_version(cluster, se
         if done and any(b":heads" in key for key in self.hashes):       # the head just flipped
             cluster.kill_node(meta)
         return done
-    readers = Readers(target)
+    readers = Readers(service)
     time.sleep(0.3)
     monkeypatch.setattr(RedisUnit, "commit", commit_then_kill)
     with Client(target, timeout=120) as c:

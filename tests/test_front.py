@@ -3,7 +3,7 @@
 It must answer exactly as the server does, from the same version, see every write at once, relay
 what it does not answer (errors keep their status and reason), and take only passcodes the server
 has accepted. Real processes on loopback ports; the server runs in this process so tests can write
-to its engine directly.
+to its engine directly. The tests of a `pair` run on LMDB and on the session's Redis Cluster.
 """
 import json
 import os
@@ -29,16 +29,18 @@ pytestmark = pytest.mark.skipif(not os.access(front.BINARY, os.X_OK), reason="th
 PROFILES = b"guid,identity,channels\n" + b"".join(
     b"g%d,%s,email\n" % (k, b"user%d@x.com" % k if k % 2 == 0 else b"") for k in range(200))
 GUID, IDENT = pb.IDENTITY_TYPE_GUID, pb.IDENTITY_TYPE_IDENTITY
+BACKENDS = ["lmdb", "redis-cluster"]          # what a `pair` stores in (conftest `backend`)
 
 
 class Pair:
     """The server and its front, with a raw Membership stub on each."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, backend="lmdb"):
         self.data = str(tmp_path / "data")
-        self.served = InProcess(self.data)
+        self.served = InProcess(self.data, backend=backend)
         self.engine, self.server, self.target = self.served.engine, self.served.server, self.served.target
-        self.front = front.Front("127.0.0.1:0", self.target, self.data)
+        self.store = backend if "://" in backend else self.data         # what the front reads
+        self.front = front.Front("127.0.0.1:0", self.target, self.store)
         self.front_target = f"127.0.0.1:{self.front.port}"
         self.channels = [grpc.insecure_channel(t) for t in (self.target, self.front_target)]
         self.direct, self.fronted = (pb_grpc.MembershipStub(ch) for ch in self.channels)
@@ -61,8 +63,8 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path):
-    p = Pair(tmp_path)
+def pair(tmp_path, backend):
+    p = Pair(tmp_path, backend)
     yield p
     p.close()
 
@@ -398,7 +400,7 @@ def test_every_error_either_port_makes_carries_an_error_info(pair):
             stub.CheckMembers(big, timeout=30)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert CallError.from_rpc(e.value).reason == "REQUEST_TOO_LARGE"
-    dead = front.Front("127.0.0.1:0", "127.0.0.1:1", pair.data)        # a front whose server is gone
+    dead = front.Front("127.0.0.1:0", "127.0.0.1:1", pair.store)        # a front whose server is gone
     try:
         with grpc.insecure_channel(f"127.0.0.1:{dead.port}") as channel:
             with pytest.raises(grpc.RpcError) as e:

@@ -196,4 +196,17 @@ static inline size_t listseg_key_reject(uint8_t *dst, const uint8_t *account, ui
   return 16;
 }
 
+/* Redis Cluster keys: printf formats and the scripts (core/layout.py's Redis section) */
+#define LISTSEG_REDIS_BLOCK_BITS 16
+#define LISTSEG_REDIS_BUCKETS 1024
+#define LISTSEG_REDIS_DIRECTORY_NAMES "{d}:names"
+#define LISTSEG_REDIS_DIRECTORY_CREDENTIALS "{d}:credentials"
+#define LISTSEG_REDIS_ACCOUNT_KEY "{a:%d}:%s"
+#define LISTSEG_REDIS_BLOCK_KEY "{a:%d:%d}:%s"
+#define LISTSEG_REDIS_BUCKET_KEY "{a:%d:%s:%d}"
+#define LISTSEG_REDIS_BUCKETS_FIELD "buckets"
+#define LISTSEG_REDIS_VERSION_CONTAINER "v:%s"
+#define LISTSEG_REDIS_LOCATE "\x0alocal id = ARGV[2]\x0aif ARGV[1] ~= '' then id = redis.call('HGET', KEYS[1], ARGV[1]) end\x0alocal generation = redis.call('HGET', KEYS[4], 'generation')\x0aif not id then return {false, false, false, generation} end\x0areturn {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), generation}\x0a"
+#define LISTSEG_REDIS_LOCATE_KEYS {"names", "seg", "heads", "acct"}
+
 #endif  /* LISTSEG_LAYOUT_H */

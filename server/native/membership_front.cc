@@ -1,15 +1,17 @@
 // listseg-front: the Membership service in native code, for campaign engines' single look-ups.
 //
 // A Python gRPC server spends ~110 us of CPU on each unary call, most of it in grpcio's own
-// machinery (README, "Performance"); this front spends ~30. It answers IsMember itself, reading the
-// server's LMDB files in one read transaction per call, exactly as core/segments.py does: segment ->
-// head version -> bitmap (cached per version; versions never change), guid or identity -> uid. It
-// relays to the Python server every other Membership call, and every IsMember it cannot answer
-// exactly: an error of any kind, and credentials it has not yet seen the server accept. So the server
-// stays the one place that decides what an error or an account means.
+// machinery (README, "Performance"); this front spends ~30. It answers IsMember itself, from the
+// server's store read directly (source.h: the LMDB files, or the Redis Cluster), exactly as
+// core/members.py does. It relays to the Python server every other Membership call, and every
+// IsMember it cannot answer exactly: an error of any kind, and credentials it has not yet seen the
+// server accept. So the server stays the one place that decides what an error or an account means.
 //
-// Usage: listseg-front --listen HOST:PORT --backend HOST:PORT --data DIR [--listen-is-loopback]
-//                      [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
+// Usage: listseg-front --listen HOST:PORT --backend HOST:PORT
+//                      (--data DIR | --redis-cluster HOST:PORT,... | --redis HOST:PORT)
+//                      [--listen-is-loopback] [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
+// A Redis password (and ACL user) come in LISTSEG_REDIS_PASSWORD (and LISTSEG_REDIS_USER), not in
+// the command line others can read.
 // Beside Membership it serves health (listseg.v1.Membership and "") and reflection v1 and v1alpha.
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
@@ -17,14 +19,13 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <lmdb.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
-#include <roaring/roaring.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -36,46 +37,24 @@
 #include <vector>
 
 #include "layout.h"
+#include "lmdb_source.h"
+#include "redis_source.h"
 #include "listseg/v1/listseg.grpc.pb.h"
 #include "reflection.h"
 #include "status.h"
 
 namespace v1 = listseg::v1;
+using listseg::front::Answer;
 using listseg::front::error;
+using listseg::front::SegmentRef;
+using listseg::front::Source;
 
 namespace {
 
-constexpr size_t kMaxKey = 511;               // LMDB's default maximum key size
 // Requests as big as the server's grpc takes (server/decoding.py MAX_TRANSPORT_MESSAGE): the server
 // refuses those over its own limit with an ErrorInfo, which grpc's refusal here would lack.
 constexpr int kMaxReceive = 16 << 20;
 constexpr int kMaxSend = 64 << 20;
-// Keys and values exactly as the server stores them: layout.h, generated from core/layout.py.
-// A key from one of its listseg_key_* builders, into a string of the key's size.
-template <typename Build, typename... Args>
-std::string make_key(size_t size, Build build, Args... args) {
-  std::string key(size, '\0');
-  build(reinterpret_cast<uint8_t*>(&key[0]), args...);
-  return key;
-}
-
-const uint8_t* bytes(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
-
-// An integer value read with layout.h's listseg_get_*, or false if the stored value is not that wide.
-template <typename Get>
-bool read_int(const MDB_val& v, size_t width, Get get, uint64_t* out) {
-  if (v.mv_size != width) return false;
-  *out = get(static_cast<const uint8_t*>(v.mv_data));
-  return true;
-}
-
-// A segment of an account: its id and the key of its record and head.
-struct Segment {
-  std::string account;  // the account prefix
-  uint32_t id;
-  std::string key;
-};
-
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot read " + path);
@@ -83,131 +62,6 @@ std::string read_file(const std::string& path) {
   s << f.rdbuf();
   return s.str();
 }
-
-// A read-only view of the server's LMDB environment (core/store.py DATABASES).
-class Store {
- public:
-  explicit Store(const std::string& path) {
-    check(mdb_env_create(&env_), "mdb_env_create");
-    check(mdb_env_set_maxdbs(env_, LISTSEG_DB_COUNT + 1), "mdb_env_set_maxdbs");
-    // MDB_NOTLS: a read transaction belongs to the call, not to the thread grpc runs it on.
-    check(mdb_env_open(env_, path.c_str(), MDB_RDONLY | MDB_NOTLS, 0644), "mdb_env_open " + path);
-    MDB_txn* txn;             // committed, not aborted: that keeps the handles for later transactions
-    check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "mdb_txn_begin");
-    accounts_ = open(txn, LISTSEG_DB_ACCOUNTS);
-    guid_ = open(txn, LISTSEG_DB_GUID);
-    ident_ = open(txn, LISTSEG_DB_IDENT);
-    segments_ = open(txn, LISTSEG_DB_SEGMENTS);
-    segnames_ = open(txn, LISTSEG_DB_SEGNAMES);
-    heads_ = open(txn, LISTSEG_DB_HEADS);
-    versions_ = open(txn, LISTSEG_DB_VERSIONS);
-    check(mdb_txn_commit(txn), "mdb_txn_commit");
-  }
-  ~Store() {
-    for (MDB_txn* txn : idle_) mdb_txn_abort(txn);
-    mdb_env_close(env_);
-  }
-
-  // A read transaction for one call, from the store's pool of reset ones. Renewing a reset
-  // transaction keeps its reader slot; taking a fresh slot per call locks LMDB's reader table, a
-  // mutex shared with the server process. The pool belongs to the store, not to grpc's threads, so
-  // every transaction ends before the environment closes (thread-local ones were aborted after
-  // mdb_env_close at exit and crashed in liblmdb).
-  class Txn {
-   public:
-    explicit Txn(Store& store) : store_(store), txn_(store.acquire()) {}
-    ~Txn() { store_.release(txn_); }
-    Txn(const Txn&) = delete;
-    bool get(MDB_dbi dbi, const std::string& key, MDB_val* out) const {
-      MDB_val k{key.size(), const_cast<char*>(key.data())};
-      return mdb_get(txn_, dbi, &k, out) == 0;
-    }
-
-   private:
-    Store& store_;
-    MDB_txn* txn_;
-  };
-
-  Txn begin() { return Txn(*this); }
-  bool credentials_required() noexcept {
-    try {
-      MDB_val raw;
-      return begin().get(accounts_, make_key(LISTSEG_KEY_CREDENTIALS_FIXED, listseg_key_credentials), &raw);
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
-
-  MDB_dbi accounts_, guid_, ident_, segments_, segnames_, heads_, versions_;
-
- private:
-  MDB_txn* acquire() {
-    MDB_txn* txn = nullptr;
-    {
-      std::lock_guard<std::mutex> hold(idle_lock_);
-      if (!idle_.empty()) {
-        txn = idle_.back();
-        idle_.pop_back();
-      }
-    }
-    if (!txn) {
-      check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "mdb_txn_begin");
-    } else if (int rc = mdb_txn_renew(txn)) {
-      mdb_txn_abort(txn);
-      check(rc, "mdb_txn_renew");
-    }
-    return txn;
-  }
-  void release(MDB_txn* txn) {
-    mdb_txn_reset(txn);
-    std::lock_guard<std::mutex> hold(idle_lock_);
-    idle_.push_back(txn);
-  }
-  static void check(int rc, const std::string& what) {
-    if (rc) throw std::runtime_error(what + ": " + mdb_strerror(rc));
-  }
-  static MDB_dbi open(MDB_txn* txn, const char* name) {
-    MDB_dbi dbi;
-    check(mdb_dbi_open(txn, name, 0, &dbi), std::string("open database ") + name);
-    return dbi;
-  }
-  MDB_env* env_ = nullptr;
-  std::mutex idle_lock_;
-  std::vector<MDB_txn*> idle_;   // reset read transactions, each holding its reader slot
-};
-
-using Bitmap = std::shared_ptr<roaring_bitmap_t>;
-
-// The deserialized bitmap of each segment's latest version seen. A version's bitmap never changes,
-// so an entry is right for as long as the head names its version.
-class BitmapCache {
- public:
-  Bitmap get(const Store::Txn& txn, const Store& store, const Segment& segment, uint64_t version) {
-    {
-      std::lock_guard<std::mutex> hold(lock_);
-      auto it = entries_.find(segment.key);
-      if (it != entries_.end() && it->second.first == version) return it->second.second;
-    }
-    MDB_val raw;
-    std::string key = make_key(LISTSEG_KEY_VERSION_FIXED, listseg_key_version, bytes(segment.account), segment.id,
-                               uint32_t(version));
-    if (!txn.get(store.versions_, key, &raw)) return nullptr;
-    roaring_bitmap_t* bm =
-        roaring_bitmap_portable_deserialize_safe(static_cast<const char*>(raw.mv_data), raw.mv_size);
-    if (!bm) return nullptr;
-    Bitmap loaded(bm, roaring_bitmap_free);
-    std::lock_guard<std::mutex> hold(lock_);
-    if (entries_.size() >= kMaxEntries) entries_.clear();  // deleted segments must not pile up
-    auto& slot = entries_[segment.key];
-    if (!slot.second || slot.first < version) slot = {version, loaded};
-    return loaded;
-  }
-
- private:
-  static constexpr size_t kMaxEntries = 4096;
-  std::mutex lock_;
-  std::map<std::string, std::pair<uint64_t, Bitmap>> entries_;  // account + segment id -> (version, bitmap)
-};
 
 // Credentials the Python server has accepted: account id -> SHA-256 of "id\0passcode", as
 // core/accounts.py remembers them (passcodes are never changed, only created).
@@ -249,16 +103,19 @@ using RawMembership = v1::Membership::WithRawCallbackMethod_IsMember<v1::Members
 
 class Membership final : public RawMembership {
  public:
-  Membership(Store& store, std::shared_ptr<grpc::Channel> backend) : store_(store), backend_(backend) {}
+  Membership(Source& source, std::shared_ptr<grpc::Channel> backend) : source_(source), backend_(backend) {}
 
   grpc::ServerUnaryReactor* IsMember(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
                                      grpc::ByteBuffer* resp) override {
     if (!req->Valid()) return without_request(ctx);
     bool answered = false;
     try {
-      answered = answer(ctx, *req, resp);
-    } catch (const std::exception& e) {  // an LMDB error (reader table full, map resized): the server answers
-      std::fprintf(stderr, "listseg-front: %s; relaying\n", e.what());
+      Asked asked;
+      Answer found;
+      answered = parse(ctx, *req, &asked) && source_.is_member(asked.account, asked.ref, asked.guid, asked.key, &found);
+      if (answered) respond(found, resp);
+    } catch (const std::exception& e) {  // a store error (LMDB's reader table full, Redis failing over): the server answers
+      listseg::front::complain(e.what());
     }
     if (answered) {
       auto* reactor = ctx->DefaultReactor();
@@ -277,88 +134,40 @@ class Membership final : public RawMembership {
   }
 
  private:
-  // IsMember as core/segments.py check_members answers it, or false when only the server can answer.
-  bool answer(const grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* out) {
+  // What an IsMember call asks: the caller's account (the default account while no passcode
+  // exists, else the named account if the server has accepted this passcode for it before), the
+  // segment and the key.
+  struct Asked {
+    std::string account, key;
+    SegmentRef ref;
+    bool guid;
+  };
+
+  // False for a call only the server can answer.
+  bool parse(const grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw_request, Asked* out) {
     v1::IsMemberRequest req;
     grpc::Slice whole;
     if (!raw_request.TrySingleSlice(&whole).ok() && !raw_request.DumpToSingleSlice(&whole).ok()) return false;
     if (!req.ParseFromArray(whole.begin(), int(whole.size()))) return false;
-    const char* table;
-    if (req.type() == v1::IDENTITY_TYPE_GUID) table = "g";
-    else if (req.type() == v1::IDENTITY_TYPE_IDENTITY) table = "i";
-    else return false;
-    std::string key = strip(req.identity());
-    if (key.empty() || key.size() + LISTSEG_KEY_GUID_FIXED > kMaxKey) return false;
-
-    auto txn = store_.begin();
-    std::string prefix;
-    if (!account(ctx, txn, &prefix)) return false;
-    Segment seg;
-    if (!segment(txn, prefix, req.segment(), &seg)) return false;
-    MDB_val raw;
-    uint64_t version = 0;
-    if (txn.get(store_.heads_, make_key(LISTSEG_KEY_HEAD_FIXED, listseg_key_head, bytes(prefix), seg.id), &raw) &&
-        !read_int(raw, LISTSEG_VERSION_WIDTH, listseg_get_version, &version))
-      return false;
-    bool member = false;
-    if (version != 0) {
-      Bitmap bm = cache_.get(txn, store_, seg, version);
-      if (!bm) return false;
-      bool guid = table[0] == 'g';
-      std::string k = guid ? make_key(LISTSEG_KEY_GUID_FIXED + key.size(), listseg_key_guid, bytes(prefix), key.data(), key.size())
-                           : make_key(LISTSEG_KEY_IDENT_FIXED + key.size(), listseg_key_ident, bytes(prefix), key.data(), key.size());
-      uint64_t uid;
-      if (txn.get(guid ? store_.guid_ : store_.ident_, k, &raw) && read_int(raw, LISTSEG_UID_WIDTH, listseg_get_uid, &uid))
-        member = roaring_bitmap_contains(bm.get(), uint32_t(uid));
+    if (req.type() != v1::IDENTITY_TYPE_GUID && req.type() != v1::IDENTITY_TYPE_IDENTITY) return false;
+    out->guid = req.type() == v1::IDENTITY_TYPE_GUID;
+    out->key = strip(req.identity());
+    if (out->key.empty() || !listseg::front::parse_segment_ref(req.segment(), &out->ref)) return false;
+    out->account = LISTSEG_DEFAULT_ACCOUNT;
+    if (source_.credentials_required()) {
+      out->account = metadata(ctx, "x-account-id");
+      if (out->account.empty() || !verified_.known(out->account, metadata(ctx, "x-passcode"))) return false;
     }
+    return true;
+  }
+
+  static void respond(const Answer& found, grpc::ByteBuffer* out) {
     v1::IsMemberResponse resp;
-    resp.set_member(member);
-    resp.set_version(version);
+    resp.set_member(found.member);
+    resp.set_version(found.version);
     std::string bytes = resp.SerializeAsString();
     grpc::Slice slice(bytes);
     *out = grpc::ByteBuffer(&slice, 1);
-    return true;
-  }
-
-  // The caller's account prefix: the default account while no passcode exists, else the named
-  // account if the server has accepted this passcode for it before.
-  bool account(const grpc::CallbackServerContext* ctx, const Store::Txn& txn, std::string* prefix) {
-    MDB_val raw;
-    std::string name = LISTSEG_DEFAULT_ACCOUNT;
-    if (txn.get(store_.accounts_, make_key(LISTSEG_KEY_CREDENTIALS_FIXED, listseg_key_credentials), &raw)) {
-      name = metadata(ctx, "x-account-id");
-      if (name.empty() || !verified_.known(name, metadata(ctx, "x-passcode"))) return false;
-    }
-    uint64_t number;
-    std::string key = make_key(LISTSEG_KEY_ACCOUNT_NAME_FIXED + name.size(), listseg_key_account_name, name.data(), name.size());
-    if (!txn.get(store_.accounts_, key, &raw) || !read_int(raw, LISTSEG_ACCOUNT_WIDTH, listseg_get_account, &number))
-      return false;
-    prefix->assign(LISTSEG_ACCOUNT_WIDTH, '\0');
-    listseg_put_account(reinterpret_cast<uint8_t*>(&(*prefix)[0]), uint32_t(number));
-    return true;
-  }
-
-  // account + segment id for "42", "segments/42" or a name (server/convert.py segment_ref).
-  bool segment(const Store::Txn& txn, const std::string& prefix, std::string ref, Segment* seg) {
-    if (ref.rfind("segments/", 0) == 0) ref.erase(0, 9);
-    if (ref.empty()) return false;
-    MDB_val raw;
-    seg->account = prefix;
-    if (ref.find_first_not_of("0123456789") == std::string::npos) {
-      if (ref.size() > 9) return false;
-      seg->id = uint32_t(std::stoul(ref));
-      seg->key = make_key(LISTSEG_KEY_SEGMENT_FIXED, listseg_key_segment, bytes(prefix), seg->id);
-      return txn.get(store_.segments_, seg->key, &raw);
-    }
-    uint64_t id;
-    if (LISTSEG_KEY_SEGMENT_NAME_FIXED + ref.size() > kMaxKey) return false;
-    std::string key = make_key(LISTSEG_KEY_SEGMENT_NAME_FIXED + ref.size(), listseg_key_segment_name, bytes(prefix),
-                               ref.data(), ref.size());
-    if (!txn.get(store_.segnames_, key, &raw) || !read_int(raw, LISTSEG_SEGMENT_ID_WIDTH, listseg_get_segment_id, &id))
-      return false;
-    seg->id = uint32_t(id);
-    seg->key = make_key(LISTSEG_KEY_SEGMENT_FIXED, listseg_key_segment, bytes(prefix), seg->id);
-    return true;
   }
 
   static std::string strip(const std::string& s) {
@@ -403,7 +212,10 @@ class Membership final : public RawMembership {
     std::string account = metadata(ctx, "x-account-id"), passcode = metadata(ctx, "x-passcode");
     backend_.UnaryCall(&relay->call, method, {}, req, resp, [this, relay, account, passcode](grpc::Status s) {
       // Only while passcodes are required: in dev mode the server accepts any metadata.
-      if (s.ok() && !account.empty() && store_.credentials_required()) verified_.remember(account, passcode);
+      try {
+        if (s.ok() && !account.empty() && source_.credentials_required()) verified_.remember(account, passcode);
+      } catch (const std::exception&) {  // the store unreachable: remember nothing
+      }
       relay->Finish(s.ok() || !s.error_details().empty() ? s : made_by_grpc(s));
     });
     return relay;
@@ -419,9 +231,8 @@ class Membership final : public RawMembership {
     return error(s.error_code(), s.error_message(), reason);
   }
 
-  Store& store_;
+  Source& source_;
   grpc::GenericStub backend_;
-  BitmapCache cache_;
   Verified verified_;
 };
 
@@ -455,15 +266,16 @@ const std::vector<std::string> OtherMethods::kServices = {
     "grpc.reflection.v1alpha.ServerReflection"};
 
 struct Args {
-  std::string listen, backend, data, tls_cert, tls_key, backend_ca;
+  std::string listen, backend, data, redis_cluster, redis, tls_cert, tls_key, backend_ca;
   bool loopback = false;  // --listen-is-loopback: listseg serve says the listen address is loopback
 };
 
 Args parse(int argc, char** argv) {
   Args a;
-  std::map<std::string, std::string*> flags = {{"--listen", &a.listen},     {"--backend", &a.backend},
-                                               {"--data", &a.data},         {"--tls-cert", &a.tls_cert},
-                                               {"--tls-key", &a.tls_key},   {"--backend-ca", &a.backend_ca}};
+  std::map<std::string, std::string*> flags = {
+      {"--listen", &a.listen},     {"--backend", &a.backend}, {"--data", &a.data},
+      {"--redis", &a.redis},       {"--redis-cluster", &a.redis_cluster},
+      {"--tls-cert", &a.tls_cert}, {"--tls-key", &a.tls_key}, {"--backend-ca", &a.backend_ca}};
   for (int i = 1; i < argc; i++) {
     if (std::strcmp(argv[i], "--listen-is-loopback") == 0) {
       a.loopback = true;
@@ -473,17 +285,33 @@ Args parse(int argc, char** argv) {
     if (it == flags.end() || i + 1 >= argc) throw std::runtime_error(std::string("unknown or empty flag ") + argv[i]);
     *it->second = argv[++i];
   }
-  if (a.listen.empty() || a.backend.empty() || a.data.empty())
-    throw std::runtime_error("--listen, --backend and --data are required");
+  if (a.listen.empty() || a.backend.empty()) throw std::runtime_error("--listen and --backend are required");
+  if (!a.data.empty() + !a.redis_cluster.empty() + !a.redis.empty() != 1)
+    throw std::runtime_error("one store: --data, --redis-cluster or --redis");
   if (a.tls_cert.empty() != a.tls_key.empty()) throw std::runtime_error("--tls-cert and --tls-key go together");
   return a;
 }
 
+std::string environment(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+std::unique_ptr<Source> open_source(const Args& args) {
+  if (!args.data.empty()) return listseg::front::open_lmdb(args.data);
+  std::vector<std::string> seeds;
+  std::stringstream list(args.redis.empty() ? args.redis_cluster : args.redis);
+  for (std::string seed; std::getline(list, seed, ',');)
+    if (!seed.empty()) seeds.push_back(seed);
+  return listseg::front::open_redis(seeds, args.redis.empty(), environment("LISTSEG_REDIS_USER"),
+                                    environment("LISTSEG_REDIS_PASSWORD"));
+}
+
 int run(const Args& args) {
-  Store store(args.data);
+  std::unique_ptr<Source> source = open_source(args);
   // As the server: with no passcode anywhere, every caller is the default account, so only this
   // machine may call. Which hosts are loopback is server/addresses.py's rule, told by a flag.
-  if (!store.credentials_required() && !args.loopback)
+  if (!args.loopback && !source->credentials_required())
     throw std::runtime_error("no account exists, so the front listens only on a loopback address; create one with "
                              "`listseg accounts create NAME` to listen on " + args.listen);
   grpc::ChannelArguments channel_args;
@@ -495,7 +323,7 @@ int run(const Args& args) {
     ssl.pem_root_certs = read_file(args.backend_ca);
     backend_creds = grpc::SslCredentials(ssl);
   }
-  Membership service(store, grpc::CreateCustomChannel(args.backend, backend_creds, channel_args));
+  Membership service(*source, grpc::CreateCustomChannel(args.backend, backend_creds, channel_args));
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!args.tls_cert.empty()) {

@@ -1,0 +1,228 @@
+// The Redis source. Per call, two round trips that overlap (RedisCluster::run sends both before
+// reading either): REDIS_LOCATE on the account's slot (the segment's id, record and head, read now,
+// so a new head is seen at once, as the servers see it) and HGET of the key's bucket. A version's
+// bitmap is read once (its manifest, then its containers) and kept: versions never change, and the
+// head names its version and token ("version:token"), so an entry is right while the head names it.
+#include "redis_source.h"
+
+#include <openssl/sha.h>
+#include <roaring/roaring.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "layout.h"
+#include "redis_cluster.h"
+
+namespace listseg::front {
+namespace {
+
+using Bitmap = std::shared_ptr<roaring_bitmap_t>;
+// How long "no account has a passcode" is believed before it is read again: core/accounts.py RECHECK_S.
+constexpr auto kRecheckCredentials = std::chrono::seconds(1);
+constexpr size_t kMaxEntries = 4096;  // cached versions and accounts, cleared past this
+
+template <typename... Args>
+std::string format(const char* fmt, Args... args) {
+  char out[512];
+  int n = std::snprintf(out, sizeof out, fmt, args...);
+  if (n < 0 || size_t(n) >= sizeof out) throw RedisError("a key too long to build");
+  return std::string(out, size_t(n));
+}
+
+std::string account_key(uint32_t acct, const char* what) { return format(LISTSEG_REDIS_ACCOUNT_KEY, int(acct), what); }
+
+std::string text(const redisReply* r) { return std::string(r->str, r->len); }
+bool is_text(const redisReply* r) { return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS); }
+
+std::string sha1_hex(const char* s) {
+  unsigned char d[SHA_DIGEST_LENGTH];
+  SHA1(reinterpret_cast<const unsigned char*>(s), std::strlen(s), d);
+  std::string hex;
+  char two[3];
+  for (unsigned char b : d) {
+    std::snprintf(two, sizeof two, "%02x", b);
+    hex += two;
+  }
+  return hex;
+}
+
+// A manifest as core/redis_backend.py stage() writes it, compact JSON (core/layout.py dumps):
+// {"token":"<hex>","blocks":[...],"size":N}. Only token and blocks are read.
+bool parse_manifest(const std::string& raw, std::string* token, std::vector<long>* blocks) {
+  size_t t = raw.find("\"token\":\"");
+  size_t b = raw.find("\"blocks\":[");
+  if (t == std::string::npos || b == std::string::npos) return false;
+  t += 9;
+  size_t t_end = raw.find('"', t);
+  if (t_end == std::string::npos) return false;
+  *token = raw.substr(t, t_end - t);
+  const char* p = raw.c_str() + b + 10;
+  while (*p && *p != ']') {
+    char* end;
+    long v = std::strtol(p, &end, 10);
+    if (end == p) return false;
+    blocks->push_back(v);
+    p = end;
+    if (*p == ',') p++;
+  }
+  return *p == ']';
+}
+
+class RedisSource final : public Source {
+ public:
+  RedisSource(std::vector<std::string> seeds, bool cluster, std::string user, std::string password)
+      : redis_(std::move(seeds), cluster, std::move(user), std::move(password)),
+        locate_sha_(sha1_hex(LISTSEG_REDIS_LOCATE)) {}
+
+  bool credentials_required() override {
+    if (required_) return true;  // passcodes, once there, stay required
+    auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      if (now - credentials_read_at_ < kRecheckCredentials) return false;
+    }
+    const std::string key = LISTSEG_REDIS_DIRECTORY_CREDENTIALS;
+    auto replies = redis_.run({{key, {"GET", key}}});
+    bool required = replies[0]->type != REDIS_REPLY_NIL;
+    if (replies[0]->type == REDIS_REPLY_ERROR) throw RedisError(text(replies[0].get()));
+    std::lock_guard<std::mutex> hold(lock_);
+    credentials_read_at_ = now;
+    if (required) required_ = true;
+    return required;
+  }
+
+  bool is_member(const std::string& account, const SegmentRef& ref, bool guid, const std::string& key,
+                 Answer* out) override {
+    uint32_t acct, buckets;
+    if (!account_of(account, &acct, &buckets)) return false;
+    std::vector<std::string> locate = {"EVALSHA", locate_sha_, "4"};
+    for (const char* what : LISTSEG_REDIS_LOCATE_KEYS) locate.push_back(account_key(acct, what));
+    locate.push_back(ref.by_id ? "" : ref.name);
+    locate.push_back(std::to_string(ref.by_id ? ref.id : 0));
+    uLong crc = crc32(0, reinterpret_cast<const Bytef*>(key.data()), uInt(key.size()));
+    std::string bucket = format(LISTSEG_REDIS_BUCKET_KEY, int(acct), guid ? "g" : "i", int(crc % buckets));
+    std::vector<Command> commands = {{locate[3], locate}, {bucket, {"HGET", bucket, key}}};
+    auto replies = redis_.run(commands);
+    if (replies[0]->type == REDIS_REPLY_ERROR && text(replies[0].get()).rfind("NOSCRIPT", 0) == 0) {
+      commands[0].args[0] = "EVAL";  // the node has not seen the script yet (or restarted): send it whole
+      commands[0].args[1] = LISTSEG_REDIS_LOCATE;
+      replies = redis_.run(commands);
+    }
+    return answer(acct, replies, out);
+  }
+
+ private:
+  // The answer from the replies of REDIS_LOCATE and the bucket's HGET; false to relay.
+  bool answer(uint32_t acct, const std::vector<Reply>& replies, Answer* out) {
+    const redisReply* found = replies[0].get();
+    if (found->type != REDIS_REPLY_ARRAY || found->elements != 4) return false;
+    if (!is_text(found->element[0]) || !is_text(found->element[1])) return false;  // no such segment
+    out->version = 0;
+    out->member = false;
+    if (!is_text(found->element[2])) return true;  // no version yet
+    std::string head = text(found->element[2]);
+    size_t colon = head.find(':');
+    if (colon == std::string::npos) return false;
+    out->version = std::strtoull(head.c_str(), nullptr, 10);
+    Bitmap bm = version(acct, text(found->element[0]), out->version, head.substr(colon + 1));
+    if (!bm) return false;
+    const redisReply* uid = replies[1].get();
+    if (uid->type == REDIS_REPLY_STRING && uid->len == LISTSEG_UID_WIDTH)
+      out->member = roaring_bitmap_contains(bm.get(), listseg_get_uid(reinterpret_cast<const uint8_t*>(uid->str)));
+    else if (uid->type != REDIS_REPLY_NIL)
+      return false;
+    return true;
+  }
+
+  // The account's number and bucket count (both fixed once the account exists).
+  bool account_of(const std::string& name, uint32_t* acct, uint32_t* buckets) {
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      auto it = accounts_.find(name);
+      if (it != accounts_.end()) {
+        *acct = it->second.first;
+        *buckets = it->second.second;
+        return true;
+      }
+    }
+    const std::string names = LISTSEG_REDIS_DIRECTORY_NAMES;
+    auto number = redis_.run({{names, {"HGET", names, name}}});
+    if (!is_text(number[0].get())) return false;
+    *acct = uint32_t(std::strtoul(number[0]->str, nullptr, 10));
+    std::string meta = account_key(*acct, "acct");
+    auto count = redis_.run({{meta, {"HGET", meta, LISTSEG_REDIS_BUCKETS_FIELD}}});
+    *buckets = is_text(count[0].get()) ? uint32_t(std::strtoul(count[0]->str, nullptr, 10)) : LISTSEG_REDIS_BUCKETS;
+    if (*buckets == 0) return false;
+    std::lock_guard<std::mutex> hold(lock_);
+    if (accounts_.size() >= kMaxEntries) accounts_.clear();
+    accounts_[name] = {*acct, *buckets};
+    return true;
+  }
+
+  // The members of version `version` (head token `token`) of segment `seg`, or null when a part of
+  // it is missing (a container lost in a failover, or expired): then the server decides.
+  Bitmap version(uint32_t acct, const std::string& seg, uint64_t version, const std::string& token) {
+    std::string cache_key = std::to_string(acct) + ":" + seg;
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      auto it = versions_.find(cache_key);
+      if (it != versions_.end() && it->second.version == version && it->second.token == token) return it->second.bm;
+    }
+    std::string manifests = account_key(acct, ("m:" + seg).c_str());
+    auto manifest = redis_.run({{manifests, {"HGET", manifests, std::to_string(version)}}});
+    std::string stored_token;
+    std::vector<long> blocks;
+    if (!is_text(manifest[0].get()) || !parse_manifest(text(manifest[0].get()), &stored_token, &blocks) ||
+        stored_token != token)
+      return nullptr;
+    std::vector<Command> gets;
+    std::string container = format(LISTSEG_REDIS_VERSION_CONTAINER, token.c_str());
+    for (long block : blocks) {
+      std::string k = format(LISTSEG_REDIS_BLOCK_KEY, int(acct), int(block), container.c_str());
+      gets.push_back({k, {"GET", k}});
+    }
+    auto parts = redis_.run(gets);
+    Bitmap bm(roaring_bitmap_create(), roaring_bitmap_free);
+    for (const Reply& part : parts) {
+      if (part->type != REDIS_REPLY_STRING) return nullptr;
+      roaring_bitmap_t* one = roaring_bitmap_portable_deserialize_safe(part->str, part->len);
+      if (!one) return nullptr;
+      roaring_bitmap_or_inplace(bm.get(), one);
+      roaring_bitmap_free(one);
+    }
+    std::lock_guard<std::mutex> hold(lock_);
+    if (versions_.size() >= kMaxEntries) versions_.clear();  // deleted segments must not pile up
+    auto& slot = versions_[cache_key];
+    if (!slot.bm || slot.version <= version) slot = {version, token, bm};
+    return bm;
+  }
+
+  struct Version {
+    uint64_t version;
+    std::string token;
+    Bitmap bm;
+  };
+
+  RedisCluster redis_;
+  const std::string locate_sha_;
+  std::atomic<bool> required_{false};
+  std::mutex lock_;  // guards all below
+  std::chrono::steady_clock::time_point credentials_read_at_;
+  std::map<std::string, std::pair<uint32_t, uint32_t>> accounts_;  // name -> (number, buckets)
+  std::map<std::string, Version> versions_;                      // "account:segment id" -> its head's version
+};
+
+}  // namespace
+
+std::unique_ptr<Source> open_redis(std::vector<std::string> seeds, bool cluster, std::string user,
+                                   std::string password) {
+  return std::make_unique<RedisSource>(std::move(seeds), cluster, std::move(user), std::move(password));
+}
+
+}  // namespace listseg::front
