@@ -55,20 +55,22 @@ def crashed(returncode):
 
 
 def store_arguments(store):
-    """(the front's flags, its environment) for the server's store: a directory, or a Redis URL (the
-    password goes in the environment, out of sight of `ps`). FrontError for a store it cannot read."""
+    """(the front's flags, what it reads on stdin) for the server's store: a directory, or a Redis
+    URL (its user and password go on stdin, out of sight of `ps` and /proc). FrontError for a store
+    the front cannot read."""
     if not is_redis(store):
-        return ["--data", os.path.abspath(store)], dict(os.environ)
+        return ["--data", os.path.abspath(store)], b""
     parts = urlsplit(store)
     if parts.scheme in ("rediss", "redis-clusters"):
         raise FrontError("the membership front cannot reach a Redis store over TLS (Debian's hiredis 0.14 has "
                          "no TLS): serve without --membership-listen, and the servers answer IsMember")
     if parts.scheme == "redis" and parts.path.strip("/") not in ("", "0"):
         raise FrontError("the membership front reads Redis database 0 only, not " + parts.path.strip("/"))
-    nodes = ",".join(f"{host}:{port}" for host, port in seeds(store))
-    env = dict(os.environ, LISTSEG_REDIS_USER=unquote(parts.username or ""),
-               LISTSEG_REDIS_PASSWORD=unquote(parts.password or ""))
-    return ["--redis" if parts.scheme == "redis" else "--redis-cluster", nodes], env
+    flags = ["--redis" if parts.scheme == "redis" else "--redis-cluster",
+             ",".join(f"{host}:{port}" for host, port in seeds(store))]
+    if not parts.password:
+        return flags, b""
+    return flags + ["--redis-auth-stdin"], f"{unquote(parts.username or '')}\n{unquote(parts.password)}\n".encode()
 
 
 class Front:
@@ -79,14 +81,16 @@ class Front:
     def __init__(self, listen, backend, store, tls=None, backend_ca=None):
         if not os.access(BINARY, os.X_OK):
             raise FrontError(f"the membership front is not built ({BINARY}); run `make install`")
-        flags, env = store_arguments(store)
+        flags, secrets = store_arguments(store)
         args = [BINARY, "--listen", listen, "--backend", backend, *flags]
         if is_loopback(split_address(listen)[0]):
             args.append("--listen-is-loopback")
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1], "--backend-ca", backend_ca or tls[0]]
         # stderr is the server's: the front's own errors land in the same log
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        self.proc.stdin.write(secrets)
+        self.proc.stdin.close()
         self.started = time.monotonic()
         self.port = self._wait_ready()
 

@@ -9,9 +9,10 @@
 //
 // Usage: listseg-front --listen HOST:PORT --backend HOST:PORT
 //                      (--data DIR | --redis-cluster HOST:PORT,... | --redis HOST:PORT)
-//                      [--listen-is-loopback] [--tls-cert PEM --tls-key PEM] [--backend-ca PEM]
-// A Redis password (and ACL user) come in LISTSEG_REDIS_PASSWORD (and LISTSEG_REDIS_USER), not in
-// the command line others can read.
+//                      [--redis-auth-stdin] [--listen-is-loopback] [--tls-cert PEM --tls-key PEM]
+//                      [--backend-ca PEM]
+// --redis-auth-stdin: a Redis ACL user and password are the first two lines of stdin (the user empty
+// for none), not in a command line others can read.
 // Beside Membership it serves health (listseg.v1.Membership and "") and reflection v1 and v1alpha.
 // Prints one JSON line with the bound port once serving; SIGTERM stops it. It also stops when the
 // process that started it dies (PR_SET_PDEATHSIG), so it never outlives `listseg serve`.
@@ -29,6 +30,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -268,6 +270,7 @@ const std::vector<std::string> OtherMethods::kServices = {
 struct Args {
   std::string listen, backend, data, redis_cluster, redis, tls_cert, tls_key, backend_ca;
   bool loopback = false;  // --listen-is-loopback: listseg serve says the listen address is loopback
+  bool redis_auth_stdin = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -277,8 +280,10 @@ Args parse(int argc, char** argv) {
       {"--redis", &a.redis},       {"--redis-cluster", &a.redis_cluster},
       {"--tls-cert", &a.tls_cert}, {"--tls-key", &a.tls_key}, {"--backend-ca", &a.backend_ca}};
   for (int i = 1; i < argc; i++) {
-    if (std::strcmp(argv[i], "--listen-is-loopback") == 0) {
-      a.loopback = true;
+    std::map<std::string, bool*> switches = {{"--listen-is-loopback", &a.loopback},
+                                             {"--redis-auth-stdin", &a.redis_auth_stdin}};
+    if (switches.count(argv[i])) {
+      *switches[argv[i]] = true;
       continue;
     }
     auto it = flags.find(argv[i]);
@@ -292,19 +297,18 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-std::string environment(const char* name) {
-  const char* value = std::getenv(name);
-  return value ? value : "";
-}
-
 std::unique_ptr<Source> open_source(const Args& args) {
   if (!args.data.empty()) return listseg::front::open_lmdb(args.data);
   std::vector<std::string> seeds;
   std::stringstream list(args.redis.empty() ? args.redis_cluster : args.redis);
   for (std::string seed; std::getline(list, seed, ',');)
     if (!seed.empty()) seeds.push_back(seed);
-  return listseg::front::open_redis(seeds, args.redis.empty(), environment("LISTSEG_REDIS_USER"),
-                                    environment("LISTSEG_REDIS_PASSWORD"));
+  std::string user, password;
+  if (args.redis_auth_stdin) {
+    std::getline(std::cin, user);
+    std::getline(std::cin, password);
+  }
+  return listseg::front::open_redis(seeds, args.redis.empty(), user, password);
 }
 
 int run(const Args& args) {
