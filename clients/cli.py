@@ -172,7 +172,7 @@ def cmd_serve(args, _client):
         return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
                            max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
-                           membership_listen=args.membership_listen), None
+                           membership_listen=args.membership_listen, metrics_listen=args.metrics), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
@@ -295,6 +295,8 @@ def build_parser():
                    help="also serve the Membership service from the native front here (IsMember in native "
                         "code, from the LMDB files or the Redis store; see README, \"The membership front\")")
     p.add_argument("--http", metavar="HOST:PORT", help="also serve the web dashboard here (e.g. 127.0.0.1:8080)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="also serve Prometheus metrics here, at /metrics (README, \"Metrics\")")
     p.add_argument("--smtp", metavar="HOST:PORT", help="send completion emails through this SMTP server")
     p.add_argument("--smtp-user", help="SMTP login user")
     p.add_argument("--smtp-password", help="SMTP login password (better: env LISTSEG_SMTP_PASSWORD)")

@@ -191,6 +191,10 @@ class Backend(ABC):
         """Prepare a version's members for publish (outside any unit: the slow part of a commit).
         bm is the caller's and may be changed."""
 
+    def usage(self) -> dict:
+        """{what: bytes} of the store's size, for metrics; {} where the store's own tools say it."""
+        return {}
+
     @abstractmethod
     def close(self) -> None: ...
 

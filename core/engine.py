@@ -54,6 +54,24 @@ class Engine:
         with self.backend.snapshot() as snap:
             return snap.account_names()
 
+    def stats(self):
+        """{account name: {"segments": n, "versions": n made, "index": this process's profile index
+        sizes}} (server/metrics.py samples it)."""
+        out = {}
+        with self.backend.snapshot() as snap:
+            for name in snap.account_names():
+                number = snap.account_number(name)
+                segments = snap.segments(number)
+                out[name] = {"segments": len(segments),
+                             "versions": sum(len(snap.history(number, rec["id"])) for rec in segments),
+                             "index": {"guids": 0, "identities": 0}}
+        with self._lock:
+            loaded = list(self._accounts.values())
+        for acct in loaded:
+            if acct.name in out:
+                out[acct.name]["index"] = acct.profiles.index.sizes()
+        return out
+
     def account(self, name=DEFAULT_ACCOUNT, create=True):
         """The account called name; created on first use when create is true."""
         with self._lock:

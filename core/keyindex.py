@@ -70,6 +70,11 @@ class ProfileIndex:
             self.warm()
         return None
 
+    def sizes(self):
+        """{"guids": n, "identities": n} the index holds now (0 while there is none)."""
+        pair, _ = self._current
+        return {"guids": pair[0].count if pair else 0, "identities": pair[1].count if pair else 0}
+
     def warm(self):
         """Bring the index up to date in the background, as soon as the rate limit allows."""
         with self._lock:

@@ -5,6 +5,7 @@ every guarantee of core/backend.py is LMDB's own (one view of every key, all-or-
 durable on return). The membership front reads the same files (`lmdb_path`). Profile writes live in
 core/lmdb_profiles.py.
 """
+import os
 from array import array
 from contextlib import contextmanager
 
@@ -190,6 +191,12 @@ class LmdbBackend(Backend):
     def __init__(self, path, map_size=DEFAULT_MAP_SIZE, store_cls=None):
         self.database = Database(path, map_size, store_cls)
         self.lmdb_path = path
+        self.map_size = map_size                 # never resized while open
+
+    def usage(self):
+        """The data file's size (the pages ever used: LMDB reuses freed pages, never shrinks the file)
+        and the map's."""
+        return {"file": os.path.getsize(os.path.join(self.lmdb_path, "data.mdb")), "map": self.map_size}
 
     @property
     def store_cls(self):

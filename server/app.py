@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
-from listseg.server import front, introspection, servicers
+from listseg.server import front, introspection, metrics, servicers
 from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
 from listseg.server.logs import setup_logging
@@ -45,7 +45,8 @@ class Server:
     """A running server: `port`, `stop(grace)`, and the pieces tests may want."""
 
     def __init__(self, engine, address="127.0.0.1:0", max_workers=32, tls=None, reuse_port=False,
-                 webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None, lookup_threads=LOOKUP_THREADS):
+                 webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None, lookup_threads=LOOKUP_THREADS,
+                 with_metrics=False):
         self.engine = engine
         self.credentials = Credentials(engine)
         host, _ = split_address(address)
@@ -54,12 +55,14 @@ class Server:
                 f"no account exists, so the server runs without credentials and listens only on a loopback "
                 f"address; create one with `listseg accounts create NAME` to listen on {host}")
         self.services = servicers.Services(engine, self.credentials, webhooks, max_uploads,
-                                           max_upload_bytes or engine.max_upload_bytes, mailer)
+                                           max_upload_bytes or engine.max_upload_bytes, mailer, with_metrics)
+        self.sampler = None
+        self.with_metrics = with_metrics          # count calls and uploads for server/metrics.py
         options = [("grpc.max_receive_message_length", MAX_TRANSPORT_MESSAGE),    # MAX_REQUEST: decoding.py
                    ("grpc.max_send_message_length", 64 << 20),
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc"),
-                                options=options)
+                                options=options, interceptors=[metrics.Interceptor()] if with_metrics else None)
         add_servicer(pb_grpc.add_SegmentsServicer_to_server, servicers.SegmentsServicer(self.services), self.grpc)
         self.lookups = futures.ThreadPoolExecutor(lookup_threads, thread_name_prefix="lookup")
         add_servicer(pb_grpc.add_MembershipServicer_to_server,
@@ -82,6 +85,8 @@ class Server:
     def start(self):
         self.grpc.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.with_metrics:
+            self.sampler = metrics.Sampler(self.engine)
         return self
 
     def _set_health(self, status):
@@ -98,6 +103,8 @@ class Server:
         """Refuse new calls, let calls in flight (uploads) finish for up to `grace` seconds."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(grace).wait()
+        if self.sampler:
+            self.sampler.stop()
         self.lookups.shutdown(wait=False)
         self.services.webhooks.close()
         self.services.mailer.close()
@@ -110,28 +117,36 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
 
 
 def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None,
-          membership_listen=None, **limits):
+          membership_listen=None, metrics_listen=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
     max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index).
     `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
     trusts `http_tls_ca`, else the certificate itself). `membership_listen`: HOST:PORT for the native
     membership front (server/front.py), a client of this server's port the same way. `mail`: the
-    SMTP settings of server.mail.Mailer, as a dict."""
+    SMTP settings of server.mail.Mailer, as a dict. `metrics_listen`: HOST:PORT for Prometheus
+    metrics (server/metrics.py), the workers' counts added up."""
     setup_logging()
-    helpers = Helpers(data, listen, tls, http_tls_ca, http, membership_listen)
-    if workers > 1:
-        if split_address(listen)[1] == 0:
-            raise ValueError("--workers > 1 needs a fixed port")
-        return _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail)
-    return _serve_one(data, listen, grace, tls, limits, reuse_port=False, helpers=helpers, mail=mail)
+    if workers > 1 and split_address(listen)[1] == 0:
+        raise ValueError("--workers > 1 needs a fixed port")
+    folder = metrics.prepare(workers) if metrics_listen else None      # before the workers start
+    helpers = Helpers(data, listen, tls, http_tls_ca, http, membership_listen, metrics_listen, folder)
+    if metrics_listen:
+        limits = dict(limits, with_metrics=True)
+    try:
+        if workers > 1:
+            return _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail)
+        return _serve_one(data, listen, grace, tls, limits, reuse_port=False, helpers=helpers, mail=mail)
+    finally:
+        metrics.close(folder)
 
 
 class Helpers:
-    """The processes that run beside the gRPC server as its clients: the web dashboard and the
-    native membership front. Started once the server listens; stopped before it drains."""
+    """What runs beside the gRPC server: the web dashboard and the native membership front (its
+    clients), and the metrics endpoint. Started once the server listens; stopped before it drains."""
 
-    def __init__(self, data, listen, tls, tls_ca, http, membership_listen):
+    def __init__(self, data, listen, tls, tls_ca, http, membership_listen, metrics_listen=None, metrics_folder=None):
         self.data, self.listen, self.tls, self.http, self.membership_listen = data, listen, tls, http, membership_listen
+        self.metrics_listen, self.metrics_folder = metrics_listen, metrics_folder
         self.tls_ca = (tls_ca or tls[0]) if tls else None
         self.running = []
 
@@ -139,6 +154,9 @@ class Helpers:
         """`on_front(serving)` hears each time the membership front comes up or goes down."""
         backend = f"{local_host(self.listen)}:{port}"
         try:
+            if self.metrics_listen:
+                self.running.append(_MetricsEndpoint(self.metrics_listen, self.metrics_folder))
+                on_front = _counting_restarts(on_front)
             if self.membership_listen:
                 supervisor = front.Supervisor(self.membership_listen, backend, self.data, self.tls, self.tls_ca,
                                               on_front)
@@ -157,6 +175,29 @@ class Helpers:
     def stop(self):
         while self.running:
             self.running.pop().stop()
+
+
+class _MetricsEndpoint:
+    def __init__(self, listen, folder):
+        self.http, port = metrics.serve_http(listen, folder)
+        log.info("metrics serving", extra={"fields": {"listen": listen, "port": port}})
+
+    def stop(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def _counting_restarts(on_front):
+    """on_front, also setting the front's metrics: up or down, and a restart each time it comes up
+    again."""
+    started = []
+
+    def changed(serving):
+        metrics.front_changed(serving, restarts=int(serving and bool(started)))
+        if serving:
+            started.append(True)
+        on_front(serving)
+    return changed
 
 
 def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=None, front_up=None):

@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 
 from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
 from listseg.core.ingest import REJECTS_KEPT
-from listseg.server import convert, mail, webhook
+from listseg.server import convert, mail, metrics, webhook
 from listseg.server.errors import rpc
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
@@ -33,8 +33,10 @@ STREAM_ENDED = "the stream ended early: cancelled by the client, past its deadli
 class Services:
     """State shared by the servicers: the engine, the credentials check, the live uploads."""
 
-    def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None):
+    def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None,
+                 with_metrics=False):
         self.engine = engine
+        self.with_metrics = with_metrics      # count the uploads that end (server/metrics.py)
         self.credentials = credentials
         self.webhooks = webhooks or webhook.Notifier()
         self.mailer = mailer or mail.Mailer()     # no SMTP server: emails are logged as not sent
@@ -112,15 +114,20 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         try:
             result = self._receive(up, requests, context)
         except BaseException:
-            if recipients:                          # the stream broke or was too large: it failed too
-                with contextlib.suppress(Exception):
-                    self.s.mailer.notify(recipients, account.get_upload(up.id))
+            with contextlib.suppress(Exception):      # the stream broke or was too large: it failed too
+                failed = account.get_upload(up.id)
+                if self.s.with_metrics:                  # its record may not say so yet (written later)
+                    metrics.upload_ended(mode, dict(failed, state="failed"))
+                if recipients:
+                    self.s.mailer.notify(recipients, failed)
             raise
         finally:
             with self.s.live_lock:
                 self.s.live.pop(key, None)
         log.info("upload ended", extra={"fields": {"account": account.name, "upload": up.id,
                                                    "state": result["state"], "reason": result["reason"]}})
+        if self.s.with_metrics:
+            metrics.upload_ended(mode, result)
         upload = convert.upload(result)
         if spec.webhook_url:
             self.s.webhooks.notify(spec.webhook_url, upload)       # what the call returns, as JSON
