@@ -64,7 +64,7 @@ class Engine:
                 segments = snap.segments(number)
                 out[name] = {"segments": len(segments),
                              "versions": sum(len(snap.history(number, rec["id"])) for rec in segments),
-                             "index": {"guids": 0, "identities": 0}}
+                             "index": {"guids": 0, "identities": 0, "builds": 0}}
         with self._lock:
             loaded = list(self._accounts.values())
         for acct in loaded:

@@ -55,6 +55,7 @@ class ProfileIndex:
         self._timer = None               # a rebuild waiting for the rate limit, if any
         self._not_before = 0.0           # time.monotonic() before which no rebuild starts
         self._closed = False
+        self.builds = 0                  # rebuilds finished (metrics)
 
     def get(self, snap, build=True):
         """(guids, identities) valid for snap, or None when missing or stale; then, with build, a
@@ -71,9 +72,10 @@ class ProfileIndex:
         return None
 
     def sizes(self):
-        """{"guids": n, "identities": n} the index holds now (0 while there is none)."""
+        """{"guids": n, "identities": n} the index holds now (0 while there is none), and its builds."""
         pair, _ = self._current
-        return {"guids": pair[0].count if pair else 0, "identities": pair[1].count if pair else 0}
+        return {"guids": pair[0].count if pair else 0, "identities": pair[1].count if pair else 0,
+                "builds": self.builds}
 
     def warm(self):
         """Bring the index up to date in the background, as soon as the rate limit allows."""
@@ -114,6 +116,7 @@ class ProfileIndex:
                 guids, identities = self._build(snap)
             pair = KeyIndex(*guids), KeyIndex(*identities)
             self._current = (pair, generation)
+            self.builds += 1
             log.info("profile index built", extra={"fields": {
                 "guids": pair[0].count, "identities": pair[1].count, "bytes": pair[0].nbytes + pair[1].nbytes,
                 "seconds": round(time.monotonic() - started, 3)}})

@@ -76,6 +76,8 @@ class _Metrics:
         self.index_entries = Gauge("listseg_profile_index_entries",
                                    "guids and identities in the in-memory profile index, by account and kind",
                                    ["account", "kind"], multiprocess_mode="max")
+        self.index_builds = Counter("listseg_profile_index_builds", "profile index builds finished, by account",
+                                    ["account"])
         self.front_up = Gauge("listseg_front_up", "1 while the membership front serves, else 0",
                               multiprocess_mode="mostrecent")
         self.front_restarts = Counter("listseg_front_restarts", "restarts of the membership front")
@@ -156,6 +158,7 @@ class Sampler:
 
     def __init__(self, engine):
         self.engine = engine
+        self._builds = {}            # account -> index builds already counted
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
         self._thread.start()
@@ -175,6 +178,10 @@ class Sampler:
             m.versions.labels(name).set(stats["versions"])
             for kind in ("guids", "identities"):
                 m.index_entries.labels(name, kind).set(stats["index"][kind])
+            builds = stats["index"]["builds"]
+            if builds > self._builds.get(name, 0):
+                m.index_builds.labels(name).inc(builds - self._builds.get(name, 0))
+                self._builds[name] = builds
         for what, size in self.engine.backend.usage().items():
             m.store_bytes.labels(what).set(size)
 
