@@ -4,9 +4,11 @@ Exit codes: 0 ok; 1 the operation failed, the server refused it, or the answer i
 `is-member` exits 0 for a member, 1 for not a member and 2 for any error.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -217,6 +219,56 @@ def cmd_accounts_create(args, _client):
             f"account {account_id}\npasscode {passcode}\n(the passcode is shown once; it is stored hashed)")
 
 
+def cmd_backup(args, _client):
+    """A compacted copy of the LMDB store at --data into the empty directory DEST, while a server
+    may be serving it (LMDB's copy from one read transaction: every segment at one committed version)."""
+    import threading
+    from listseg.core.backend import open_backend
+    from listseg.core.errors import ListsegError
+    source = os.path.join(args.data, "data.mdb")
+    if not os.path.isfile(source):
+        raise UsageError(f"{args.data} holds no store (no data.mdb)")
+    if os.path.exists(args.dest) and (not os.path.isdir(args.dest) or os.listdir(args.dest)):
+        raise UsageError(f"{args.dest} must be an empty directory or not exist")
+    made = not os.path.exists(args.dest)
+    os.makedirs(args.dest, exist_ok=True)
+    copy, failed, started = os.path.join(args.dest, "data.mdb"), [], time.monotonic()
+    backend = open_backend(args.data)
+    try:
+        def run():
+            try:
+                backend.backup(args.dest)
+            except (ListsegError, OSError) as e:
+                failed.append(e)
+        worker = threading.Thread(target=run, name="backup")
+        worker.start()
+        bar = _progress(os.path.getsize(source), args.dest)       # the source's size: an upper bound
+        while worker.is_alive():
+            worker.join(0.2)
+            if bar is not None and os.path.exists(copy):
+                bar.update(os.path.getsize(copy) - bar.n)
+        if bar is not None:
+            bar.close()
+    finally:
+        backend.close()
+    if failed:
+        with contextlib.suppress(OSError):
+            os.remove(copy)
+            if made:
+                os.rmdir(args.dest)
+        raise OSError(f"the backup failed, and its partial copy is removed: {failed[0]}")
+    size, seconds = os.path.getsize(copy), time.monotonic() - started
+    return ({"path": args.dest, "bytes": size, "seconds": round(seconds, 3)}, EXIT_OK,
+            f"backed up {args.data} to {args.dest}: {size:,} bytes in {seconds:.1f} s")
+
+
+def cmd_restore(args, _client):
+    """The backup in SRC as the store at --data, refused while a server has it open."""
+    from listseg.core.backend import restore_backup
+    restore_backup(args.src, args.data, overwrite=args.force)
+    return ({"path": args.data, "from": args.src}, EXIT_OK, f"restored {args.src} to {args.data}")
+
+
 # -- parsing ---------------------------------------------------------------------------------------
 def _common(parser, suppress):
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -309,6 +361,14 @@ def build_parser():
     p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="where to serve it (default 127.0.0.1:8080)")
 
+    p = command("backup", cmd_backup, "copy a (running) server's LMDB store, compacted, into DEST")
+    p.add_argument("dest", metavar="DEST", help="an empty or new directory")
+    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    p = command("restore", cmd_restore, "put a backup in place as the LMDB store at --data (not while served)")
+    p.add_argument("src", metavar="SRC", help="a directory `listseg backup` made")
+    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    p.add_argument("--force", action="store_true", help="replace the store there (never one a server has open)")
+
     accounts = sub.add_parser("accounts", help="accounts and passcodes").add_subparsers(dest="sub", required=True)
     p = accounts.add_parser("create", help="create an account; prints its id and passcode")
     _common(p, suppress=True)
@@ -328,7 +388,7 @@ def main(argv=None):
     from listseg.clients.client import CallError, Client
     client = None
     try:
-        if args.fn not in (cmd_serve, cmd_accounts_create, cmd_dashboard):
+        if args.fn not in (cmd_serve, cmd_accounts_create, cmd_dashboard, cmd_backup, cmd_restore):
             client = Client(args.server, args.account, args.passcode, tls_ca=args.tls_ca)
         out, code, text = args.fn(args, client)
     except UsageError as e:

@@ -89,6 +89,18 @@ cdef class Store:
     def db(self, str name):
         return self.dbis[name]
 
+    def copy(self, str path):
+        """A compacted copy of the environment into the empty directory `path`, from one read
+        transaction: consistent while writers go on (mdb_env_copy2 with MDB_CP_COMPACT)."""
+        cdef int rc
+        if self.env == NULL:
+            raise StoreError("store is closed")
+        bpath = path.encode()
+        cdef const char *cpath = bpath
+        with nogil:
+            rc = mdb_env_copy2(self.env, cpath, MDB_CP_COMPACT)
+        check(rc)
+
     def begin(self, bint write=False):
         if self.env == NULL:
             raise StoreError("store is closed")

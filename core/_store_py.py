@@ -40,6 +40,9 @@ class Store:
     def db(self, name):
         return self.dbis[name]
 
+    def copy(self, path):
+        _wrap(self.env.copy, path, compact=True)
+
     def begin(self, write=False):
         return Txn(self, write)
 

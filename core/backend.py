@@ -25,7 +25,7 @@ A snapshot of the LMDB backend is one consistent view of every key; a backend th
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 
-from listseg.core.errors import HeadMoved, InvalidArgument  # noqa: F401 (HeadMoved: part of the interface)
+from listseg.core.errors import HeadMoved, InvalidArgument, StoreError  # noqa: F401 (HeadMoved: part of the interface)
 from listseg.core.layout import CHANNELS
 
 
@@ -191,6 +191,12 @@ class Backend(ABC):
         """Prepare a version's members for publish (outside any unit: the slow part of a commit).
         bm is the caller's and may be changed."""
 
+    def backup(self, dest: str) -> None:
+        """A consistent copy of the whole store into the empty directory dest, taken while others go
+        on reading and writing. The embedded store only: Redis backs up a Redis store itself."""
+        raise StoreError("a Redis store is backed up by Redis (each primary's RDB snapshot or AOF); "
+                         "`listseg backup` copies the embedded LMDB store")
+
     def usage(self) -> dict:
         """{what: bytes} of the store's size, for metrics; {} where the store's own tools say it."""
         return {}
@@ -212,6 +218,14 @@ def is_redis(where) -> bool:
         raise InvalidArgument(f"not a store URL: {str(where)[:100]!r} (a directory, or "
                               f"{', '.join(s + '://' for s in REDIS_SCHEMES)})", field="store")
     return True
+
+
+def restore_backup(src, data_dir, overwrite=False) -> None:
+    """Put the backup in directory src (made by Backend.backup) in place as the embedded store at
+    data_dir. OSError if a process has data_dir's store open (BlockingIOError) or, unless overwrite,
+    if data_dir holds a store already (FileExistsError)."""
+    from listseg.core.lmdb_backend import restore
+    restore(str(src), str(data_dir), overwrite)
 
 
 def open_backend(where, **options) -> Backend:

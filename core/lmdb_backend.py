@@ -5,7 +5,9 @@ every guarantee of core/backend.py is LMDB's own (one view of every key, all-or-
 durable on return). The membership front reads the same files (`lmdb_path`). Profile writes live in
 core/lmdb_profiles.py.
 """
+import fcntl
 import os
+import shutil
 from array import array
 from contextlib import contextmanager
 
@@ -193,6 +195,9 @@ class LmdbBackend(Backend):
         self.lmdb_path = path
         self.map_size = map_size                 # never resized while open
 
+    def backup(self, dest):
+        self.database.store.copy(dest)
+
     def usage(self):
         """The data file's size (the pages ever used: LMDB reuses freed pages, never shrinks the file)
         and the map's."""
@@ -217,3 +222,46 @@ class LmdbBackend(Backend):
     def close(self):
         self.database.close()
 
+
+DATA_FILE, LOCK_FILE = "data.mdb", "lock.mdb"      # LMDB's files in an environment's directory
+
+
+def restore(src, data_dir, overwrite=False):
+    """core/backend.py restore_backup: the backup's data file copied in under a temporary name,
+    flushed, then renamed over the old one, while holding the lock LMDB takes first, so that no
+    server can open the store half-restored."""
+    source = os.path.join(src, DATA_FILE)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{src} holds no backup ({DATA_FILE} is missing)")
+    os.makedirs(data_dir, exist_ok=True)
+    target = os.path.join(data_dir, DATA_FILE)
+    with _unused(data_dir):
+        if os.path.exists(target) and not overwrite:
+            raise FileExistsError(f"{data_dir} holds a store already; restore over it with --force")
+        partial = target + ".restoring"
+        shutil.copyfile(source, partial)
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+        directory = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+@contextmanager
+def _unused(data_dir):
+    """Hold the write lock on the first byte of the lock file, as an LMDB process that opens the
+    environment first does (mdb_env_excl_lock); every process with it open holds a read lock there,
+    so this fails while any does, and a server starting meanwhile waits for it."""
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError:
+            raise BlockingIOError(f"{data_dir} is in use: a server (or another process) has its store open; "
+                                  "stop it first") from None
+        yield
+    finally:
+        os.close(fd)

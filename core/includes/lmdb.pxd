@@ -17,6 +17,7 @@ cdef extern from "lmdb.h" nogil:
         MDB_SET_RANGE
     int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND, MDB_RESERVE
     int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST
+    int MDB_CP_COMPACT
     int mdb_env_create(MDB_env **env)
     int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, unsigned int mode)
     int mdb_env_set_mapsize(MDB_env *env, size_t size)
@@ -25,6 +26,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_get_maxkeysize(MDB_env *env)
     int mdb_reader_check(MDB_env *env, int *dead)
     void mdb_env_close(MDB_env *env)
+    int mdb_env_copy2(MDB_env *env, const char *path, unsigned int flags)
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
     int mdb_txn_commit(MDB_txn *txn)
     void mdb_txn_abort(MDB_txn *txn)
