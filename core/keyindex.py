@@ -54,6 +54,7 @@ class ProfileIndex:
         self._thread = None              # the rebuild running, if any
         self._timer = None               # a rebuild waiting for the rate limit, if any
         self._not_before = 0.0           # time.monotonic() before which no rebuild starts
+        self._again = False              # asked while a build ran: it may have read the profiles before
         self._closed = False
         self.builds = 0                  # rebuilds finished (metrics)
 
@@ -84,7 +85,10 @@ class ProfileIndex:
 
     def _warm(self):
         """warm(), with the lock held."""
-        if not self.enabled or self._closed or self._thread is not None or self._timer is not None:
+        if self._thread is not None:
+            self._again = True           # the build running may hold the profiles from before the change
+            return
+        if not self.enabled or self._closed or self._timer is not None:
             return
         wait = self._not_before - time.monotonic()
         if wait > 0:
@@ -127,12 +131,16 @@ class ProfileIndex:
             with self._lock:
                 self._thread = None
                 self._not_before = time.monotonic() + REBUILD_GAP * (time.monotonic() - started)
+                if self._again:           # once more: it reads the generation and stops if current
+                    self._again = False
+                    self._warm()
 
     def wait(self, timeout=30.0):
         """Block until no rebuild is running or waiting (tests, benchmarks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            thread, timer = self._thread, self._timer
+            with self._lock:             # a timer hands over to its build under the lock: never neither
+                thread, timer = self._thread, self._timer
             if thread is None and timer is None:
                 return
             if thread is not None:
