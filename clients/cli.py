@@ -280,6 +280,10 @@ def _common(parser, suppress):
     parser.add_argument("--json", action="store_true", default=d(False), help="machine output on stdout")
 
 
+def _data_option(parser):
+    parser.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="listseg", description="Custom list segments: upload, query, serve.")
     _common(ap, suppress=False)
@@ -332,7 +336,7 @@ def build_parser():
     p.add_argument("upload", type=int, metavar="UPLOAD_ID")
 
     p = command("serve", cmd_serve, "run the server")
-    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    _data_option(p)
     p.add_argument("--store", metavar="URL", help=STORE_HELP)
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default 127.0.0.1:50051)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
@@ -363,10 +367,10 @@ def build_parser():
 
     p = command("backup", cmd_backup, "copy a (running) server's LMDB store, compacted, into DEST")
     p.add_argument("dest", metavar="DEST", help="an empty or new directory")
-    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    _data_option(p)
     p = command("restore", cmd_restore, "put a backup in place as the LMDB store at --data (not while served)")
     p.add_argument("src", metavar="SRC", help="a directory `listseg backup` made")
-    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    _data_option(p)
     p.add_argument("--force", action="store_true", help="replace the store there (never one a server has open)")
 
     accounts = sub.add_parser("accounts", help="accounts and passcodes").add_subparsers(dest="sub", required=True)
@@ -374,7 +378,7 @@ def build_parser():
     _common(p, suppress=True)
     p.set_defaults(fn=cmd_accounts_create)
     p.add_argument("account_name", metavar="NAME")
-    p.add_argument("--data", default="./data", help="LMDB directory (default ./data)")
+    _data_option(p)
     p.add_argument("--store", metavar="URL", help=STORE_HELP)
     return ap
 

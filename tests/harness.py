@@ -132,3 +132,18 @@ def stop_server(proc, timeout=30, extra_pids=()):
         with open(f"/proc/self/fd/{proc.stderr.fileno()}", "rb") as log:
             failures = front_failures(log)
         assert not failures, f"a membership front failed: {failures}"
+
+
+def front_pids(listen):
+    """pids of the membership fronts (server/native/listseg-front) whose command line names listen
+    (HOST:PORT)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"listseg-front" in cmdline and listen.encode() in cmdline:
+            pids.append(int(pid))
+    return pids

@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 import pytest
 from conftest import wait_until
-from harness import InProcess, free_port, start_server, stop_server, wait_healthy
+from harness import InProcess, free_port, front_pids, start_server, stop_server, wait_healthy
 from listseg import CallError, Client
 from listseg.core.accounts import Credentials
 from listseg.core.engine import Engine
@@ -246,16 +246,7 @@ def test_front_refuses_a_public_address_without_accounts(tmp_path):
 
 
 def _front_pids(port):
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"listseg-front" in cmdline and f"127.0.0.1:{port}".encode() in cmdline:
-            pids.append(int(pid))
-    return pids
+    return front_pids(f"127.0.0.1:{port}")
 
 
 def _serve_with_front(tmp_path, workers):

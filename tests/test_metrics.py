@@ -9,9 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_until
-from harness import free_port, start_server, stop_server, wait_healthy
+from harness import free_port, front_pids, start_server, stop_server, wait_healthy
 from listseg import CallError, Client
-from listseg.server import front
 from listseg.v1 import listseg_pb2 as pb
 
 PROFILES = b"guid,identity,channels\n" + b"".join(b"g%d,id%d,email\n" % (k, k) for k in range(100))
@@ -109,23 +108,10 @@ def test_workers_counts_add_up_and_the_front_shows(tmp_path):
         work(target, checks=12)
         check_counts(scrape(port), checks=12)                   # whichever worker each call met
         assert value(scrape(port), "listseg_front_up") == 1
-        [pid] = [p for p in _pids_of(f"127.0.0.1:{front_port}")]
+        [pid] = front_pids(f"127.0.0.1:{front_port}")
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: value(scrape(port), "listseg_front_restarts_total") == 1, timeout=30)
         assert value(scrape(port), "listseg_front_up") == 1
     finally:
         stop_server(proc)
 
-
-def _pids_of(listen):
-    """pids of the membership fronts listening on listen."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if os.path.basename(front.BINARY).encode() in cmdline and listen.encode() in cmdline:
-            out.append(int(pid))
-    return out
