@@ -62,13 +62,10 @@ $(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
 	touch $@
 
 # Stubs land in v1/, which is the listseg.v1 package (this folder is the listseg package), with the
-# descriptor of reflection v1 (server/introspection.py serves it; grpcio-reflection has only v1alpha).
-$(STUBS) &: $(PROTO) $(VENV)/.deps | proto-sysdeps
-	rm -rf build/gen && mkdir -p build/gen
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/gen --pyi_out=build/gen --grpc_python_out=build/gen $(PROTO)
-	$(BIN)/python -m grpc_tools.protoc -I$(GRPC_PROTO_DIR) --python_out=build/gen grpc/reflection/v1/reflection.proto
-	cp build/gen/listseg/v1/*.py build/gen/listseg/v1/*.pyi v1/
-	cp build/gen/grpc/reflection/v1/reflection_pb2.py v1/reflection_v1_pb2.py
+# descriptor of reflection v1 (server/introspection.py serves it; grpcio-reflection has only v1alpha):
+# proto/stubs.py, which the package build (setup.py) runs too.
+$(STUBS) &: $(PROTO) proto/stubs.py $(VENV)/.deps | proto-sysdeps
+	$(BIN)/python proto/stubs.py
 
 # The dashboard's browser tests drive Debian's chromium through its chromedriver (no browser download).
 browser-sysdeps:

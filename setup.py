@@ -1,11 +1,17 @@
-"""Build listseg: this folder is the `listseg` package (core/, server/, clients/, generated v1/).
+"""Build listseg: this folder is the `listseg` package (core/, server/, clients/, generated v1/);
+pyproject.toml has the metadata, this file the package map and the extensions.
 
-Cython extensions are optional at run time (each has a pure-Python twin) but `make install` builds
-them. LISTSEG_DEBUG=1 builds them with assertions, line tracing and no optimisation.
+Cython extensions are optional at run time (each has a pure-Python twin) but `make install` and
+`pip install .` build them. LISTSEG_DEBUG=1 builds them with assertions, line tracing and no
+optimisation. The gRPC stubs in v1/ are generated first when missing or older than the .proto.
 """
 import os
+import sys
 
 from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "proto"))
+import stubs  # noqa: E402  (proto/stubs.py)
 
 debug = os.environ.get("LISTSEG_DEBUG") == "1"
 
@@ -24,14 +30,13 @@ def extensions():
     return cythonize(exts, include_path=["core"], compiler_directives=directives, annotate=debug)
 
 
+if not stubs.current():
+    stubs.generate()
+
 setup(
-    name="listseg",
-    version="0.1.0",
-    description="Custom list segments as a service",
-    python_requires=">=3.11",
     package_dir={"listseg": "."},
     packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1", "listseg.dashboard"],
-    package_data={"listseg.core": ["*.pyi"], "listseg.dashboard": ["templates/*.jinja", "static/*"]},
+    package_data={"listseg.core": ["*.pyi"], "listseg.v1": ["*.pyi"],
+                  "listseg.dashboard": ["templates/*.jinja", "static/*"]},
     ext_modules=extensions(),
-    entry_points={"console_scripts": ["listseg=listseg.clients.cli:main"]},
 )
