@@ -50,14 +50,14 @@ $(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sy
 	g++ -O2 -std=c++17 -Wall -Ibuild/front -o $@ $(FRONT_SRC) $$(find build/front -name '*.pb.cc') \
 	  $$(pkg-config --cflags --libs grpc++ protobuf lmdb libcrypto hiredis zlib) -lroaring
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt requirements-run.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check pip==25.3   # a pip that builds editable installs (PEP 660)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
 # An editable install: builds the extensions in place (core/*.so) and puts `listseg` on the path.
-$(VENV)/.built: $(VENV)/.deps $(PYX) setup.py | sysdeps
+$(VENV)/.built: $(VENV)/.deps $(PYX) setup.py pyproject.toml | sysdeps
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
