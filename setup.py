@@ -36,7 +36,7 @@ if not stubs.current():
 setup(
     package_dir={"listseg": "."},
     packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1", "listseg.dashboard"],
-    package_data={"listseg.core": ["*.pyi"], "listseg.v1": ["*.pyi"],
+    package_data={"listseg": ["py.typed"], "listseg.core": ["*.pyi"], "listseg.v1": ["*.pyi"],
                   "listseg.dashboard": ["templates/*.jinja", "static/*"]},
     ext_modules=extensions(),
 )

@@ -11,6 +11,8 @@ import functools
 import inspect
 import io
 import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -29,6 +31,8 @@ CHECK_ATTEMPTS = 3                   # tries to answer a split check from one ve
 MODES = {"name": pb.UPLOAD_MODE_CREATE, "replace": pb.UPLOAD_MODE_REPLACE,
          "append": pb.UPLOAD_MODE_APPEND, "remove": pb.UPLOAD_MODE_REMOVE}
 KINDS = {"campaign": pb.CONSUMER_KIND_CAMPAIGN, "journey": pb.CONSUMER_KIND_JOURNEY}
+Source = str | bytes | IO[bytes]     # a CSV: a path, its bytes, or a binary file
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CallError(Exception):
@@ -38,12 +42,13 @@ class CallError(Exception):
     Not the engine's `listseg.core.errors.ListsegError`: this one wraps a status that came over the
     wire (the client never imports the engine). It was called ListsegError too until that clash."""
 
-    def __init__(self, code, message, reason="", metadata=None):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "",
+                 metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code, self.reason, self.metadata = code, reason, dict(metadata or {})
 
     @classmethod
-    def from_rpc(cls, err):
+    def from_rpc(cls, err: grpc.RpcError) -> "CallError":
         reason, metadata = "", {}
         status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
         for detail in status.details if status else []:
@@ -54,33 +59,34 @@ class CallError(Exception):
         return cls(err.code(), err.details() or str(err.code()), reason, metadata)
 
 
-def _calls(fn):
+def _calls(fn: F) -> F:
     """Run fn (a function or a generator), turning grpc.RpcError into CallError."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
-        def pages(*args, **kwargs):
+        def pages(*args: Any, **kwargs: Any) -> Iterator[Any]:
             try:
                 yield from fn(*args, **kwargs)
             except grpc.RpcError as err:
                 raise CallError.from_rpc(err) from None
-        return pages
+        return pages  # type: ignore[return-value]
 
     @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as err:
             raise CallError.from_rpc(err) from None
-    return call
+    return call  # type: ignore[return-value]
 
 
 class Client:
-    def __init__(self, target=None, account=None, passcode=None, tls_ca=None, timeout=30.0,
-                 upload_timeout=6 * 3600.0):
+    def __init__(self, target: str | None = None, account: str | None = None, passcode: str | None = None,
+                 tls_ca: str | None = None, timeout: float = 30.0, upload_timeout: float = 6 * 3600.0) -> None:
         self.target = target or os.environ.get("LISTSEG_SERVER") or DEFAULT_TARGET
         account = account or os.environ.get("LISTSEG_ACCOUNT")
         passcode = passcode or os.environ.get("LISTSEG_PASSCODE")
-        self.metadata = (("x-account-id", account), ("x-passcode", passcode)) if account else ()
+        self.metadata: tuple[tuple[str, str | None], ...] = \
+            (("x-account-id", account), ("x-passcode", passcode)) if account else ()
         options = [("grpc.max_receive_message_length", 64 << 20)]
         if tls_ca:
             with open(tls_ca, "rb") as f:
@@ -93,22 +99,24 @@ class Client:
         self.membership = pb_grpc.MembershipStub(self.channel)
         self.profiles = pb_grpc.ProfilesStub(self.channel)
 
-    def close(self):
+    def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _kw(self, timeout=None):
+    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
         return {"timeout": timeout or self.timeout, "metadata": self.metadata}
 
     # -- uploads ---------------------------------------------------------------------------
     @_calls
-    def upload(self, source, name=None, replace=None, append=None, remove=None, dry_run=False,
-               strict=False, webhook_url="", progress=None, notify_emails=()):
+    def upload(self, source: Source, name: str | None = None, replace: str | int | None = None,
+               append: str | int | None = None, remove: str | int | None = None, dry_run: bool = False,
+               strict: bool = False, webhook_url: str = "", progress: Callable[[int], object] | None = None,
+               notify_emails: Iterable[str] = ()) -> pb.Upload:
         """Stream a CSV (path, bytes or binary file) as a create (name=) or a replace / append /
         remove of a segment. Returns the Upload when processing has ended. `progress(n_bytes)` is
         called as bytes go out; `notify_emails` each get an email when processing ends."""
@@ -122,7 +130,7 @@ class Client:
                              file_name=os.path.basename(str(file_name)), notify_emails=list(notify_emails),
                              **({"name": target} if mode == "name" else {"segment": str(target)}))
 
-        def messages():
+        def messages() -> Iterator[pb.UploadListRequest]:
             yield pb.UploadListRequest(spec=spec)
             f = open(source, "rb") if isinstance(source, str) else (
                 io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -140,18 +148,19 @@ class Client:
         return self.segments.UploadList(messages(), **self._kw(self.upload_timeout))
 
     @_calls
-    def get_upload(self, upload_id):
+    def get_upload(self, upload_id: int) -> pb.Upload:
         return self.segments.GetUpload(pb.GetUploadRequest(id=upload_id), **self._kw())
 
     @_calls
-    def watch_upload(self, upload_id, timeout=None):
+    def watch_upload(self, upload_id: int, timeout: float | None = None) -> list[pb.Upload]:
         return list(self.segments.WatchUpload(pb.WatchUploadRequest(id=upload_id),
                                               **self._kw(timeout or self.upload_timeout)))
 
     @_calls
-    def upload_errors(self, upload_id, page_size=1000):
+    def upload_errors(self, upload_id: int, page_size: int = 1000) -> list[tuple[int, str]]:
         """Every rejected row of an upload: [(line, reason)]."""
-        out, token = [], ""
+        out: list[tuple[int, str]] = []
+        token = ""
         while True:
             resp = self.segments.ListUploadErrors(
                 pb.ListUploadErrorsRequest(id=upload_id, page_size=page_size, page_token=token), **self._kw())
@@ -162,13 +171,14 @@ class Client:
 
     # -- segments --------------------------------------------------------------------------
     @_calls
-    def get_segment(self, segment, sample=0):
+    def get_segment(self, segment: str | int, sample: int = 0) -> pb.Segment:
         return self.segments.GetSegment(pb.GetSegmentRequest(segment=str(segment), sample_size=sample),
                                         **self._kw())
 
     @_calls
-    def list_segments(self):
-        out, token = [], ""
+    def list_segments(self) -> list[pb.Segment]:
+        out: list[pb.Segment] = []
+        token = ""
         while True:
             resp = self.segments.ListSegments(pb.ListSegmentsRequest(page_token=token), **self._kw())
             out.extend(resp.segments)
@@ -177,54 +187,56 @@ class Client:
                 return out
 
     @_calls
-    def delete_segment(self, segment):
+    def delete_segment(self, segment: str | int) -> None:
         self.segments.DeleteSegment(pb.DeleteSegmentRequest(segment=str(segment)), **self._kw())
 
     @_calls
-    def sample(self, segment, count=10):
+    def sample(self, segment: str | int, count: int = 10) -> list[pb.Profile]:
         return list(self.segments.SampleMembers(
             pb.SampleMembersRequest(segment=str(segment), count=count), **self._kw()).profiles)
 
     @_calls
-    def export(self, segment, out=None):
+    def export(self, segment: str | int, out: IO[bytes] | None = None) -> bytes | None:
         """Write the members CSV to `out` (a binary file; default: return bytes)."""
-        sink = out or io.BytesIO()
+        sink: IO[bytes] = out or io.BytesIO()
         for msg in self.segments.ExportMembers(pb.ExportMembersRequest(segment=str(segment)),
                                                **self._kw(self.upload_timeout)):
             sink.write(msg.data)
-        return None if out else sink.getvalue()
+        return None if out else sink.getvalue()  # type: ignore[attr-defined]
 
     @_calls
-    def attach(self, segment, kind, consumer_id, name=""):
+    def attach(self, segment: str | int, kind: str, consumer_id: str, name: str = "") -> pb.Segment:
         return self.segments.AttachConsumer(pb.AttachConsumerRequest(
             segment=str(segment), kind=KINDS[kind], id=consumer_id, name=name), **self._kw())
 
     @_calls
-    def detach(self, segment, kind, consumer_id):
+    def detach(self, segment: str | int, kind: str, consumer_id: str) -> pb.Segment:
         return self.segments.DetachConsumer(pb.DetachConsumerRequest(
             segment=str(segment), kind=KINDS[kind], id=consumer_id), **self._kw())
 
     # -- membership ------------------------------------------------------------------------
     @_calls
-    def is_member(self, segment, guid=None, identity=None):
+    def is_member(self, segment: str | int, guid: str | None = None, identity: str | None = None) -> bool:
         kind, value = _identity(guid, identity)
         return self.membership.IsMember(pb.IsMemberRequest(segment=str(segment), type=kind, identity=value),
                                         **self._kw()).member
 
     @_calls
-    def check_members(self, segment, identities, type="g"):
+    def check_members(self, segment: str | int, identities: Iterable[str], type: str = "g") -> tuple[int, list[bool]]:
         """(version, [bool]) for a batch of guids (type "g") or identities (type "i"), any number of
         them. A call takes at most CHECK_COUNT identities and CHECK_BYTES of them, so a bigger batch
         goes as several calls; its answers still come from one version: if the segment was replaced
         between calls they are asked again (ABORTED, VERSION_CHANGED after CHECK_ATTEMPTS tries)."""
         identities = list(identities)
         lines = ("\n".join(identities) + "\n").encode() if identities else b""
+        requests: list[dict[str, Any]]
         if lines.count(b"\n") == len(identities):      # no identity holds a newline: the bulk form
             requests = [{"identity_lines": part} for part in _line_batches(identities, lines)]
         else:
             requests = [{"identities": part} for part in _batches(identities)]
         for _ in range(CHECK_ATTEMPTS):
-            version, answers = None, []
+            version: int | None = None
+            answers: list[bool] = []
             for fields in requests or [{}]:
                 resp = self.membership.CheckMembers(pb.CheckMembersRequest(
                     segment=str(segment), type=_TYPES[type], **fields), **self._kw())
@@ -233,12 +245,13 @@ class Client:
                 version = resp.version
                 answers += map(bool, resp.member_flags) if "identity_lines" in fields else resp.members
             else:
-                return version, answers
+                return version or 0, answers
         raise CallError(grpc.StatusCode.ABORTED, f"segment {segment} was replaced during each of "
                            f"{CHECK_ATTEMPTS} tries to check {len(identities)} identities", "VERSION_CHANGED")
 
     @_calls
-    def list_members(self, segment, page_size=100_000, shard_index=0, shard_count=1):
+    def list_members(self, segment: str | int, page_size: int = 100_000, shard_index: int = 0,
+                     shard_count: int = 1) -> Iterator[pb.ListMembersResponse]:
         """Yield pages (ListMembersResponse) of one consistent version of the segment: at most
         page_size members each, fewer when the guids are long (a page stays under 4 MiB)."""
         token = ""
@@ -253,9 +266,9 @@ class Client:
 
     # -- profiles --------------------------------------------------------------------------
     @_calls
-    def import_profiles(self, source):
+    def import_profiles(self, source: str | bytes) -> pb.UpsertProfilesResponse:
         """Upsert profiles from a `guid,identity,channels` CSV (path or bytes)."""
-        def messages():
+        def messages() -> Iterator[pb.UpsertProfilesRequest]:
             f = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)
             with f:
                 while chunk := f.read(CHUNK):
@@ -263,16 +276,16 @@ class Client:
         return self.profiles.UpsertProfiles(messages(), **self._kw(self.upload_timeout))
 
     @_calls
-    def delete_profiles(self, guids):
+    def delete_profiles(self, guids: list[str]) -> int:
         return self.profiles.DeleteProfiles(pb.DeleteProfilesRequest(guids=guids), **self._kw()).deleted
 
     @_calls
-    def get_profile(self, guid=None, identity=None):
+    def get_profile(self, guid: str | None = None, identity: str | None = None) -> pb.Profile:
         kind, value = _identity(guid, identity)
         return self.profiles.GetProfile(pb.GetProfileRequest(type=kind, identity=value), **self._kw())
 
 
-def _line_batches(identities, lines):
+def _line_batches(identities: list[str], lines: bytes) -> Iterator[bytes]:
     """lines (identities, each followed by a newline) cut into CheckMembers calls: whole lines, at
     most CHECK_COUNT and CHECK_BYTES each (an identity longer than that goes alone, to be refused)."""
     for i in range(0, len(identities), CHECK_COUNT):
@@ -285,10 +298,11 @@ def _line_batches(identities, lines):
             at = end
 
 
-def _batches(identities):
+def _batches(identities: list[str]) -> Iterator[list[str]]:
     """Identities (the plain form) cut into CheckMembers calls of at most CHECK_COUNT identities and
     CHECK_BYTES of message: a string costs its UTF-8 bytes and up to 6 of framing."""
-    batch, size = [], 0
+    batch: list[str] = []
+    size = 0
     for identity in identities:
         cost = len(identity.encode()) + 6
         if batch and (len(batch) == CHECK_COUNT or size + cost > CHECK_BYTES):
@@ -303,8 +317,10 @@ def _batches(identities):
 _TYPES = {"g": pb.IDENTITY_TYPE_GUID, "i": pb.IDENTITY_TYPE_IDENTITY}
 
 
-def _identity(guid, identity):
-    if (guid is None) == (identity is None):
-        raise ValueError("give exactly one of guid, identity")
-    return (pb.IDENTITY_TYPE_GUID, guid) if guid is not None else (pb.IDENTITY_TYPE_IDENTITY, identity)
+def _identity(guid: str | None, identity: str | None) -> tuple["pb.IdentityType", str]:
+    if guid is not None and identity is None:
+        return pb.IDENTITY_TYPE_GUID, guid
+    if identity is not None and guid is None:
+        return pb.IDENTITY_TYPE_IDENTITY, identity
+    raise ValueError("give exactly one of guid, identity")
 

@@ -10,60 +10,65 @@ the embedded LMDB store by default).
 """
 import threading
 import time
+from typing import Any
 
 from listseg.core import ingest
-from listseg.core.backend import open_backend
+from listseg.core.backend import Backend, open_backend
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
+from listseg.core.layout import DEFAULT_ACCOUNT
 from listseg.core.members import BitmapCache
 from listseg.core.segments import Segments
-from listseg.core.layout import DEFAULT_ACCOUNT
+
 DEFAULT_MAX_UPLOAD_BYTES = 5 << 30
 DEFAULT_RETENTION_S = 3600
 
 
 class Engine:
-    def __init__(self, path=None, max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES, retention_s=DEFAULT_RETENTION_S,
-                 profile_index=True, backend=None, **store_options):
+    def __init__(self, path: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                 retention_s: float = DEFAULT_RETENTION_S, profile_index: bool = True, backend: Backend | None = None,
+                 **store_options: Any) -> None:
         """The engine over `backend`, or over the store at `path` (core/backend.py open_backend, with
         store_options: for LMDB, map_size and store_cls)."""
-        self.backend = backend or open_backend(path, **store_options)
+        self.backend: Backend = backend or open_backend(path, **store_options)
         self.profile_index = profile_index      # keep each account's guids and identities in memory
         self.max_upload_bytes = max_upload_bytes
         self.retention_s = retention_s
         self.cache = BitmapCache()
-        self._accounts = {}
+        self._accounts: dict[str, Account] = {}
         self._lock = threading.Lock()
         for name in self.account_names():
             ingest.recover(self.account(name))
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             accounts = list(self._accounts.values())
         for acct in accounts:
             acct.profiles.index.close()
         self.backend.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Engine":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def account_names(self):
+    def account_names(self) -> list[str]:
         with self.backend.snapshot() as snap:
             return snap.account_names()
 
-    def stats(self):
+    def stats(self) -> dict[str, dict[str, Any]]:
         """{account name: {"segments": n, "versions": n made, "index": this process's profile index
         sizes}} (server/metrics.py samples it)."""
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         with self.backend.snapshot() as snap:
             for name in snap.account_names():
                 number = snap.account_number(name)
+                if number is None:           # made after account_names was read
+                    continue
                 segments = snap.segments(number)
-                out[name] = {"segments": len(segments),
-                             "versions": sum(len(snap.history(number, rec["id"])) for rec in segments),
+                versions = sum(len(snap.history(number, rec["id"])) for rec in segments)
+                out[name] = {"segments": len(segments), "versions": versions,
                              "index": {"guids": 0, "identities": 0, "builds": 0}}
         with self._lock:
             loaded = list(self._accounts.values())
@@ -72,7 +77,7 @@ class Engine:
                 out[acct.name]["index"] = acct.profiles.index.sizes()
         return out
 
-    def account(self, name=DEFAULT_ACCOUNT, create=True):
+    def account(self, name: str = DEFAULT_ACCOUNT, create: bool = True) -> "Account":
         """The account called name; created on first use when create is true."""
         with self._lock:
             acct = self._accounts.get(name)
@@ -80,7 +85,7 @@ class Engine:
                 acct = self._accounts[name] = Account(self, name, self._account_number(name, create))
             return acct
 
-    def _account_number(self, name, create):
+    def _account_number(self, name: str, create: bool) -> int:
         if not name or len(name.encode()) > 200:
             raise InvalidArgument("an account name is 1 to 200 bytes", field="account")
         with self.backend.snapshot() as snap:
@@ -90,7 +95,7 @@ class Engine:
         if not create:
             raise NotFound(f"no account {name!r}", account=name)
 
-        def run(unit):
+        def run(unit: Any) -> int:
             number = unit.account_number(name)
             if number is not None:
                 return number
@@ -102,7 +107,7 @@ class Engine:
 class Account:
     """One tenant: every backend call names its number, so it cannot read another account's data."""
 
-    def __init__(self, engine, name, number):
+    def __init__(self, engine: Engine, name: str, number: int) -> None:
         self.engine = engine
         self.backend = engine.backend
         self.name = name
@@ -110,17 +115,19 @@ class Account:
         self.profiles = Profiles(self.backend, self)
         self.segments = Segments(self.backend, self, self.profiles, engine.cache, engine.retention_s)
 
-    def state(self):
+    def state(self) -> dict[str, Any] | None:
         """The account's record (core/backend.py Snapshot.account_state)."""
         with self.backend.snapshot() as snap:
             return snap.account_state(self.number)
 
-    def upload(self, mode, name=None, segment=None, **options):
+    def upload(self, mode: str, name: str | None = None, segment: str | int | None = None,
+               **options: Any) -> ingest.Upload:
         """Start an upload; see core.ingest.Upload."""
         return ingest.Upload(self, mode, name=name, segment=segment, **options)
 
-    def get_upload(self, upload_id):
+    def get_upload(self, upload_id: int) -> dict[str, Any]:
         return ingest.get_upload(self, upload_id)
 
-    def upload_errors(self, upload_id, start=0, limit=1000):
+    def upload_errors(self, upload_id: int, start: int = 0,
+                      limit: int = 1000) -> tuple[list[tuple[int, str]], int | None]:
         return ingest.upload_errors(self, upload_id, start, limit)

@@ -24,7 +24,7 @@ else:
     try:
         from listseg.core._keyindex import KeyIndex, resolve_rows
     except ImportError:  # pragma: no cover - not built; tests/test_keyindex.py fails the suite then
-        from listseg.core._keyindex_py import KeyIndex, resolve_rows
+        from listseg.core._keyindex_py import KeyIndex, resolve_rows  # noqa: F401 (core/ids.py imports it from here)
 
 COMPILED = KeyIndex is not _keyindex_py.KeyIndex
 

@@ -4,7 +4,6 @@ and the Python client splits a check that does not fit one call; identity_lines 
 A real server on loopback; "stock" calls go through a channel with grpc's default 4 MiB receive limit."""
 import base64
 import json
-import struct
 from array import array
 
 import grpc

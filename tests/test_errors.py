@@ -5,7 +5,6 @@ import ast
 import os
 import re
 
-import grpc
 import pytest
 
 import listseg
