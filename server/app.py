@@ -32,7 +32,7 @@ def on_pool(servicer, names, pool):
     """Run the servicer's methods `names` on `pool` rather than the server's pool (grpc's per-method
     `experimental_thread_pool`). Short look-ups queue for a few threads instead of 32 threads
     contending for the GIL: IsMember on 2 threads served about twice the calls of 32 threads on
-    2 cores (README, "Performance")."""
+    2 cores (docs/performance.md)."""
     for name in names:
         method = getattr(servicer, name)
         handler = functools.partial(method)

@@ -1,7 +1,7 @@
 // listseg-front: the Membership service in native code, for campaign engines' single look-ups.
 //
 // A Python gRPC server spends ~110 us of CPU on each unary call, most of it in grpcio's own
-// machinery (README, "Performance"); this front spends ~30. It answers IsMember itself, from the
+// machinery (docs/performance.md); this front spends ~30. It answers IsMember itself, from the
 // server's store read directly (source.h: the LMDB files, or the Redis Cluster), exactly as
 // core/members.py does. It relays to the Python server every other Membership call, and every
 // IsMember it cannot answer exactly: an error of any kind, and credentials it has not yet seen the
