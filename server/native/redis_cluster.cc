@@ -183,21 +183,6 @@ std::shared_ptr<const RedisCluster::Topology> RedisCluster::topology() {
   return fresh;
 }
 
-void RedisCluster::stale() {
-  std::lock_guard<std::mutex> hold(lock_);
-  stale_ = true;
-}
-
-std::string RedisCluster::node_of(const std::string& key) {
-  auto topo = topology();
-  int owner = topo->owner[key_slot(key)];
-  if (owner < 0) {
-    stale();
-    throw RedisError("no node serves the slot of " + key);
-  }
-  return topo->nodes[owner];
-}
-
 std::vector<Reply> RedisCluster::run(const std::vector<Command>& commands) {
   auto topo = topology();
   Taken taken;

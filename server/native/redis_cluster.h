@@ -51,12 +51,6 @@ class RedisCluster {
   // cannot be reached or answers MOVED, ASK or CLUSTERDOWN (the slot map is then read again).
   std::vector<Reply> run(const std::vector<Command>& commands);
 
-  // For a client of its own (redis_pipeline.h): the node serving key's slot (throws RedisError as
-  // run does), a new authenticated blocking connection to a node, and "the slot map is out of date".
-  std::string node_of(const std::string& key);
-  redisContext* connect(const std::string& node);
-  void stale();
-
  private:
   struct Topology {
     std::vector<std::string> nodes;  // HOST:PORT
@@ -66,6 +60,7 @@ class RedisCluster {
   std::shared_ptr<const Topology> read_topology();
   redisContext* acquire(const std::string& node);
   void release(const std::string& node, redisContext* c);
+  redisContext* connect(const std::string& node);  // a new authenticated connection
 
   const std::vector<std::string> seeds_;
   const bool cluster_;
