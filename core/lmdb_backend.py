@@ -201,7 +201,7 @@ class LmdbBackend(Backend):
     def usage(self):
         """The data file's size (the pages ever used: LMDB reuses freed pages, never shrinks the file)
         and the map's."""
-        return {"file": os.path.getsize(os.path.join(self.lmdb_path, "data.mdb")), "map": self.map_size}
+        return {"file": os.path.getsize(os.path.join(self.lmdb_path, DATA_FILE)), "map": self.map_size}
 
     @property
     def store_cls(self):

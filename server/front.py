@@ -1,10 +1,11 @@
 """The native membership front (server/native/membership_front.cc) as a child of `listseg serve`.
 
 It serves the Membership service on its own address: IsMember in native code, from the server's
-store read directly (its LMDB files, or its Redis Cluster), everything else relayed to this server. Campaign engines that make one look-up per call point
-at it; the server itself is unchanged. `Supervisor` keeps it running: campaign engines call it on
+store read directly (its LMDB files, or its Redis Cluster), everything else relayed to this server.
+Campaign engines that make one look-up per call point at it; the server itself is unchanged. `Supervisor` keeps it running: campaign engines call it on
 every event, so an exit is logged, reported through the server's health and followed by a restart.
 """
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import threading
 import time
-
 from urllib.parse import unquote, urlsplit
 
 from listseg.core.backend import is_redis
@@ -89,8 +89,13 @@ class Front:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1], "--backend-ca", backend_ca or tls[0]]
         # stderr is the server's: the front's own errors land in the same log
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
-        self.proc.stdin.write(secrets)
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.write(secrets)
+        except BrokenPipeError:                          # a front that died at once: _wait_ready says so
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         self.started = time.monotonic()
         self.port = self._wait_ready()
 
