@@ -31,14 +31,22 @@ bool moved(const redisReply* r) {
   return false;
 }
 
-Reply command(redisContext* c, const std::vector<std::string>& args) {
+// Queues a command on c's output buffer (sent by the next write or reply read).
+void append(redisContext* c, const std::vector<std::string>& args) {
   std::vector<const char*> argv;
   std::vector<size_t> lens;
   for (const auto& a : args) {
     argv.push_back(a.data());
     lens.push_back(a.size());
   }
-  return Reply(static_cast<redisReply*>(redisCommandArgv(c, int(args.size()), argv.data(), lens.data())));
+  redisAppendCommandArgv(c, int(args.size()), argv.data(), lens.data());
+}
+
+// One command and its reply, on a blocking connection (null if the connection failed).
+Reply command(redisContext* c, const std::vector<std::string>& args) {
+  append(c, args);
+  void* raw = nullptr;
+  return Reply(redisGetReply(c, &raw) == REDIS_OK ? static_cast<redisReply*>(raw) : nullptr);
 }
 
 // The connections one run() took, freed on the way out unless handed back clean.
@@ -206,13 +214,7 @@ std::vector<Reply> RedisCluster::run(const std::vector<Command>& commands) {
       }
     }
     conn_of.push_back(at);
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const auto& a : cmd.args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    redisAppendCommandArgv(taken.conns[at].second, int(argv.size()), argv.data(), lens.data());
+    append(taken.conns[at].second, cmd.args);
   }
   for (auto& [node, c] : taken.conns) {
     int done = 0;
