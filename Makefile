@@ -39,7 +39,7 @@ front-sysdeps: | proto-sysdeps
 # C++ stubs from the same .proto, the messages the front's health, reflection and errors carry (so
 # reflection can describe them; google/rpc from the pinned googleapis-common-protos), then one binary
 # (server/front.py starts it).
-FRONT_SRC    := $(addprefix server/native/,membership_front.cc reflection.cc lmdb_source.cc redis_source.cc redis_cluster.cc)
+FRONT_SRC    := $(addprefix server/native/,membership_front.cc reflection.cc lmdb_source.cc redis_source.cc redis_cluster.cc redis_watch.cc)
 FRONT_PROTOS := grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto
 RPC_PROTOS   := google/rpc/status.proto google/rpc/error_details.proto
 $(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sysdeps front-sysdeps

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import cluster
 import pytest
 
 from conftest import flush
@@ -86,9 +87,51 @@ def test_each_servers_membership_front_answers_from_the_cluster(store, tmp_path)
 
 
 @pytest.fixture
+def fronted(store, tmp_path):
+    """A server on the cluster with its membership front: (server target, front target)."""
+    front = f"127.0.0.1:{free_port()}"
+    proc, target = start_server(tmp_path / "unused", "--store", store, "--membership-listen", front)
+    wait_healthy(front)
+    yield target, front
+    stop_server(proc)
+
+
+def locates(cluster_):
+    """REDIS_LOCATE scripts run so far, over the cluster's primaries."""
+    total = 0
+    for port in cluster_.primaries():
+        for line in cluster.cli(port, "INFO", "commandstats").splitlines():
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+                total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+def test_a_front_reads_a_head_again_only_when_it_may_have_changed(redis_cluster, fronted):
+    """The front keeps what REDIS_LOCATE read while the node's invalidation messages (CLIENT
+    TRACKING) say nothing changed: one look-up a call, not two; a replace is still seen at once,
+    and so is one made while its watch is cut."""
+    target, front = fronted
+    with Client(target) as c, Client(front) as f:
+        c.import_profiles(profiles_csv(50))
+        c.upload(CSV + b"g,g1\n", name="vip")
+        assert f.is_member("vip", guid="g1")
+        before = locates(redis_cluster)
+        assert all(f.is_member("vip", guid="g1") for _ in range(40))
+        assert locates(redis_cluster) - before < 5
+        c.upload(CSV + b"g,g2\n", replace="vip")
+        assert [f.is_member("vip", guid=g) for g in ("g1", "g2")] == [False, True]
+        for port in redis_cluster.primaries():          # the watches' connections, gone
+            cluster.cli(port, "CLIENT", "KILL", "TYPE", "pubsub")
+        c.upload(CSV + b"g,g3\n", replace="vip")       # told to no one
+        assert [f.is_member("vip", guid=g) for g in ("g2", "g3")] == [False, True]
+        before = locates(redis_cluster)                 # a new watch, kept again
+        assert all(f.is_member("vip", guid="g3") for _ in range(40))
+        assert locates(redis_cluster) - before < 5
+
+
+@pytest.fixture
 def one_node_with_a_password(tmp_path):
     """A plain redis-server (no cluster) that requires a password: the development store."""
-    import cluster
     port = cluster.free_ports(1)[0]
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", cluster.LOOPBACK, "--requirepass", "pw",
                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)

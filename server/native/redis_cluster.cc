@@ -42,13 +42,6 @@ void append(redisContext* c, const std::vector<std::string>& args) {
   redisAppendCommandArgv(c, int(args.size()), argv.data(), lens.data());
 }
 
-// One command and its reply, on a blocking connection (null if the connection failed).
-Reply command(redisContext* c, const std::vector<std::string>& args) {
-  append(c, args);
-  void* raw = nullptr;
-  return Reply(redisGetReply(c, &raw) == REDIS_OK ? static_cast<redisReply*>(raw) : nullptr);
-}
-
 // The connections one run() took, freed on the way out unless handed back clean.
 struct Taken {
   std::vector<std::pair<std::string, redisContext*>> conns;
@@ -59,6 +52,12 @@ struct Taken {
 };
 
 }  // namespace
+
+Reply command(redisContext* c, const std::vector<std::string>& args) {
+  append(c, args);
+  void* raw = nullptr;
+  return Reply(redisGetReply(c, &raw) == REDIS_OK ? static_cast<redisReply*>(raw) : nullptr);
+}
 
 uint16_t key_slot(const std::string& key) {
   size_t open = key.find('{');
@@ -189,6 +188,17 @@ std::shared_ptr<const RedisCluster::Topology> RedisCluster::topology() {
   topology_ = fresh;
   stale_ = false;
   return fresh;
+}
+
+std::string RedisCluster::node_of(const std::string& key) {
+  auto topo = topology();
+  int owner = topo->owner[key_slot(key)];
+  if (owner < 0) {
+    std::lock_guard<std::mutex> hold(lock_);
+    stale_ = true;
+    throw RedisError("no node serves the slot of " + key);
+  }
+  return topo->nodes[owner];
 }
 
 std::vector<Reply> RedisCluster::run(const std::vector<Command>& commands) {

@@ -10,6 +10,7 @@
 #include <hiredis/hiredis.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -35,6 +36,18 @@ class RedisError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// printf into a string, for keys (core/layout.py's formats); throws RedisError past 512 bytes.
+template <typename... Args>
+std::string format(const char* fmt, Args... args) {
+  char out[512];
+  int n = std::snprintf(out, sizeof out, fmt, args...);
+  if (n < 0 || size_t(n) >= sizeof out) throw RedisError("a key too long to build");
+  return std::string(out, size_t(n));
+}
+
+// One command and its reply, on a blocking connection (null if the connection failed).
+Reply command(redisContext* c, const std::vector<std::string>& args);
+
 // The cluster slot of key: CRC16 (XMODEM) of its hash tag ({...}), or of the whole key, mod 16384.
 uint16_t key_slot(const std::string& key);
 
@@ -51,6 +64,12 @@ class RedisCluster {
   // cannot be reached or answers MOVED, ASK or CLUSTERDOWN (the slot map is then read again).
   std::vector<Reply> run(const std::vector<Command>& commands);
 
+  // The node (HOST:PORT) that serves key's slot now, as far as this client knows. Throws RedisError
+  // as run() does.
+  std::string node_of(const std::string& key);
+  // A new authenticated blocking connection to node, for the caller to keep (redisFree it).
+  redisContext* connect(const std::string& node);
+
  private:
   struct Topology {
     std::vector<std::string> nodes;  // HOST:PORT
@@ -60,7 +79,6 @@ class RedisCluster {
   std::shared_ptr<const Topology> read_topology();
   redisContext* acquire(const std::string& node);
   void release(const std::string& node, redisContext* c);
-  redisContext* connect(const std::string& node);  // a new authenticated connection
 
   const std::vector<std::string> seeds_;
   const bool cluster_;

@@ -1,6 +1,7 @@
-// The Redis source. Per call, two round trips that overlap (RedisCluster::run sends both before
-// reading either): REDIS_LOCATE on the account's slot (the segment's id, record and head, read now,
-// so a new head is seen at once, as the servers see it) and HGET of the key's bucket. A version's
+// The Redis source. Per call, HGET of the key's bucket, and REDIS_LOCATE on the account's slot (the
+// segment's id, record and head) unless its last reply is still good: HeadWatch has had no message
+// of a write to what it read, and it is under kHeadTrust old. When both go, they overlap
+// (RedisCluster::run sends both before reading either). A version's
 // bitmap is read once (its manifest, then its containers) and kept: versions never change, and the
 // head names its version and token ("version:token"), so an entry is right while the head names it.
 #include "redis_source.h"
@@ -18,6 +19,7 @@
 
 #include "layout.h"
 #include "redis_cluster.h"
+#include "redis_watch.h"
 
 namespace listseg::front {
 namespace {
@@ -25,17 +27,11 @@ namespace {
 using Bitmap = std::shared_ptr<roaring_bitmap_t>;
 // How long "no account has a passcode" is believed before it is read again: core/accounts.py RECHECK_S.
 constexpr auto kRecheckCredentials = std::chrono::seconds(1);
-constexpr size_t kMaxEntries = 4096;  // cached versions and accounts, cleared past this
+constexpr size_t kMaxEntries = 4096;  // cached versions, heads and accounts, cleared past this
+// How long a head read is used while its watch says nothing changed, at most: the bound for what no
+// message tells (its slot moved to another node, a node cut off from the cluster but not from us).
+constexpr auto kHeadTrust = std::chrono::seconds(1);
 
-template <typename... Args>
-std::string format(const char* fmt, Args... args) {
-  char out[512];
-  int n = std::snprintf(out, sizeof out, fmt, args...);
-  if (n < 0 || size_t(n) >= sizeof out) throw RedisError("a key too long to build");
-  return std::string(out, size_t(n));
-}
-
-std::string account_key(uint32_t acct, const char* what) { return format(LISTSEG_REDIS_ACCOUNT_KEY, int(acct), what); }
 
 std::string text(const redisReply* r) { return std::string(r->str, r->len); }
 bool is_text(const redisReply* r) { return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS); }
@@ -101,43 +97,83 @@ class RedisSource final : public Source {
                  Answer* out) override {
     uint32_t acct, buckets;
     if (!account_of(account, &acct, &buckets)) return false;
+    uLong crc = crc32(0, reinterpret_cast<const Bytef*>(key.data()), uInt(key.size()));
+    std::string bucket = format(LISTSEG_REDIS_BUCKET_KEY, int(acct), guid ? "g" : "i", int(crc % buckets));
+    Command lookup = {bucket, {"HGET", bucket, key}};
+    std::string asked = std::to_string(acct) + (ref.by_id ? "#" + std::to_string(ref.id) : ":" + ref.name);
+    Located where;
+    if (known(acct, asked, &where)) return answer(acct, where, redis_.run({lookup})[0].get(), out);
+
+    uint64_t stamp = watch_.stamp(acct);  // before the read: a write after it is told
     std::vector<std::string> locate = {"EVALSHA", locate_sha_, "4"};
     for (const char* what : LISTSEG_REDIS_LOCATE_KEYS) locate.push_back(account_key(acct, what));
     locate.push_back(ref.by_id ? "" : ref.name);
     locate.push_back(std::to_string(ref.by_id ? ref.id : 0));
-    uLong crc = crc32(0, reinterpret_cast<const Bytef*>(key.data()), uInt(key.size()));
-    std::string bucket = format(LISTSEG_REDIS_BUCKET_KEY, int(acct), guid ? "g" : "i", int(crc % buckets));
-    std::vector<Command> commands = {{locate[3], locate}, {bucket, {"HGET", bucket, key}}};
+    std::vector<Command> commands = {{locate[3], locate}, lookup};
     auto replies = redis_.run(commands);
     if (replies[0]->type == REDIS_REPLY_ERROR && text(replies[0].get()).rfind("NOSCRIPT", 0) == 0) {
       commands[0].args[0] = "EVAL";  // the node has not seen the script yet (or restarted): send it whole
       commands[0].args[1] = LISTSEG_REDIS_LOCATE;
       replies = redis_.run(commands);
     }
-    return answer(acct, replies, out);
+    if (!located(replies[0].get(), &where)) return false;
+    if (stamp) remember(asked, stamp, where);
+    return answer(acct, where, replies[1].get(), out);
   }
 
  private:
-  // The answer from the replies of REDIS_LOCATE and the bucket's HGET; false to relay.
-  bool answer(uint32_t acct, const std::vector<Reply>& replies, Answer* out) {
-    const redisReply* found = replies[0].get();
+  // What REDIS_LOCATE found of a segment: its id, and its head ("version:token"), if it has one.
+  struct Located {
+    std::string seg;
+    bool has_head = false;
+    std::string head;
+  };
+
+  // False for no such segment (or a reply that is not REDIS_LOCATE's): the server answers.
+  static bool located(const redisReply* found, Located* out) {
     if (found->type != REDIS_REPLY_ARRAY || found->elements != 4) return false;
-    if (!is_text(found->element[0]) || !is_text(found->element[1])) return false;  // no such segment
+    if (!is_text(found->element[0]) || !is_text(found->element[1])) return false;
+    out->seg = text(found->element[0]);
+    out->has_head = is_text(found->element[2]);
+    out->head = out->has_head ? text(found->element[2]) : std::string();
+    return true;
+  }
+
+  // The answer for segment `where` from the bucket's HGET reply `uid`; false to relay.
+  bool answer(uint32_t acct, const Located& where, const redisReply* uid, Answer* out) {
     out->version = 0;
     out->member = false;
-    if (!is_text(found->element[2])) return true;  // no version yet
-    std::string head = text(found->element[2]);
-    size_t colon = head.find(':');
+    if (!where.has_head) return true;  // no version yet
+    size_t colon = where.head.find(':');
     if (colon == std::string::npos) return false;
-    out->version = std::strtoull(head.c_str(), nullptr, 10);
-    Bitmap bm = version(acct, text(found->element[0]), out->version, head.substr(colon + 1));
+    out->version = std::strtoull(where.head.c_str(), nullptr, 10);
+    Bitmap bm = version(acct, where.seg, out->version, where.head.substr(colon + 1));
     if (!bm) return false;
-    const redisReply* uid = replies[1].get();
     if (uid->type == REDIS_REPLY_STRING && uid->len == LISTSEG_UID_WIDTH)
       out->member = roaring_bitmap_contains(bm.get(), listseg_get_uid(reinterpret_cast<const uint8_t*>(uid->str)));
     else if (uid->type != REDIS_REPLY_NIL)
       return false;
     return true;
+  }
+
+  // What REDIS_LOCATE last read for `asked` (account and segment reference), if nothing may have
+  // changed since (HeadWatch) and it is under kHeadTrust old.
+  bool known(uint32_t acct, const std::string& asked, Located* out) {
+    uint64_t stamp;
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      auto it = heads_.find(asked);
+      if (it == heads_.end() || std::chrono::steady_clock::now() - it->second.read_at > kHeadTrust) return false;
+      stamp = it->second.stamp;
+      *out = it->second.where;
+    }
+    return watch_.unchanged(acct, stamp);
+  }
+
+  void remember(const std::string& asked, uint64_t stamp, const Located& where) {
+    std::lock_guard<std::mutex> hold(lock_);
+    if (heads_.size() >= kMaxEntries) heads_.clear();
+    heads_[asked] = {stamp, std::chrono::steady_clock::now(), where};
   }
 
   // The account's number and bucket count (both fixed once the account exists).
@@ -203,6 +239,11 @@ class RedisSource final : public Source {
     return bm;
   }
 
+  struct Head {
+    uint64_t stamp;  // HeadWatch's, taken before the read
+    std::chrono::steady_clock::time_point read_at;
+    Located where;
+  };
   struct Version {
     uint64_t version;
     std::string token;
@@ -210,12 +251,14 @@ class RedisSource final : public Source {
   };
 
   RedisCluster redis_;
+  HeadWatch watch_{redis_};
   const std::string locate_sha_;
   std::atomic<bool> required_{false};
   std::mutex lock_;  // guards all below
   std::chrono::steady_clock::time_point credentials_read_at_;
   std::map<std::string, std::pair<uint32_t, uint32_t>> accounts_;  // name -> (number, buckets)
   std::map<std::string, Version> versions_;                      // "account:segment id" -> its head's version
+  std::map<std::string, Head> heads_;                            // "account:name" or "account#id" -> its head
 };
 
 }  // namespace
