@@ -66,7 +66,7 @@ uint64_t HeadWatch::stamp(uint32_t acct) {
   try {
     w = open(acct, node);
   } catch (const RedisError& e) {
-    complain(e.what());
+    complain(e.what(), "reading the head on every call meanwhile");
     std::lock_guard<std::mutex> hold(lock_);
     failed_at_[acct] = std::chrono::steady_clock::now();
     return 0;

@@ -34,7 +34,8 @@ inline bool parse_segment_ref(std::string ref, SegmentRef* out) {
 }
 
 // A store error on stderr (the server's log), at most once a second: a failover fails every call.
-inline void complain(const char* what) {
+// then: what the front does about it.
+inline void complain(const char* what, const char* then = "relaying") {
   static std::atomic<int64_t> said_at{0};  // steady_clock ticks of the last line
   static std::atomic<long> quiet{0};       // errors not printed since
   int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
@@ -44,7 +45,7 @@ inline void complain(const char* what) {
     quiet++;
     return;
   }
-  std::fprintf(stderr, "listseg-front: %s; relaying (and %ld more since the last such line)\n", what,
+  std::fprintf(stderr, "listseg-front: %s; %s (and %ld more since the last such line)\n", what, then,
                long(quiet.exchange(0)));
 }
 
