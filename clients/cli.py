@@ -139,6 +139,36 @@ def cmd_detach(args, client):
     return out, EXIT_OK, f"{kind} {cid} detached from {out['name']}"
 
 
+def version_json(v):
+    return {"version": v.version, "time": v.create_time.ToDatetime().isoformat() + "Z", "size": v.size,
+            "head": v.head, "kept": v.kept, "rollback_of": v.rollback_of or None,
+            "upload": upload_json(v.upload) | {"mode": mode_name(v.upload.mode), "file_name": v.upload.file_name}
+            if v.HasField("upload") else None}
+
+
+def mode_name(mode):
+    from listseg.v1 import listseg_pb2 as pb
+    return pb.UploadMode.Name(mode).removeprefix("UPLOAD_MODE_").lower()
+
+
+def cmd_versions(args, client):
+    out = [version_json(v) for v in client.versions(args.segment)]
+
+    def made_by(v):
+        if v["rollback_of"]:
+            return f"rollback to {v['rollback_of']}"
+        up = v["upload"]
+        return f"{up['mode']} {up['file_name'] or '(no file name)'}: {up['qualified']:,} qualified" if up else ""
+    lines = [f"{'*' if v['head'] else ' '} {v['version']:>5}  {v['time'][:19]}  {v['size']:>12,}  "
+             f"{'kept' if v['kept'] else 'gone'}  {made_by(v)}" for v in out]
+    return out, EXIT_OK, "\n".join(["  version  time (UTC)                   size  members  made by", *lines])
+
+
+def cmd_rollback(args, client):
+    out = segment_json(client.rollback(args.segment, args.to))
+    return out, EXIT_OK, f"{out['name']}: version {out['version']} = rollback to {args.to} ({out['size']:,} members)"
+
+
 def cmd_delete(args, client):
     client.delete_segment(args.segment)
     return {"deleted": args.segment}, EXIT_OK, f"deleted {args.segment}"
@@ -169,11 +199,14 @@ def cmd_serve(args, _client):
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    if args.keep_versions < 1:
+        raise UsageError("--keep-versions is at least 1: the head is always kept")
     _check_store(args)
     try:
         return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
                            max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
+                           keep_versions=args.keep_versions,
                            membership_listen=args.membership_listen, metrics_listen=args.metrics), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
@@ -285,6 +318,7 @@ def _data_option(parser):
 
 
 def build_parser():
+    from listseg.core.backend import Retention
     ap = argparse.ArgumentParser(prog="listseg", description="Custom list segments: upload, query, serve.")
     _common(ap, suppress=False)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,6 +364,11 @@ def build_parser():
         p.add_argument("--journey", metavar="ID")
         if name == "attach":
             p.add_argument("--consumer-name", help="a label for the campaign or journey")
+    p = command("versions", cmd_versions, "a segment's versions, newest first, and what made each")
+    p.add_argument("segment", metavar="SEG")
+    p = command("rollback", cmd_rollback, "make a kept version the segment's head again (as a new version)")
+    p.add_argument("segment", metavar="SEG")
+    p.add_argument("--to", type=int, required=True, metavar="N", help="the version to copy")
     p = command("delete", cmd_delete, "delete a segment")
     p.add_argument("segment", metavar="SEG")
     p = command("upload-errors", cmd_upload_errors, "every rejected row of an upload")
@@ -345,6 +384,9 @@ def build_parser():
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--max-uploads", type=int, default=4, help="uploads running at once per account (default 4)")
     p.add_argument("--max-upload-bytes", type=int, default=5 << 30, help="largest upload (default 5 GiB)")
+    p.add_argument("--keep-versions", type=int, default=Retention.versions, metavar="N",
+                   help=f"versions of each segment kept for rollback however old, the head among them "
+                        f"(default {Retention.versions}); older ones go an hour after they were replaced")
     p.add_argument("--no-profile-index", action="store_true",
                    help="no in-memory guid and identity index (saves ~95 bytes a profile; slower look-ups)")
     p.add_argument("--membership-listen", metavar="HOST:PORT",

@@ -205,6 +205,18 @@ class Client:
         return None if out else sink.getvalue()  # type: ignore[attr-defined]
 
     @_calls
+    def versions(self, segment: str | int) -> list[pb.SegmentVersion]:
+        """Every version of the segment, newest first."""
+        return list(self.segments.ListSegmentVersions(pb.ListSegmentVersionsRequest(segment=str(segment)),
+                                                      **self._kw()).versions)
+
+    @_calls
+    def rollback(self, segment: str | int, version: int) -> pb.Segment:
+        """A new head version with the members of `version` (a kept one); the segment after."""
+        return self.segments.RollbackSegment(pb.RollbackSegmentRequest(segment=str(segment), version=version),
+                                             **self._kw())
+
+    @_calls
     def attach(self, segment: str | int, kind: str, consumer_id: str, name: str = "") -> pb.Segment:
         return self.segments.AttachConsumer(pb.AttachConsumerRequest(
             segment=str(segment), kind=KINDS[kind], id=consumer_id, name=name), **self._kw())

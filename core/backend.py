@@ -24,6 +24,7 @@ A snapshot of the LMDB backend is one consistent view of every key; a backend th
 """
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from listseg.core.errors import HeadMoved, InvalidArgument, StoreError  # noqa: F401 (HeadMoved: part of the interface)
 from listseg.core.layout import CHANNELS
@@ -107,7 +108,12 @@ class Snapshot(ABC):
 
     @abstractmethod
     def history(self, acct: int, seg_id: int) -> list[tuple[int, dict]]:
-        """[(version, {time, size})] of every version ever published, expired ones too: the trend."""
+        """[(version, {time, size} and publish's origin)] of every version ever published, expired
+        ones too: the trend and the versions list."""
+
+    @abstractmethod
+    def kept_versions(self, acct: int, seg_id: int) -> set[int]:
+        """The versions whose members are still kept (not expired), without reading them."""
 
     @abstractmethod
     def upload(self, acct: int, upload_id: int) -> dict | None: """The upload's record, or None."""
@@ -118,6 +124,18 @@ class Snapshot(ABC):
     @abstractmethod
     def rejects(self, acct: int, upload_id: int, start: int, limit: int) -> list[tuple[int, str]]:
         """[(line, reason)] of the upload's rejected rows from position start, at most limit."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which versions a commit drops: a superseded version goes once it is both out of the last
+    `versions` (the head among them) and superseded more than `seconds` ago, so the version a page
+    token pins lives out its window whatever the count."""
+    seconds: float = 3600.0
+    versions: int = 10
+
+    def drops(self, version: int, head: int, superseded_at: float, now: float) -> bool:
+        return version <= head - self.versions and now - superseded_at > self.seconds
 
 
 class Unit(Snapshot):
@@ -166,10 +184,12 @@ class Unit(Snapshot):
         """The upload's rejected rows (line, reason), positions 0, 1, ..."""
 
     @abstractmethod
-    def publish(self, acct: int, seg_id: int, expected_head: int, staged, now: float, retention_s: float) -> int:
+    def publish(self, acct: int, seg_id: int, expected_head: int, staged, now: float, retention: Retention,
+                origin: dict) -> int:
         """Make a staged version the segment's head if its head is still expected_head (HeadMoved
-        otherwise): version expected_head + 1, its history row, and the expiry of versions superseded
-        more than retention_s ago, as one step. Returns the new version."""
+        otherwise): version expected_head + 1, its history row ({time, size} and origin: {"upload": id}
+        or {"rollback_of": version}), and the expiry of the versions `retention` drops, as one step.
+        Returns the new version."""
 
 
 class Backend(ABC):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from listseg.core import ingest
-from listseg.core.backend import Backend, open_backend
+from listseg.core.backend import Backend, Retention, open_backend
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
 from listseg.core.layout import DEFAULT_ACCOUNT
@@ -21,19 +21,23 @@ from listseg.core.members import BitmapCache
 from listseg.core.segments import Segments
 
 DEFAULT_MAX_UPLOAD_BYTES = 5 << 30
-DEFAULT_RETENTION_S = 3600
+DEFAULT_RETENTION_S = Retention.seconds
+DEFAULT_KEEP_VERSIONS = Retention.versions
 
 
 class Engine:
     def __init__(self, path: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                  retention_s: float = DEFAULT_RETENTION_S, profile_index: bool = True, backend: Backend | None = None,
-                 **store_options: Any) -> None:
+                 keep_versions: int = DEFAULT_KEEP_VERSIONS, **store_options: Any) -> None:
         """The engine over `backend`, or over the store at `path` (core/backend.py open_backend, with
-        store_options: for LMDB, map_size and store_cls)."""
+        store_options: for LMDB, map_size and store_cls). keep_versions: the last versions of each
+        segment kept for rollback, however old (core/backend.py Retention)."""
+        if keep_versions < 1:
+            raise InvalidArgument("keep_versions is at least 1: the head is always kept", field="keep_versions")
         self.backend: Backend = backend or open_backend(path, **store_options)
         self.profile_index = profile_index      # keep each account's guids and identities in memory
         self.max_upload_bytes = max_upload_bytes
-        self.retention_s = retention_s
+        self.retention = Retention(retention_s, keep_versions)
         self.cache = BitmapCache()
         self._accounts: dict[str, Account] = {}
         self._lock = threading.Lock()
@@ -113,7 +117,7 @@ class Account:
         self.name = name
         self.number = number
         self.profiles = Profiles(self.backend, self)
-        self.segments = Segments(self.backend, self, self.profiles, engine.cache, engine.retention_s)
+        self.segments = Segments(self.backend, self, self.profiles, engine.cache, engine.retention)
 
     def state(self) -> dict[str, Any] | None:
         """The account's record (core/backend.py Snapshot.account_state)."""

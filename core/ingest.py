@@ -249,7 +249,7 @@ class Upload:
         report = self._report(size)
         if not self.dry_run:
             seg["last_upload"] = self.id
-            report["version"] = self.segments.publish(unit, seg, head, staged, now)
+            report["version"] = self.segments.publish(unit, seg, head, staged, now, {"upload": self.id})
         upload.update(state="succeeded", finished=now, report=report)
         unit.put_upload(self.number, upload)
         unit.put_rejects(self.number, self.id, self.rejects)

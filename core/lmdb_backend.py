@@ -98,6 +98,10 @@ class LmdbSnapshot(Snapshot):
         return [(HISTORY_KEY.parse(key)[-1], loads(raw))
                 for key, raw in self._scan(self.db.history, HISTORY_KEY.prefix(account_prefix(acct), seg_id))]
 
+    def kept_versions(self, acct, seg_id):
+        p = account_prefix(acct)
+        return {VERSION_KEY.parse(key)[-1] for key, _ in self._scan(self.db.versions, VERSION_KEY.prefix(p, seg_id))}
+
     def upload(self, acct, upload_id):
         return self._json(self.db.uploads, UPLOAD_KEY.pack(account_prefix(acct), upload_id))
 
@@ -164,7 +168,7 @@ class LmdbUnit(LmdbSnapshot, Unit):
         for i, (line, reason) in enumerate(rows):
             self.txn.put(self.db.rejects, REJECT_KEY.pack(p, upload_id, i), encode_reject(line, reason))
 
-    def publish(self, acct, seg_id, expected_head, staged, now, retention_s):
+    def publish(self, acct, seg_id, expected_head, staged, now, retention, origin):
         head = self.head(acct, seg_id)
         if head != expected_head:
             raise HeadMoved(f"segment {seg_id} is at version {head}, not {expected_head}",
@@ -172,17 +176,18 @@ class LmdbUnit(LmdbSnapshot, Unit):
         p, version = account_prefix(acct), head + 1
         data, size = staged
         self.txn.put(self.db.versions, VERSION_KEY.pack(p, seg_id, version), data)
-        self.txn.put(self.db.history, HISTORY_KEY.pack(p, seg_id, version), dumps({"time": now, "size": size}))
+        self.txn.put(self.db.history, HISTORY_KEY.pack(p, seg_id, version),
+                     dumps({"time": now, "size": size, **origin}))
         self.txn.put(self.db.heads, HEAD_KEY.pack(p, seg_id), VERSION.pack(version))
-        self._expire(p, seg_id, version, now, retention_s)
+        self._expire(p, seg_id, version, now, retention)
         return version
 
-    def _expire(self, p, seg_id, current, now, retention_s):
-        """Drop versions superseded more than retention_s ago (history rows stay: they are the trend)."""
+    def _expire(self, p, seg_id, current, now, retention):
+        """Drop the versions retention drops (history rows stay: they are the trend)."""
         superseded_at = {version - 1: rec["time"] for version, rec in self.history(ACCOUNT.unpack(p), seg_id)}
         for key, _ in list(self._scan(self.db.versions, VERSION_KEY.prefix(p, seg_id))):
             version = VERSION_KEY.parse(key)[-1]
-            if version != current and now - superseded_at.get(version, now) > retention_s:
+            if version != current and retention.drops(version, current, superseded_at.get(version, now), now):
                 self.txn.delete(self.db.versions, key)
 
 

@@ -249,6 +249,9 @@ class RedisSnapshot(Snapshot):
         rows = self._hgetall(redis_account_key(acct, b"hist:%d" % seg_id))
         return sorted((int(v), loads(raw)) for v, raw in rows.items())
 
+    def kept_versions(self, acct, seg_id):
+        return {int(v) for v in self.r.hkeys(redis_account_key(acct, b"m:%d" % seg_id))}
+
     def upload(self, acct, upload_id):
         return loads(self._hget(redis_account_key(acct, b"up"), str(upload_id).encode()))
 
@@ -411,7 +414,7 @@ class RedisUnit(RedisSnapshot, Unit):
                   for i in range(0, len(rows), GET_CHUNK)]
         self.b.durable([(key, "delete", key)] + pushes)
 
-    def publish(self, acct, seg_id, expected_head, staged, now, retention_s):
+    def publish(self, acct, seg_id, expected_head, staged, now, retention, origin):
         head = self.head(acct, seg_id)
         if head != expected_head:
             raise HeadMoved(f"segment {seg_id} is at version {head}, not {expected_head}",
@@ -419,13 +422,13 @@ class RedisUnit(RedisSnapshot, Unit):
         version = head + 1
         self._hset(redis_account_key(acct, b"m:%d" % seg_id), str(version).encode(), dumps(staged))
         self._hset(redis_account_key(acct, b"hist:%d" % seg_id), str(version).encode(),
-                   dumps({"time": now, "size": staged["size"]}))
+                   dumps({"time": now, "size": staged["size"], **origin}))
         self._hset(redis_account_key(acct, b"heads"), str(seg_id).encode(), f"{version}:{staged['token']}".encode())
         superseded_at = {v - 1: rec["time"] for v, rec in self.history(acct, seg_id)}
         manifests = self._hgetall(redis_account_key(acct, b"m:%d" % seg_id))
         for raw_version, raw in manifests.items():
             v = int(raw_version)
-            if v != version and now - superseded_at.get(v, now) > retention_s:
+            if v != version and retention.drops(v, version, superseded_at.get(v, now), now):
                 self._hdel(redis_account_key(acct, b"m:%d" % seg_id), raw_version)
                 self.after += _containers(acct, loads(raw))
         return version

@@ -5,13 +5,13 @@ core/members.py's part of Segments.
 A version is written once and never changed; a commit publishes the new version and moves the pointer
 as one step of the backend (core/backend.py Unit.publish), so a reader sees either the old or the new
 version, never a mix. Superseded versions stay readable for `retention_s` so a reader paging through a
-pinned version can finish.
+pinned version can finish, and the last `keep_versions` stay for rollback (core/backend.py Retention).
 """
 import time
 
-from pyroaring import FrozenBitMap
+from pyroaring import BitMap, FrozenBitMap
 
-from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound, VersionGone
+from listseg.core.errors import AlreadyExists, HeadMoved, InUse, InvalidArgument, NotFound, VersionGone
 from listseg.core.layout import SEGMENT_ID
 from listseg.core.members import Members, live_size, without_deleted
 
@@ -41,13 +41,18 @@ def check_name(name):
 
 
 class Segments(Members):
-    def __init__(self, backend, account, profiles, cache, retention_s):
+    def __init__(self, backend, account, profiles, cache, retention):
         self.backend = backend
         self.account = account
         self.number = account.number
         self.profiles = profiles
         self.cache = cache
-        self.retention_s = retention_s
+        self.retention = retention
+
+    @property
+    def retention_s(self):
+        """How long a superseded version stays readable at least (a page token's window)."""
+        return self.retention.seconds
 
     # -- records ----------------------------------------------------------------------------
     def find_id(self, snap, segment):
@@ -135,10 +140,11 @@ class Segments(Members):
         if rec["consumers"]:
             raise InUse(rec["name"], rec["consumers"])
 
-    def publish(self, unit, rec, expected_head, staged, now):
+    def publish(self, unit, rec, expected_head, staged, now, origin):
         """Make a staged version (Backend.stage) the segment's next one, if its head is still
-        expected_head (HeadMoved otherwise), and mark the segment ready (in the caller's unit)."""
-        version = unit.publish(self.number, rec["id"], expected_head, staged, now, self.retention_s)
+        expected_head (HeadMoved otherwise), and mark the segment ready (in the caller's unit).
+        origin: what made it, {"upload": id} or {"rollback_of": version}, for its history row."""
+        version = unit.publish(self.number, rec["id"], expected_head, staged, now, self.retention, origin)
         rec["state"] = "ready"
         rec["updated"] = now
         self.save(unit, rec)
@@ -160,6 +166,52 @@ class Segments(Members):
 
     def _trend(self, snap, seg_id):
         return [dict(rec, version=version) for version, rec in snap.history(self.number, seg_id)]
+
+    def versions(self, segment):
+        """Every version ever published, newest first: {version, time, size, head, kept, upload
+        (the upload record that made it, if any), rollback_of (the version it copies, if any)}.
+        `kept`: its members are still there, so it can be read with a page token or rolled back to."""
+        with self.backend.snapshot() as snap:
+            seg_id = self.find_id(snap, segment)
+            head, kept = snap.head(self.number, seg_id), snap.kept_versions(self.number, seg_id)
+            out = []
+            for version, row in reversed(snap.history(self.number, seg_id)):
+                upload = snap.upload(self.number, row["upload"]) if "upload" in row else None
+                out.append({"version": version, "time": row["time"], "size": row["size"], "head": version == head,
+                            "kept": version in kept, "upload": upload, "rollback_of": row.get("rollback_of")})
+            return out
+
+    def rollback(self, segment, version, tries=3, now=None):
+        """A new head version with the members of `version` (less profiles deleted since): history
+        stays linear ("version 9 = rollback to 6"). Refused while a campaign or journey uses the
+        segment (InUse), for the head itself (InvalidArgument) and for an expired version
+        (VersionGone). Returns the new version."""
+        for attempt in range(tries):
+            with self.backend.snapshot() as snap:
+                seg_id = self.find_id(snap, segment)
+                self.check_free(self.record(snap, seg_id))
+                head = snap.head(self.number, seg_id)
+                if not 1 <= version <= head:
+                    raise NotFound(f"segment {seg_id} has no version {version} (its versions are 1 to {head})",
+                                   segment=seg_id, version=version)
+                if version == head:
+                    raise InvalidArgument(f"version {version} is the head already", field="version")
+                if version not in snap.kept_versions(self.number, seg_id):   # expired, if still in a cache
+                    raise VersionGone(f"version {version} of segment {seg_id} is no longer kept",
+                                      segment=seg_id, version=version)
+                _, bm = self.bitmap(snap, seg_id, version)
+                members = BitMap(without_deleted(bm, self.profiles.deleted(snap)))
+            staged = self.backend.stage(self.number, members)
+
+            def commit(unit):
+                rec = self.record(unit, seg_id)
+                self.check_free(rec)                # again: a consumer may have attached meanwhile
+                return self.publish(unit, rec, head, staged, now or time.time(), {"rollback_of": version})
+            try:
+                return self.backend.write(commit)
+            except HeadMoved:
+                if attempt == tries - 1:
+                    raise
 
     def list(self):
         """Every segment of the account with its size, in id order."""

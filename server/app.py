@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from listseg.core.accounts import Credentials
-from listseg.core.engine import Engine
+from listseg.core.engine import DEFAULT_KEEP_VERSIONS, Engine
 from listseg.server import front, introspection, metrics, servicers
 from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
@@ -119,7 +119,8 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
 def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None,
           membership_listen=None, metrics_listen=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
-    max_uploads (per account), max_upload_bytes, and profile_index (False: no in-memory index).
+    max_uploads (per account), max_upload_bytes, profile_index (False: no in-memory index) and
+    keep_versions.
     `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
     trusts `http_tls_ca`, else the certificate itself). `membership_listen`: HOST:PORT for the native
     membership front (server/front.py), a client of this server's port the same way. `mail`: the
@@ -205,7 +206,8 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     parent's view of the front (a shared flag), into its health service."""
     from listseg.server.mail import Mailer
     limits = dict(limits)
-    engine = Engine(data, profile_index=limits.pop("profile_index", True))   # after the fork, in each worker
+    engine = Engine(data, profile_index=limits.pop("profile_index", True),   # after the fork, in each worker
+                    keep_versions=limits.pop("keep_versions", DEFAULT_KEEP_VERSIONS))
     server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
                     **limits).start()
     store = engine.backend.lmdb_path and os.path.abspath(engine.backend.lmdb_path) or _without_password(data)

@@ -65,6 +65,14 @@ def profile(p):
     return pb.Profile(uid=p["uid"], guid=p["guid"], identity=p["identity"] or "", channels=p["channels"])
 
 
+def segment_version(v):
+    out = pb.SegmentVersion(version=v["version"], create_time=timestamp(v["time"]), size=v["size"], head=v["head"],
+                            kept=v["kept"], rollback_of=v["rollback_of"] or 0)
+    if v["upload"]:
+        out.upload.CopyFrom(upload(v["upload"]))
+    return out
+
+
 def segment(seg, last_upload=None):
     out = pb.Segment(
         id=seg["id"], name=seg["name"], state=SEGMENT_STATES[seg["state"]], version=seg.get("version", 0),

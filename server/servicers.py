@@ -220,6 +220,18 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         return empty_pb2.Empty()
 
     @rpc
+    def ListSegmentVersions(self, account, request, context):
+        versions = account.segments.versions(convert.segment_ref(request.segment))
+        return pb.ListSegmentVersionsResponse(versions=[convert.segment_version(v) for v in versions])
+
+    @rpc
+    def RollbackSegment(self, account, request, context):
+        ref = convert.segment_ref(request.segment)
+        account.segments.rollback(ref, request.version)
+        seg = account.segments.get(ref)
+        return convert.segment(seg, last_upload(account, seg))
+
+    @rpc
     def SampleMembers(self, account, request, context):
         if not 0 <= request.count <= 100:
             raise InvalidArgument("count is 0 to 100", field="count")

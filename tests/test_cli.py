@@ -120,3 +120,21 @@ def test_installed_entry_point():
     exe = os.path.join(os.path.dirname(sys.executable), "listseg")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "upload" in result.stdout
+
+
+def test_versions_and_rollback(cli):
+    assert cli("profiles", "import", ex("profiles.csv"))[0] == 0
+    assert cli("upload", ex("vip.csv"), "--name", "vip")[0] == 0
+    assert cli("upload", ex("vip-v2.csv"), "--replace", "vip")[0] == 0
+    code, out, _ = cli("--json", "rollback", "vip", "--to", "1")
+    assert code == 0 and (json.loads(out)["version"], json.loads(out)["size"]) == (3, 3)
+    code, out, _ = cli("--json", "versions", "vip")
+    versions = json.loads(out)
+    assert code == 0 and [(v["version"], v["head"], v["kept"], v["rollback_of"]) for v in versions] == \
+        [(3, True, True, 1), (2, False, True, None), (1, False, True, None)]
+    assert versions[2]["upload"]["mode"] == "create" and versions[2]["upload"]["file_name"] == "vip.csv"
+    assert versions[0]["upload"] is None and versions[0]["time"].endswith("Z")
+    code, out, _ = cli("versions", "vip")
+    assert code == 0 and "rollback to 1" in out and "create vip.csv" in out
+    code, _, err = cli("rollback", "vip", "--to", "3")
+    assert code == 1 and "head already" in err

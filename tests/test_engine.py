@@ -10,6 +10,8 @@ import pytest
 
 from conftest import channels_of, people, upload
 from harness import open_engine
+from listseg.core.backend import Retention
+from listseg.core.engine import Engine
 from listseg.core.errors import AlreadyExists, InUse, InvalidArgument, InvalidProfile, NotFound, TooLarge, VersionGone
 
 
@@ -270,11 +272,60 @@ def test_pinned_version_survives_replace_then_expires(engine):
     upload(account, b"g,g99\n", "replace", segment="s")
     _, rest, _ = account.segments.members("s", start, 100, version=version)
     assert list(first) + list(rest) == list(range(50))                # one consistent snapshot
-    engine.retention_s = account.segments.retention_s = -1
+    account.segments.retention = Retention(-1, 1)
     engine.cache._items.clear()
     upload(account, b"g,g98\n", "replace", segment="s")
     with pytest.raises(VersionGone):
         account.segments.members("s", 0, 10, version=version)
+
+
+def test_the_last_versions_are_kept_whatever_their_age(engine, tmp_path):
+    """Retention keeps the last `versions` (the head among them) however old, and a version out of
+    them only once its time window has passed."""
+    account = engine.account()
+    account.profiles.upsert(people(20))
+    upload(account, b"g,g0\n", name="s")
+    account.segments.retention = Retention(-1, 3)
+    for k in range(1, 6):
+        upload(account, b"g,g%d\n" % k, "replace", segment="s")
+    assert [(v["version"], v["kept"], v["head"]) for v in account.segments.versions("s")] == \
+        [(6, True, True), (5, True, False), (4, True, False), (3, False, False), (2, False, False), (1, False, False)]
+    account.segments.retention = Retention(3600, 1)                   # out of the count, in the window
+    upload(account, b"g,g9\n", "replace", segment="s")
+    assert [v["version"] for v in account.segments.versions("s") if v["kept"]] == [7, 6, 5, 4]
+    with pytest.raises(InvalidArgument):
+        Engine(str(tmp_path / "other"), keep_versions=0)                # the head is always kept
+
+
+def test_versions_say_what_made_each_and_rollback_copies_one(engine):
+    account = engine.account()
+    account.profiles.upsert(people(20))
+    first = upload(account, b"g,g1\ng,g2\n", name="s", file_name="a.csv")
+    upload(account, b"g,g3\n", "append", segment="s")
+    upload(account, b"g,g4\n", "replace", segment="s")
+    assert account.segments.rollback("s", 1) == 4
+    assert list(account.segments.members("s")[1]) == [1, 2]
+    versions = account.segments.versions("s")
+    assert [(v["version"], v["size"], v["head"], v["rollback_of"]) for v in versions] == \
+        [(4, 2, True, 1), (3, 1, False, None), (2, 3, False, None), (1, 2, False, None)]
+    assert versions[3]["upload"]["id"] == first["id"] and versions[3]["upload"]["mode"] == "create"
+    assert versions[1]["upload"]["mode"] == "replace" and versions[0]["upload"] is None
+    account.profiles.delete(["g2"])                                      # a deleted profile does not come back
+    assert account.segments.rollback("s", 2) == 5
+    assert list(account.segments.members("s")[1]) == [1, 3]
+    with pytest.raises(InvalidArgument):
+        account.segments.rollback("s", 5)                                # the head
+    with pytest.raises(NotFound):
+        account.segments.rollback("s", 9)
+    account.segments.attach("s", "journey", "j1", "Welcome")
+    with pytest.raises(InUse):
+        account.segments.rollback("s", 1)
+    account.segments.detach("s", "journey", "j1")
+    account.segments.retention = Retention(-1, 1)
+    upload(account, b"g,g5\n", "replace", segment="s")                  # 1 to 5 expire
+    with pytest.raises(VersionGone):
+        account.segments.rollback("s", 1)
+    assert account.segments.versions("s")[0]["version"] == 6
 
 
 def test_accounts_are_isolated(engine):

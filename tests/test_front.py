@@ -106,6 +106,11 @@ def test_front_sees_each_replace_and_delete_at_once(pair):
             for k in range(0, 200, 7):
                 answer = pair.fronted.IsMember(is_member("s", f"g{k}"))
                 assert (answer.member, answer.version) == (f"g{k}" in wanted, version)
+        rolled = c.rollback("s", 2).version                 # round 0's members, as a new head
+        for k in range(0, 200, 7):
+            answer = pair.fronted.IsMember(is_member("s", f"g{k}"))
+            assert (answer.member, answer.version) == (k % 4 == 0, rolled)
+        c.rollback("s", version)                            # and back to the last round's
         assert pair.fronted.IsMember(is_member("s", "g3")).member
         c.delete_profiles(["g3"])
         assert not pair.fronted.IsMember(is_member("s", "g3")).member      # no longer a profile

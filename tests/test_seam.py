@@ -10,6 +10,7 @@ from pyroaring import BitMap
 
 from conftest import people, upload
 from listseg.core import ingest
+from listseg.core.backend import Retention
 from listseg.core.errors import HeadMoved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,9 +120,9 @@ def test_publish_refuses_a_head_that_moved(engine):
     upload(acct, b"Type,Identity\ng,g0\n", name="s")
     seg = acct.segments.id_of("s")
     staged = engine.backend.stage(acct.number, BitMap([1]))
-    assert engine.backend.write(lambda unit: unit.publish(acct.number, seg, 1, staged, 0.0, 3600)) == 2
+    assert engine.backend.write(lambda unit: unit.publish(acct.number, seg, 1, staged, 0.0, Retention(), {})) == 2
     with pytest.raises(HeadMoved):
-        engine.backend.write(lambda unit: unit.publish(acct.number, seg, 1, staged, 0.0, 3600))
+        engine.backend.write(lambda unit: unit.publish(acct.number, seg, 1, staged, 0.0, Retention(), {}))
     with engine.backend.snapshot() as snap:
         assert snap.head(acct.number, seg) == 2 and list(snap.version(acct.number, seg, 2)) == [1]
 

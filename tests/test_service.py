@@ -188,6 +188,33 @@ def test_requests_that_do_not_parse_are_invalid_argument(client):
     assert client.export("vip") == b"Type,Identity\ng,g1\n"
 
 
+def test_versions_list_what_made_each_and_a_rollback_is_a_new_head(client, tmp_path):
+    (tmp_path / "spring.csv").write_bytes(csv("g1", "g2"))
+    first = client.upload(str(tmp_path / "spring.csv"), name="vip")
+    client.upload(csv("g3"), replace="vip")
+    seg = client.rollback("vip", 1)
+    assert (seg.version, seg.size) == (3, 2)
+    assert client.is_member("vip", guid="g1") and not client.is_member("vip", guid="g3")
+    versions = client.versions("vip")
+    assert [(v.version, v.size, v.head, v.kept, v.rollback_of) for v in versions] == \
+        [(3, 2, True, True, 1), (2, 1, False, True, 0), (1, 2, False, True, 0)]
+    assert not versions[0].HasField("upload") and versions[2].upload.id == first.id
+    assert (versions[2].upload.mode, versions[2].upload.file_name) == (pb.UPLOAD_MODE_CREATE, "spring.csv")
+    assert [t.version for t in client.get_segment("vip").trend] == [1, 2, 3]
+    for version, code in ((3, grpc.StatusCode.INVALID_ARGUMENT), (7, grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(CallError) as e:
+            client.rollback("vip", version)
+        assert e.value.code == code and e.value.reason, version
+    client.attach("vip", "journey", "j1", "Welcome")
+    with pytest.raises(CallError) as e:
+        client.rollback("vip", 2)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SEGMENT_IN_USE")
+    assert client.get_segment("vip").version == 3                      # nothing changed
+    with pytest.raises(CallError) as e:
+        client.versions("nope")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+
 def test_in_use_is_failed_precondition_naming_consumers(client):
     client.upload(csv("g1"), name="vip")
     client.attach("vip", "campaign", "c-1", "Spring")
