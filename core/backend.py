@@ -126,6 +126,11 @@ class Snapshot(ABC):
         """[(line, reason)] of the upload's rejected rows from position start, at most limit."""
 
 
+#: How often a commit (an upload's, a rollback's) builds its version again when publish finds that
+#: another commit moved the head meanwhile (HeadMoved).
+COMMIT_TRIES = 3
+
+
 @dataclass(frozen=True)
 class Retention:
     """Which versions a commit drops: a superseded version goes once it is both out of the last

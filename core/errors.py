@@ -98,7 +98,7 @@ class VersionGone(ListsegError):
 
 class HeadMoved(ListsegError):
     """A segment's head is not the one a commit read (core/backend.py Unit.publish): another commit
-    came between. The upload's commit reads again and retries (ingest.COMMIT_TRIES)."""
+    came between. The upload's commit reads again and retries (core/backend.py COMMIT_TRIES)."""
     reason = "HEAD_MOVED"
 
 

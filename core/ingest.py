@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroaring import BitMap
 
 from listseg.core import parser
+from listseg.core.backend import COMMIT_TRIES
 from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, StorageUnavailable, TooLarge
 from listseg.core.layout import UNKNOWN
 from listseg.core.members import without_deleted
@@ -32,9 +33,6 @@ BATCH_ROWS = 1 << 22
 FIRST_BATCH_ROWS = 1 << 18
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
-# A commit reads the head, builds and stages the version, then publishes it if the head has not moved;
-# a commit in between (another upload's) makes it read again, at most this many times in all.
-COMMIT_TRIES = 3
 # How long a failed upload whose record the store could not take (a failover) keeps trying to write
 # it; a server that stops meanwhile leaves it to ingest.recover at the next start.
 FAIL_LATER_S = 3600

@@ -11,6 +11,7 @@ import time
 
 from pyroaring import BitMap, FrozenBitMap
 
+from listseg.core.backend import COMMIT_TRIES
 from listseg.core.errors import AlreadyExists, HeadMoved, InUse, InvalidArgument, NotFound, VersionGone
 from listseg.core.layout import SEGMENT_ID
 from listseg.core.members import Members, live_size, without_deleted
@@ -181,12 +182,12 @@ class Segments(Members):
                             "kept": version in kept, "upload": upload, "rollback_of": row.get("rollback_of")})
             return out
 
-    def rollback(self, segment, version, tries=3, now=None):
+    def rollback(self, segment, version, now=None):
         """A new head version with the members of `version` (less profiles deleted since): history
         stays linear ("version 9 = rollback to 6"). Refused while a campaign or journey uses the
         segment (InUse), for the head itself (InvalidArgument) and for an expired version
         (VersionGone). Returns the new version."""
-        for attempt in range(tries):
+        for attempt in range(COMMIT_TRIES):
             with self.backend.snapshot() as snap:
                 seg_id = self.find_id(snap, segment)
                 self.check_free(self.record(snap, seg_id))
@@ -210,7 +211,7 @@ class Segments(Members):
             try:
                 return self.backend.write(commit)
             except HeadMoved:
-                if attempt == tries - 1:
+                if attempt == COMMIT_TRIES - 1:
                     raise
 
     def list(self):
