@@ -242,7 +242,7 @@ SEGMENT_NAME_KEY = Key("segment_name", "segnames", [ACCOUNT, Tail("name", "segme
                        "name -> segment id")
 HEAD_KEY = Key("head", "heads", [ACCOUNT, SEGMENT_ID], VERSION, "the segment's current version")
 VERSION_KEY = Key("version", "versions", [ACCOUNT, SEGMENT_ID, VERSION], "bitmap", "an immutable version's members")
-HISTORY_KEY = Key("history", "history", [ACCOUNT, SEGMENT_ID, VERSION], "json", "{time, size} of a version (the trend)")
+HISTORY_KEY = Key("history", "history", [ACCOUNT, SEGMENT_ID, VERSION], "json", "{time, size, and upload or rollback_of} of a version (the trend and the versions list; rows older than issue 14 have neither)")
 UPLOAD_KEY = Key("upload", "uploads", [ACCOUNT, UPLOAD_ID], "json", "upload record")
 REJECT_KEY = Key("reject", "rejects", [ACCOUNT, UPLOAD_ID, REJECT_ROW], "reject", "a rejected row of an upload")
 

@@ -32,7 +32,6 @@ constexpr size_t kMaxEntries = 4096;  // cached versions, heads and accounts, cl
 // message tells (its slot moved to another node, a node cut off from the cluster but not from us).
 constexpr auto kHeadTrust = std::chrono::seconds(1);
 
-
 std::string text(const redisReply* r) { return std::string(r->str, r->len); }
 bool is_text(const redisReply* r) { return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS); }
 
