@@ -39,7 +39,7 @@ front-sysdeps: | proto-sysdeps
 # C++ stubs from the same .proto, the messages the front's health, reflection and errors carry (so
 # reflection can describe them; google/rpc from the pinned googleapis-common-protos), then one binary
 # (server/front.py starts it).
-FRONT_SRC    := $(addprefix server/native/,membership_front.cc reflection.cc lmdb_source.cc redis_source.cc redis_cluster.cc redis_watch.cc)
+FRONT_SRC    := $(addprefix server/native/,membership_front.cc reflection.cc lmdb_source.cc redis_source.cc redis_cluster.cc redis_watch.cc bucket_cache.cc)
 FRONT_PROTOS := grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto
 RPC_PROTOS   := google/rpc/status.proto google/rpc/error_details.proto
 $(FRONT): $(FRONT_SRC) $(wildcard server/native/*.h) $(PROTO) $(VENV)/.deps | sysdeps front-sysdeps
@@ -56,8 +56,9 @@ $(VENV)/.deps: requirements.txt requirements-run.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# An editable install: builds the extensions in place (core/*.so) and puts `listseg` on the path.
-$(VENV)/.built: $(VENV)/.deps $(PYX) setup.py pyproject.toml | sysdeps
+# An editable install: builds the extensions in place (core/*.so) and puts `listseg` on the path
+# (setup.py compiles the reflection v1 descriptor too, from grpc-proto).
+$(VENV)/.built: $(VENV)/.deps $(PYX) setup.py pyproject.toml | sysdeps proto-sysdeps
 	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -10,7 +10,9 @@ bench.py's data (benchmarks/bench.py make_data: N profiles, an N-row list of g a
   check_batch, export and reach go through the first server; the IsMember case spreads its 16
   concurrent callers over both servers' membership fronts (one connection each, calls taken in turn),
   which answer from the cluster in native code. The same case through the two servers themselves (no
-  front) is reported too, as is_member.servers_qps.
+  front) is reported too, as is_member.servers_qps, and so is what the fronts asked of the cluster a
+  check (is_member.listseg_redis_commands_per_check: commands the primaries ran, from INFO
+  commandstats, over the checks answered).
 - The peer, on the same cluster: plain Redis sets through redis-py's RedisCluster with hiredis, and
   bench.py's best settings (variadic SADD of 10,000 members per command through a non-transactional
   pipeline, 10 in flight; SMISMEMBER of 10,000 ids; SSCAN COUNT 10000; SINTERCARD; redis.asyncio's
@@ -225,7 +227,9 @@ def run(args):
         fronts = ",".join(s.membership for s in servers)
         work("is_member", "listseg", targets, workdir, SEGMENT, min(args.seconds, 5), 1)
         work("is_member", "listseg", fronts, workdir, SEGMENT, min(args.seconds, 2), 1)
+        before = data_commands(nodes)
         raw["is_member_listseg"] = work("is_member", "listseg", fronts, workdir, SEGMENT, args.seconds, 1)
+        raw["is_member_listseg"]["redis_commands"] = data_commands(nodes) - before
         raw["is_member_redis"] = work("is_member", "redis", url, workdir, PEER_MEMBERS_KEY, args.seconds)
         raw["is_member_servers"] = work("is_member", "listseg", targets, workdir, SEGMENT, args.seconds, 1)
         log(f"is_member: {raw['is_member_listseg']}, {raw['is_member_redis']}")
@@ -271,6 +275,9 @@ def run(args):
                          hiredis_in_use=_hiredis_in_use(), memory=MEMORY_ACCOUNTING,
                          listseg_worktree=worktree_digest()),
     }
+    # what the fronts asked of the cluster a check (their kept heads and buckets: server/native/bucket_cache.h)
+    fronted = raw["is_member_listseg"]
+    result["is_member"]["listseg_redis_commands_per_check"] = round(fronted["redis_commands"] / fronted["calls"], 4)
     result["is_member"]["servers_qps"] = round(raw["is_member_servers"]["qps"])
     result["is_member"]["servers_p99_ms"] = round(raw["is_member_servers"]["p99_ms"], 3)
     for side in ("is_member_listseg", "is_member_redis", "is_member_servers"):
@@ -280,6 +287,22 @@ def run(args):
         with open(args.raw, "w") as f:
             json.dump(raw, f, indent=2)
     return result
+
+
+# What the nodes run for themselves or for this script, not for a client's data.
+NOT_DATA_COMMANDS = ("info", "replconf", "role", "ping", "hello", "cluster|")
+
+
+def data_commands(nodes):
+    """Commands the cluster's primaries have run so far (INFO commandstats), but NOT_DATA_COMMANDS; a
+    script counts once, and once more for each command it calls."""
+    total = 0
+    for port in nodes.primaries():
+        for line in local_cluster.cli(port, "INFO", "commandstats").splitlines():
+            name = line.partition(":")[0].removeprefix("cmdstat_")
+            if line.startswith("cmdstat_") and not name.startswith(NOT_DATA_COMMANDS):
+                total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
 
 
 def worktree_digest():
@@ -321,6 +344,8 @@ def rows_of(result):
         (f"is_member (qps, c=16, {SERVERS} servers' fronts)", f"{ism['listseg_qps']:,}", f"{ism['redis_qps']:,}",
          adv["is_member_qps"], "≥ 0.5x", adv["is_member_qps"] >= BARS["is_member_qps"]),
         ("is_member p99 (ms)", f"{ism['listseg_p99_ms']:.2f}", f"{ism['redis_p99_ms']:.2f}", None, "", None),
+        ("is_member: Redis commands a check through the fronts", f"{ism['listseg_redis_commands_per_check']:.4f}",
+         "1", None, "", None),
         (f"is_member through the {SERVERS} servers, no front (qps)", f"{ism['servers_qps']:,}", f"{ism['redis_qps']:,}",
          ism["servers_qps"] / max(ism["redis_qps"], 1e-9), "", None),
         ("export (members/s)", f"{exp['listseg']:,}", f"{exp['redis']:,}", adv["export"], "", None),

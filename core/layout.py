@@ -332,6 +332,14 @@ return {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), ge
 """
 REDIS_LOCATE_KEYS = (b"names", b"seg", b"heads", b"acct")
 
+#: The membership front's read of a bucket (KEYS[1]): the whole bucket (HGETALL) when it holds at most
+#: ARGV[2] fields, so the front can keep it; else the uid of field ARGV[1] alone (HGET), so a big
+#: bucket never blocks its node for long.
+REDIS_BUCKET_READ = b"""
+if redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[2]) then return redis.call('HGETALL', KEYS[1]) end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
 
 # == generated files ==============================================================================
 _GENERATED = "Generated from core/layout.py by `python -m listseg.core.layout {flag}`: do not edit."
@@ -386,7 +394,8 @@ def c_header():
             f"#define LISTSEG_REDIS_BLOCK_BITS {REDIS_BLOCK_BITS}", f"#define LISTSEG_REDIS_BUCKETS {REDIS_BUCKETS}"]
     out += [f"#define LISTSEG_{name} {_c_string(globals()[name])}" for name in (
         "REDIS_DIRECTORY_NAMES", "REDIS_DIRECTORY_CREDENTIALS", "REDIS_ACCOUNT_KEY", "REDIS_BLOCK_KEY",
-        "REDIS_BUCKET_KEY", "REDIS_BUCKETS_FIELD", "REDIS_VERSION_CONTAINER", "REDIS_LOCATE")]
+        "REDIS_BUCKET_KEY", "REDIS_BUCKETS_FIELD", "REDIS_VERSION_CONTAINER", "REDIS_LOCATE",
+        "REDIS_BUCKET_READ")]
     out += [f"#define LISTSEG_REDIS_LOCATE_KEYS {{{', '.join(_c_string(k) for k in REDIS_LOCATE_KEYS)}}}"]
     out += ["", "#endif  /* LISTSEG_LAYOUT_H */", ""]
     return "\n".join(out)

@@ -57,9 +57,11 @@ def test_bench_cluster_writes_every_key(tmp_path, redis_available):
     assert set(result) == {"scale", "ingest", "check_batch", "is_member", "export", "reach", "memory",
                            "cpu", "cores", "versions"}
     assert set(result["ingest"]) == set(result["check_batch"]) == set(result["export"]) == {"listseg", "redis"}
-    # latest.json's IsMember keys (through the fronts), and the same case through the servers alone
+    # latest.json's IsMember keys (through the fronts), the same case through the servers alone, and
+    # what the fronts asked of the cluster a check (0 when every answer came from what they keep)
     assert set(result["is_member"]) == {"listseg_qps", "listseg_p99_ms", "redis_qps", "redis_p99_ms",
-                                        "servers_qps", "servers_p99_ms"}
+                                        "servers_qps", "servers_p99_ms", "listseg_redis_commands_per_check"}
+    assert result["is_member"].pop("listseg_redis_commands_per_check") >= 0
     assert set(result["reach"]) == {"listseg_ms", "redis_ms"}
     assert set(result["memory"]) == {"listseg_bytes_per_member", "redis_bytes_per_member",
                                      "listseg_bytes_per_profile", "redis_bytes_per_profile"}

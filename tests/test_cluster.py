@@ -1,6 +1,7 @@
 """listseg on a real local Redis Cluster (tests/cluster.py): `listseg serve --store redis-cluster://...`
 processes share one cluster's data, and what only a Redis store does. The engine's own suite runs on
 the cluster too (conftest `backend`)."""
+import contextlib
 import json
 import signal
 import subprocess
@@ -86,14 +87,22 @@ def test_each_servers_membership_front_answers_from_the_cluster(store, tmp_path)
             stop_server(proc)
 
 
-@pytest.fixture
-def fronted(store, tmp_path):
-    """A server on the cluster with its membership front: (server target, front target)."""
+@contextlib.contextmanager
+def serve_fronted(store, tmp_path):
+    """A server on `store` with its membership front: (server target, front target)."""
     front = f"127.0.0.1:{free_port()}"
     proc, target = start_server(tmp_path / "unused", "--store", store, "--membership-listen", front)
-    wait_healthy(front)
-    yield target, front
-    stop_server(proc)
+    try:
+        wait_healthy(front)
+        yield target, front
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture
+def fronted(store, tmp_path):
+    with serve_fronted(store, tmp_path) as targets:
+        yield targets
 
 
 def locates(cluster_):
@@ -127,6 +136,43 @@ def test_a_front_reads_a_head_again_only_when_it_may_have_changed(redis_cluster,
         before = locates(redis_cluster)                 # a new watch, kept again
         assert all(f.is_member("vip", guid="g3") for _ in range(40))
         assert locates(redis_cluster) - before < 5
+
+
+def bucket_reads(cluster_):
+    """HGET and HGETALL calls so far over the cluster's primaries (LOCATE's own HGETs among them)."""
+    total = 0
+    for port in cluster_.primaries():
+        for line in cluster.cli(port, "INFO", "commandstats").splitlines():
+            if line.startswith(("cmdstat_hget:", "cmdstat_hgetall:")):
+                total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+def test_a_front_answers_from_the_buckets_it_keeps_until_a_profile_write(redis_cluster, store, tmp_path):
+    """A bucket asked often is kept whole (server/native/bucket_cache.h): then a check makes no
+    Redis call. Any profile write or delete, even one made while the front's watch is cut, is seen
+    by the very next check. 8 buckets, so a new profile lands in one the front keeps."""
+    guids = [f"g{k}" for k in range(50)]
+    with serve_fronted(f"{store}?buckets=8", tmp_path) as (target, front), Client(target) as c, Client(front) as f:
+        c.import_profiles(profiles_csv(50))
+        c.upload(CSV + "".join(f"g,g{k}\n" for k in range(0, 50, 2)).encode(), name="vip")
+        for _ in range(3):                              # each bucket asked again: kept
+            assert [f.is_member("vip", guid=g) for g in guids] == [k % 2 == 0 for k in range(50)]
+        before = bucket_reads(redis_cluster)
+        for _ in range(3):
+            assert [f.is_member("vip", guid=g) for g in guids] == [k % 2 == 0 for k in range(50)]
+        assert bucket_reads(redis_cluster) - before < 30      # 150 checks; one HGET each without it
+        c.delete_profiles(["g0"])
+        assert not f.is_member("vip", guid="g0") and f.is_member("vip", guid="g2")
+        c.import_profiles(b"g77,id77,email\n")             # a profile that no bucket held
+        c.upload(CSV + b"g,g77\n", append="vip")
+        assert f.is_member("vip", guid="g77") and not f.is_member("vip", guid="g0")
+        for _ in range(3):
+            assert [f.is_member("vip", guid=g) for g in guids[1:]] == [k % 2 == 0 for k in range(1, 50)]
+        for port in redis_cluster.primaries():          # the watches' connections, gone
+            cluster.cli(port, "CLIENT", "KILL", "TYPE", "pubsub")
+        c.delete_profiles(["g2"])                       # told to no one
+        assert not f.is_member("vip", guid="g2") and f.is_member("vip", guid="g4")
 
 
 @pytest.fixture

@@ -207,6 +207,7 @@ static inline size_t listseg_key_reject(uint8_t *dst, const uint8_t *account, ui
 #define LISTSEG_REDIS_BUCKETS_FIELD "buckets"
 #define LISTSEG_REDIS_VERSION_CONTAINER "v:%s"
 #define LISTSEG_REDIS_LOCATE "\x0alocal id = ARGV[2]\x0aif ARGV[1] ~= '' then id = redis.call('HGET', KEYS[1], ARGV[1]) end\x0alocal generation = redis.call('HGET', KEYS[4], 'generation')\x0aif not id then return {false, false, false, generation} end\x0areturn {id, redis.call('HGET', KEYS[2], id), redis.call('HGET', KEYS[3], id), generation}\x0a"
+#define LISTSEG_REDIS_BUCKET_READ "\x0aif redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[2]) then return redis.call('HGETALL', KEYS[1]) end\x0areturn redis.call('HGET', KEYS[1], ARGV[1])\x0a"
 #define LISTSEG_REDIS_LOCATE_KEYS {"names", "seg", "heads", "acct"}
 
 #endif  /* LISTSEG_LAYOUT_H */

@@ -1,7 +1,9 @@
-// The Redis source. Per call, HGET of the key's bucket, and REDIS_LOCATE on the account's slot (the
-// segment's id, record and head) unless its last reply is still good: HeadWatch has had no message
-// of a write to what it read, and it is under kHeadTrust old. When both go, they overlap
-// (RedisCluster::run sends both before reading either). A version's
+// The Redis source. Per call, REDIS_LOCATE on the account's slot (the segment's id, record and head,
+// and the profiles generation) unless its last reply is still good: HeadWatch has had no message of
+// a write to what it read, and it is under kHeadTrust old. Then the key's bucket: from BucketCache
+// when it holds it at that generation, else HGET (or, to keep it, REDIS_BUCKET_READ when the bucket
+// is asked often). When LOCATE and the bucket's read both go, they overlap (RedisCluster::run sends both
+// before reading either). So a call on a kept head and a cached bucket makes no Redis call. A version's
 // bitmap is read once (its manifest, then its containers) and kept: versions never change, and the
 // head names its version and token ("version:token"), so an entry is right while the head names it.
 #include "redis_source.h"
@@ -17,6 +19,7 @@
 #include <map>
 #include <mutex>
 
+#include "bucket_cache.h"
 #include "layout.h"
 #include "redis_cluster.h"
 #include "redis_watch.h"
@@ -73,7 +76,8 @@ class RedisSource final : public Source {
  public:
   RedisSource(std::vector<std::string> seeds, bool cluster, std::string user, std::string password)
       : redis_(std::move(seeds), cluster, std::move(user), std::move(password)),
-        locate_sha_(sha1_hex(LISTSEG_REDIS_LOCATE)) {}
+        locate_sha_(sha1_hex(LISTSEG_REDIS_LOCATE)),
+        bucket_read_sha_(sha1_hex(LISTSEG_REDIS_BUCKET_READ)) {}
 
   bool credentials_required() override {
     if (required_) return true;  // passcodes, once there, stay required
@@ -98,35 +102,75 @@ class RedisSource final : public Source {
     if (!account_of(account, &acct, &buckets)) return false;
     uLong crc = crc32(0, reinterpret_cast<const Bytef*>(key.data()), uInt(key.size()));
     std::string bucket = format(LISTSEG_REDIS_BUCKET_KEY, int(acct), guid ? "g" : "i", int(crc % buckets));
-    Command lookup = {bucket, {"HGET", bucket, key}};
     std::string asked = std::to_string(acct) + (ref.by_id ? "#" + std::to_string(ref.id) : ":" + ref.name);
     Located where;
-    if (known(acct, asked, &where)) return answer(acct, where, redis_.run({lookup})[0].get(), out);
-
-    uint64_t stamp = watch_.stamp(acct);  // before the read: a write after it is told
-    std::vector<std::string> locate = {"EVALSHA", locate_sha_, "4"};
-    for (const char* what : LISTSEG_REDIS_LOCATE_KEYS) locate.push_back(account_key(acct, what));
-    locate.push_back(ref.by_id ? "" : ref.name);
-    locate.push_back(std::to_string(ref.by_id ? ref.id : 0));
-    std::vector<Command> commands = {{locate[3], locate}, lookup};
-    auto replies = redis_.run(commands);
-    if (replies[0]->type == REDIS_REPLY_ERROR && text(replies[0].get()).rfind("NOSCRIPT", 0) == 0) {
-      commands[0].args[0] = "EVAL";  // the node has not seen the script yet (or restarted): send it whole
-      commands[0].args[1] = LISTSEG_REDIS_LOCATE;
-      replies = redis_.run(commands);
+    if (!known(acct, asked, &where)) {
+      // The bucket's read goes with LOCATE, unless a kept copy may serve once the generation is known.
+      if (buckets_.holds(bucket)) {
+        if (!locate(acct, ref, asked, nullptr, &where)) return false;
+      } else {
+        // HGET only: a bucket read beside LOCATE may be older than the generation LOCATE reads on
+        // another node, so it is not one to keep.
+        Reply found;
+        Command get = {bucket, {"HGET", bucket, key}};
+        if (!locate(acct, ref, asked, &get, &where, &found)) return false;
+        return answer(acct, where, bucket, key, found.get(), out);
+      }
     }
-    if (!located(replies[0].get(), &where)) return false;
-    if (stamp) remember(asked, stamp, where);
-    return answer(acct, where, replies[1].get(), out);
+    std::shared_ptr<const Bucket> kept = where.cacheable ? buckets_.get(bucket, where.generation) : nullptr;
+    if (kept) return answer(acct, where, *kept, key, out);
+    return answer(acct, where, bucket, key, run({lookup(bucket, key)})[0].get(), out);
   }
 
  private:
-  // What REDIS_LOCATE found of a segment: its id, and its head ("version:token"), if it has one.
+  // What REDIS_LOCATE found of a segment: its id, and its head ("version:token"), if it has one; and
+  // the account's profiles generation, when it says the identity buckets may be kept (even).
   struct Located {
     std::string seg;
     bool has_head = false;
     std::string head;
+    bool cacheable = false;
+    uint64_t generation = 0;
   };
+
+  // HGET of key in its bucket; when the bucket is asked often enough to keep, REDIS_BUCKET_READ,
+  // which reads it whole unless it is too big to keep.
+  Command lookup(const std::string& bucket, const std::string& key) {
+    if (!buckets_.hot(bucket)) return {bucket, {"HGET", bucket, key}};
+    return {bucket, {"EVALSHA", bucket_read_sha_, "1", bucket, key, std::to_string(BucketCache::kMaxFields)}};
+  }
+
+  // RedisCluster::run, with the scripts sent whole (EVAL) when a node has not seen them yet (or
+  // restarted).
+  std::vector<Reply> run(std::vector<Command> commands) {
+    auto replies = redis_.run(commands);
+    bool unseen = false;
+    for (size_t i = 0; i < replies.size(); i++) {
+      if (replies[i]->type != REDIS_REPLY_ERROR || text(replies[i].get()).rfind("NOSCRIPT", 0) != 0) continue;
+      commands[i].args[0] = "EVAL";
+      commands[i].args[1] = commands[i].args[1] == locate_sha_ ? LISTSEG_REDIS_LOCATE : LISTSEG_REDIS_BUCKET_READ;
+      unseen = true;
+    }
+    return unseen ? redis_.run(commands) : std::move(replies);
+  }
+
+  // REDIS_LOCATE of segment `ref`, remembered under `asked` while the watch allows; `with` (and its
+  // reply, in *reply) goes in the same round trip. False for no such segment, or no answer.
+  bool locate(uint32_t acct, const SegmentRef& ref, const std::string& asked, const Command* with, Located* where,
+              Reply* reply = nullptr) {
+    uint64_t stamp = watch_.stamp(acct);  // before the read: a write after it is told
+    std::vector<std::string> args = {"EVALSHA", locate_sha_, "4"};
+    for (const char* what : LISTSEG_REDIS_LOCATE_KEYS) args.push_back(account_key(acct, what));
+    args.push_back(ref.by_id ? "" : ref.name);
+    args.push_back(std::to_string(ref.by_id ? ref.id : 0));
+    std::vector<Command> commands = {{args[3], args}};
+    if (with) commands.push_back(*with);
+    auto replies = run(std::move(commands));
+    if (!located(replies[0].get(), where)) return false;
+    if (stamp) remember(asked, stamp, *where);
+    if (reply) *reply = std::move(replies[1]);
+    return true;
+  }
 
   // False for no such segment (or a reply that is not REDIS_LOCATE's): the server answers.
   static bool located(const redisReply* found, Located* out) {
@@ -135,11 +179,37 @@ class RedisSource final : public Source {
     out->seg = text(found->element[0]);
     out->has_head = is_text(found->element[2]);
     out->head = out->has_head ? text(found->element[2]) : std::string();
+    if (is_text(found->element[3])) {
+      char* end;
+      out->generation = std::strtoull(found->element[3]->str, &end, 10);
+      out->cacheable = end == found->element[3]->str + found->element[3]->len && out->generation % 2 == 0;
+    }
     return true;
   }
 
-  // The answer for segment `where` from the bucket's HGET reply `uid`; false to relay.
-  bool answer(uint32_t acct, const Located& where, const redisReply* uid, Answer* out) {
+  // The answer for segment `where` from the bucket's reply: HGET's of the key, or HGETALL's (then
+  // kept, when the generation allows); false to relay.
+  bool answer(uint32_t acct, const Located& where, const std::string& bucket, const std::string& key,
+              const redisReply* reply, Answer* out) {
+    if (reply->type == REDIS_REPLY_ARRAY) {
+      std::shared_ptr<const Bucket> all = Bucket::parse(reply);
+      if (!all) return false;
+      if (where.cacheable) buckets_.keep(bucket, where.generation, all);
+      return answer(acct, where, *all, key, out);
+    }
+    if (reply->type == REDIS_REPLY_NIL) return answer(acct, where, nullptr, out);
+    if (reply->type != REDIS_REPLY_STRING || reply->len != LISTSEG_UID_WIDTH) return false;
+    uint32_t uid = listseg_get_uid(reinterpret_cast<const uint8_t*>(reply->str));
+    return answer(acct, where, &uid, out);
+  }
+
+  bool answer(uint32_t acct, const Located& where, const Bucket& bucket, const std::string& key, Answer* out) {
+    uint32_t uid;
+    return answer(acct, where, bucket.find(key, &uid) ? &uid : nullptr, out);
+  }
+
+  // The answer for segment `where` for the profile `uid` (null: no such profile); false to relay.
+  bool answer(uint32_t acct, const Located& where, const uint32_t* uid, Answer* out) {
     out->version = 0;
     out->member = false;
     if (!where.has_head) return true;  // no version yet
@@ -148,10 +218,7 @@ class RedisSource final : public Source {
     out->version = std::strtoull(where.head.c_str(), nullptr, 10);
     Bitmap bm = version(acct, where.seg, out->version, where.head.substr(colon + 1));
     if (!bm) return false;
-    if (uid->type == REDIS_REPLY_STRING && uid->len == LISTSEG_UID_WIDTH)
-      out->member = roaring_bitmap_contains(bm.get(), listseg_get_uid(reinterpret_cast<const uint8_t*>(uid->str)));
-    else if (uid->type != REDIS_REPLY_NIL)
-      return false;
+    out->member = uid && roaring_bitmap_contains(bm.get(), *uid);
     return true;
   }
 
@@ -251,7 +318,8 @@ class RedisSource final : public Source {
 
   RedisCluster redis_;
   HeadWatch watch_{redis_};
-  const std::string locate_sha_;
+  BucketCache buckets_;
+  const std::string locate_sha_, bucket_read_sha_;
   std::atomic<bool> required_{false};
   std::mutex lock_;  // guards all below
   std::chrono::steady_clock::time_point credentials_read_at_;

@@ -28,7 +28,8 @@ std::string account_key(uint32_t acct, const char* what) { return format(LISTSEG
 struct HeadWatch::Watch {
   std::string node;
   redisContext* c = nullptr;
-  std::atomic<uint64_t> stamp{0};
+  std::atomic<uint64_t> stamp{0};  // moved before each read of its socket
+  std::atomic<uint64_t> done{0};   // set to stamp once that read is over
   std::atomic<bool> live{true};
   ~Watch() {
     if (c) redisFree(c);
@@ -58,7 +59,12 @@ uint64_t HeadWatch::stamp(uint32_t acct) {
   {
     std::lock_guard<std::mutex> hold(lock_);
     auto it = watches_.find(acct);
-    if (it != watches_.end() && it->second->live && it->second->node == node) return it->second->stamp;
+    if (it != watches_.end() && it->second->live && it->second->node == node) {
+      // Not during a read: a message that reaches the socket after the stamp and before the read
+      // would go under it unseen.
+      uint64_t now = it->second->stamp;
+      return it->second->done == now ? now : 0;
+    }
     auto failed = failed_at_.find(acct);
     if (failed != failed_at_.end() && std::chrono::steady_clock::now() - failed->second < kRetryOpen) return 0;
   }
@@ -111,7 +117,7 @@ std::shared_ptr<HeadWatch::Watch> HeadWatch::open(uint32_t acct, const std::stri
     if (!r || r->type == REDIS_REPLY_ERROR)
       throw RedisError(node + ": " + args[0] + " refused: " + (r ? std::string(r->str, r->len) : w->c->errstr));
   }
-  w->stamp = ++changes_;  // taken after tracking is on: whatever is read from now on is watched
+  w->stamp = w->done = ++changes_;  // taken after tracking is on: whatever is read from now on is watched
   return w;
 }
 
@@ -132,7 +138,8 @@ void HeadWatch::listen() {
     for (size_t i = 1; i < fds.size(); i++) {
       if (!fds[i].revents) continue;
       Watch& w = *polled[i - 1];
-      w.stamp = ++changes_;  // before the read: see unchanged()
+      uint64_t stamp = ++changes_;
+      w.stamp = stamp;  // before the read: see unchanged() and stamp()
       if (redisBufferRead(w.c) != REDIS_OK) {
         w.live = false;  // the node went away, or dropped us: nothing is known of its writes now
         continue;
@@ -142,6 +149,7 @@ void HeadWatch::listen() {
         freeReplyObject(msg);
         msg = nullptr;
       }
+      w.done = stamp;
     }
     polled.erase(std::remove_if(polled.begin(), polled.end(), [](const auto& w) { return !w->live; }), polled.end());
   }

@@ -33,7 +33,7 @@ class HeadWatch {
   HeadWatch(const HeadWatch&) = delete;
 
   // A stamp to keep with what is read next of account acct's metadata, or 0 when no watch of it is
-  // live (then keep nothing). Makes the watch when there is none on the node serving its slot now.
+  // live, or it is reading a message (then keep nothing). Makes the watch when there is none on the node serving its slot now.
   uint64_t stamp(uint32_t acct);
   // True while nothing may have changed since `stamp` was taken: the watch is live, and has had
   // no message since, read or waiting.
