@@ -35,7 +35,8 @@ if not stubs.current():
 
 setup(
     package_dir={"listseg": "."},
-    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1", "listseg.dashboard"],
+    packages=["listseg", "listseg.core", "listseg.server", "listseg.clients", "listseg.v1", "listseg.dashboard",
+              "listseg.dashboard.views"],
     package_data={"listseg": ["py.typed"], "listseg.core": ["*.pyi"], "listseg.v1": ["*.pyi"],
                   "listseg.dashboard": ["templates/*.jinja", "static/*"]},
     ext_modules=extensions(),

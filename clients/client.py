@@ -157,19 +157,30 @@ class Client:
                                               **self._kw(timeout or self.upload_timeout)))
 
     @_calls
+    def upload_errors_page(self, upload_id: int, page_size: int = 1000,
+                           page_token: str = "") -> tuple[list[tuple[int, str]], str]:
+        """One page of an upload's rejected rows: ([(line, reason)], the next page's token or "")."""
+        resp = self.segments.ListUploadErrors(
+            pb.ListUploadErrorsRequest(id=upload_id, page_size=page_size, page_token=page_token), **self._kw())
+        return [(e.line, e.reason) for e in resp.errors], resp.next_page_token
+
     def upload_errors(self, upload_id: int, page_size: int = 1000) -> list[tuple[int, str]]:
         """Every rejected row of an upload: [(line, reason)]."""
         out: list[tuple[int, str]] = []
         token = ""
         while True:
-            resp = self.segments.ListUploadErrors(
-                pb.ListUploadErrorsRequest(id=upload_id, page_size=page_size, page_token=token), **self._kw())
-            out.extend((e.line, e.reason) for e in resp.errors)
-            token = resp.next_page_token
+            errors, token = self.upload_errors_page(upload_id, page_size, token)
+            out.extend(errors)
             if not token:
                 return out
 
     # -- segments --------------------------------------------------------------------------
+    @_calls
+    def check_access(self) -> None:
+        """One cheap call: raises CallError (UNAUTHENTICATED, UNAVAILABLE...) when this client cannot use
+        the API."""
+        self.segments.ListSegments(pb.ListSegmentsRequest(page_size=1), **self._kw())
+
     @_calls
     def get_segment(self, segment: str | int, sample: int = 0) -> pb.Segment:
         return self.segments.GetSegment(pb.GetSegmentRequest(segment=str(segment), sample_size=sample),
@@ -196,12 +207,17 @@ class Client:
             pb.SampleMembersRequest(segment=str(segment), count=count), **self._kw()).profiles)
 
     @_calls
+    def export_chunks(self, segment: str | int) -> Iterator[bytes]:
+        """The members CSV in the chunks the server sends (the first call is made at the first next())."""
+        for msg in self.segments.ExportMembers(pb.ExportMembersRequest(segment=str(segment)),
+                                               **self._kw(self.upload_timeout)):
+            yield msg.data
+
     def export(self, segment: str | int, out: IO[bytes] | None = None) -> bytes | None:
         """Write the members CSV to `out` (a binary file; default: return bytes)."""
         sink: IO[bytes] = out or io.BytesIO()
-        for msg in self.segments.ExportMembers(pb.ExportMembersRequest(segment=str(segment)),
-                                               **self._kw(self.upload_timeout)):
-            sink.write(msg.data)
+        for chunk in self.export_chunks(segment):
+            sink.write(chunk)
         return None if out else sink.getvalue()  # type: ignore[attr-defined]
 
     @_calls

@@ -37,8 +37,9 @@ def when(t, span_s):
     return t.strftime("%Y-%m-%d %H:%M:%S" if span_s < 3600 else "%Y-%m-%d %H:%M") + " UTC"
 
 
-def trend_svg(points, now=None, title_id="trend-title"):
-    """points: [(datetime (UTC), size)] in time order. Returns Markup of an <svg>."""
+def trend_svg(points, now=None, title_id="trend-title", marks=()):
+    """points: [(datetime (UTC), size)] in time order; marks: [(datetime, label)], each drawn as a dashed
+    line (the versions a rollback made). Returns Markup of an <svg>."""
     points = list(points)[-MAX_POINTS:]
     if not points:
         return Markup('<p class="muted">No version yet: the trend starts with the first successful upload.</p>')
@@ -73,6 +74,10 @@ def trend_svg(points, now=None, title_id="trend-title"):
     base = y(0)
     out.append(f'<polygon class="area" points="{steps[0][0]:.1f},{base:.1f} {line} {steps[-1][0]:.1f},{base:.1f}"/>')
     out.append(f'<polyline class="line" points="{line}"/>')
+    for t, label in marks:
+        if t is not None and t0 <= t <= now:
+            out.append(f'<line class="mark" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP}" y2="{base:.1f}">'
+                       f'<title>{escape(when(t, span))}: {escape(label)}</title></line>')
     for t, size in points:
         out.append(f'<circle class="dot" cx="{x(t):.1f}" cy="{y(size):.1f}" r="4">'
                    f'<title>{escape(when(t, span))}: {size:,} users</title></circle>')

@@ -13,7 +13,9 @@ import time
 import waitress
 from waitress import wasyncore
 
+from listseg.clients.client import CallError
 from listseg.dashboard import web
+from listseg.dashboard.views.auth import dev_mode
 from listseg.server.addresses import is_loopback, split_address
 from listseg.server.logs import setup_logging
 
@@ -60,9 +62,9 @@ class Dashboard:
         deadline = time.monotonic() + 15
         while True:
             try:
-                dev = web._dev_mode(state.anonymous)
+                dev = dev_mode(state.anonymous)
                 break
-            except web.CallError:                            # the gRPC server is still starting
+            except CallError:                            # the gRPC server is still starting
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

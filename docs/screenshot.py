@@ -2,8 +2,8 @@
 
     .venv/bin/python docs/screenshot.py [OUT.png]
 
-It builds a throwaway data directory with a segment that has six weeks of history (the engine takes a
-clock, so the versions get past dates), serves it, and photographs the details page in headless Chromium
+It builds a throwaway data directory with a segment that has six weeks of history and a rollback (the
+engine takes a clock, so the versions get past dates), serves it, and photographs the details page in headless Chromium
 (Debian's chromium and chromium-driver), exactly as the browser tests drive it.
 """
 import os
@@ -44,6 +44,7 @@ def build(data):
                              now=lambda when=when: when)
             up.feed(body)
             up.finish()
+        acct.segments.rollback("vip-customers", len(SIZES) - 1, now=time.time() - 1800)  # the last list was wrong
         acct.segments.attach("vip-customers", "campaign", "spring-sale", "Spring sale")
         acct.segments.attach("vip-customers", "journey", "welcome-series", "Welcome series")
 

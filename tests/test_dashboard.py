@@ -201,6 +201,37 @@ def test_replace_in_use_is_refused_naming_consumers(web, client):
     assert client.export("vip") == csv("g1", "g2")
 
 
+def test_history_table_rolls_back_with_a_confirmation_and_marks_the_trend(web, client, tmp_path):
+    (tmp_path / "first.csv").write_bytes(csv("g1", "g2"))
+    (tmp_path / "second.csv").write_bytes(csv("g3", extra=b"g,nobody\n"))
+    client.upload(str(tmp_path / "first.csv"), name="vip")
+    client.upload(str(tmp_path / "second.csv"), replace="vip")
+    page = web.get("/segments/1").text
+    history = re.search(r'id="version-history">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r'<tr data-version="(\d+)"( class="head")?>(.*?)</tr>', history, re.S)
+    assert [(v, bool(head)) for v, head, _ in rows] == [("2", True), ("1", False)]      # newest first
+    assert "Replace: second.csv" in rows[0][2] and re.search(r">1</td>\s*<td class=\"num\">1</td>", rows[0][2])
+    assert "Create: first.csv" in rows[1][2] and 'href="/uploads/1"' in rows[1][2]
+    assert "Roll back" not in rows[0][2]                                  # not to the head itself
+    confirm = re.search(r"<details class=\"confirm\">(.*?)</details>", rows[1][2], re.S).group(1)
+    assert 'name="version" value="1"' in confirm and "2 users" in confirm and 'name="csrf_token"' in confirm
+    assert 'class="mark"' not in page
+    resp = web.post("/segments/1/rollback", {"version": "1"}, token=web.csrf("/segments/1"))
+    assert resp.status == 303 and resp.headers["Location"] == "/segments/1"
+    assert client.export("vip") == csv("g1", "g2")                       # the rollback took
+    page = web.get("/segments/1").text
+    assert re.search(r'<tr data-version="3" class="head">.*?Rollback to version 1', page, re.S)
+    assert page.count('class="mark"') == 1 and "Rollback to version 1</title>" in page   # marked on the trend
+    client.attach("vip", "journey", "welcome")
+    page = web.get("/segments/1").text
+    assert "Roll back…" not in page and "it cannot\n    be rolled back" in page   # in use: no action offered...
+    refused = web.post("/segments/1/rollback", {"version": "2"})                    # ...nor taken
+    assert refused.status == 409 and 'id="rollback-problem"' in refused.text and "welcome" in refused.text
+    assert client.get_segment("vip").version == 3                          # nothing changed
+    assert web.post("/segments/1/rollback", {"version": "x"}).status == 400
+    assert web.post("/segments/1/rollback", {"version": "2"}, token="forged").status == 403
+
+
 def test_create_refusals_show_on_the_form(web, client):
     client.upload(csv("g1"), name="vip")
     resp = web.upload("/segments/new", csv("g2"), name="vip")
