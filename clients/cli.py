@@ -121,6 +121,40 @@ def cmd_members(args, client):
     return None, EXIT_OK, None
 
 
+def cmd_changes(args, client):
+    """Type,Identity,Change rows (Change: added or removed) of the members that joined or left."""
+    if args.from_version < 0 or (args.to or 0) < 0:
+        raise UsageError("--from and --to are version numbers (0 or more)")
+    if args.output and args.output != "-":
+        part = args.output + ".part"            # a broken listing leaves no file that looks whole
+        try:
+            with open(part, "w", newline="") as f:
+                out = _write_changes(client.member_changes(args.segment, args.from_version, args.to or 0), f)
+            os.replace(part, args.output)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
+        out["output"] = args.output
+        return out, EXIT_OK, (f"versions {out['from_version']} -> {out['to_version']}: {out['added']:,} added, "
+                              f"{out['removed']:,} removed, written to {args.output}")
+    _write_changes(client.member_changes(args.segment, args.from_version, args.to or 0), sys.stdout)
+    sys.stdout.flush()
+    return None, EXIT_OK, None
+
+
+def _write_changes(pages, f):
+    import csv
+    rows = csv.writer(f, lineterminator="\n")
+    rows.writerow(["Type", "Identity", "Change"])
+    out = {"from_version": 0, "to_version": 0, "added": 0, "removed": 0}
+    for page in pages:
+        guids = page.guids.decode().split("\n")
+        rows.writerows(("g", guid, "added" if joined else "removed") for guid, joined in zip(guids, page.added))
+        out.update(from_version=page.from_version, to_version=page.to_version, added=page.added_total,
+                   removed=page.removed_total)
+    return out
+
+
 def _consumer(args):
     if bool(args.campaign) == bool(args.journey):
         raise UsageError("give exactly one of --campaign ID, --journey ID")
@@ -356,6 +390,13 @@ def build_parser():
     p.add_argument("--identity")
     p = command("members", cmd_members, "download every member as a re-uploadable CSV")
     p.add_argument("segment", metavar="SEG")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p = command("changes", cmd_changes, "the members that joined or left a segment between two versions, as "
+                "Type,Identity,Change CSV")
+    p.add_argument("segment", metavar="SEG")
+    p.add_argument("--from", dest="from_version", type=int, required=True, metavar="N",
+                   help="the version before (0: everyone in --to is added)")
+    p.add_argument("--to", type=int, metavar="M", help="the version after (default: the head)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     for name, fn in (("attach", cmd_attach), ("detach", cmd_detach)):
         p = command(name, fn, f"{name} a campaign or journey {'to' if name == 'attach' else 'from'} a segment")

@@ -277,20 +277,36 @@ class Client:
         raise CallError(grpc.StatusCode.ABORTED, f"segment {segment} was replaced during each of "
                            f"{CHECK_ATTEMPTS} tries to check {len(identities)} identities", "VERSION_CHANGED")
 
-    @_calls
     def list_members(self, segment: str | int, page_size: int = 100_000, shard_index: int = 0,
                      shard_count: int = 1) -> Iterator[pb.ListMembersResponse]:
         """Yield pages (ListMembersResponse) of one consistent version of the segment: at most
         page_size members each, fewer when the guids are long (a page stays under 4 MiB)."""
-        token = ""
+        return self._pages(self.membership.ListMembers, pb.ListMembersRequest(
+            segment=str(segment), page_size=page_size, shard_index=shard_index, shard_count=shard_count))
+
+    def member_changes(self, segment: str | int, from_version: int, to_version: int = 0, page_size: int = 100_000,
+                       shard_index: int = 0, shard_count: int = 1) -> Iterator[pb.ListMemberChangesResponse]:
+        """Yield pages (ListMemberChangesResponse) of the members that joined (added[i] 1) or left
+        (0) the segment between from_version (0: before the first) and to_version (0: the head), as
+        list_members pages them."""
+        return self._pages(self.membership.ListMemberChanges, pb.ListMemberChangesRequest(
+            segment=str(segment), from_version=from_version, to_version=to_version, page_size=page_size,
+            shard_index=shard_index, shard_count=shard_count))
+
+    def change_counts(self, segment: str | int, from_version: int, to_version: int = 0) -> tuple[int, int]:
+        """(joined, left): how many members joined and left between two versions, listing none."""
+        page = next(self.member_changes(segment, from_version, to_version, page_size=1))
+        return page.added_total, page.removed_total
+
+    @_calls
+    def _pages(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
+        """Each page of a paged method, the request carrying the page token along."""
         while True:
-            resp = self.membership.ListMembers(pb.ListMembersRequest(
-                segment=str(segment), page_size=page_size, page_token=token, shard_index=shard_index,
-                shard_count=shard_count), **self._kw())
+            resp = method(request, **self._kw())
             yield resp
-            token = resp.next_page_token
-            if not token:
+            if not resp.next_page_token:
                 return
+            request.page_token = resp.next_page_token
 
     # -- profiles --------------------------------------------------------------------------
     @_calls

@@ -1,6 +1,6 @@
 """Membership queries over a segment's immutable versions: is_member, check_members and check_lines
 (every answer from one version), members and member_page (paged, sharded, pinned to a version),
-sample, and export. `Members` is a part of core/segments.py's Segments, which gives it find_id,
+change_page (who joined and left between two versions, paged alike), sample, and export. `Members` is a part of core/segments.py's Segments, which gives it find_id,
 bitmap, profiles, backend and number.
 """
 import bisect
@@ -8,8 +8,11 @@ import random
 import threading
 from array import array
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from listseg.core.errors import InvalidArgument
+from pyroaring import BitMap
+
+from listseg.core.errors import InvalidArgument, NotFound
 
 EXPORT_HEADER = b"Type,Identity\n"
 FIT_CHUNK = 16_384              # uids read at a time when a page has a byte budget (member_page)
@@ -94,15 +97,7 @@ class Members:
             if version is not None and not 0 < version <= self.head(snap, seg_id):
                 raise InvalidArgument(f"segment {seg_id} has no version {version}", field="page_token")
             version, bm = self.bitmap(snap, seg_id, version)
-        n = len(bm)
-        lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
-        if start and not 0 < start < hi - lo:
-            raise InvalidArgument(f"position {start} is outside shard {shard_index} of {hi - lo} members",
-                                  field="page_token")
-        first = lo + start
-        last = min(hi, first + count)
-        uids = bm[first:last].to_array() if first < last else array("I")
-        return version, uids, (start + len(uids) if last < hi else None)
+        return (version, *_shard_page(bm, start, count, shard_index, shard_count))
 
     def member_page(self, segment, start=0, count=10_000, version=None, shard_index=0, shard_count=1,
                     max_bytes=None):
@@ -114,6 +109,38 @@ class Members:
         with self.backend.snapshot() as snap:
             guids, found, taken = self._fit_guids(snap, uids, max_bytes)
         return version, guids, found, (start + taken if taken < len(uids) else nxt)
+
+    def change_page(self, segment, from_version, to_version=None, start=0, count=10_000, shard_index=0,
+                    shard_count=1, max_bytes=None, pinned=False):
+        """Who joined and who left segment between two of its versions, as member_page pages them:
+        the symmetric difference of the two bitmaps, in uid order, split into shards by rank. Members
+        whose profile is gone are left out (they have no guid to give). from_version 0 is "before the
+        first version" (everyone is added); to_version None is the head. Versions come from the
+        request, or (pinned) from a page token: then one the segment never had is InvalidArgument on
+        page_token rather than NotFound. Returns a ChangePage."""
+        if not 0 <= shard_index < shard_count:
+            raise InvalidArgument("shard_index must be in [0, shard_count)", field="shard_index")
+        with self.backend.snapshot() as snap:
+            seg_id = self.find_id(snap, segment)
+            head = self.head(snap, seg_id)
+            to_version = head if to_version is None else to_version
+            for name, v in (("from_version", from_version), ("to_version", to_version)):
+                if not 0 <= v <= head:
+                    msg = f"segment {seg_id} has no version {v} (its versions are 1 to {head})"
+                    if pinned:
+                        raise InvalidArgument(msg, field="page_token")
+                    raise NotFound(msg, segment=seg_id, version=v)
+            old, new = (self.bitmap(snap, seg_id, v)[1] for v in (from_version, to_version))
+            changed = without_deleted(old ^ new, self.profiles.deleted(snap))
+            uids, nxt = _shard_page(changed, start, count, shard_index, shard_count)
+            guids, found, taken = self._fit_guids(snap, uids, max_bytes)
+        ids = array("I")
+        ids.frombytes(found)
+        joined = BitMap(ids) & new
+        added = bytes(uid in joined for uid in ids)
+        return ChangePage(from_version, to_version, guids, found, added,
+                          start + taken if taken < len(uids) else nxt,
+                          changed.intersection_cardinality(new), changed.difference_cardinality(new))
 
     def _fit_guids(self, snap, uids, max_bytes):
         """(guids, found, taken): member_guids of uids[:taken], the most leading uids whose members
@@ -177,6 +204,34 @@ class Members:
                     rows = self.profiles.get_many(snap, uids)
                 chunk = "".join(f"g,{_csv(p.guid)}\n" for p in rows).encode()
             yield from _rows_within(chunk, max_bytes)
+
+
+@dataclass
+class ChangePage:
+    """One page of change_page: members that joined (added[i] 1) or left (0) between the versions."""
+    from_version: int
+    to_version: int
+    guids: bytes          # each followed by a newline
+    found: bytes          # their uids, packed uint32
+    added: bytes          # one byte a member, in the same order
+    next_start: int | None
+    added_total: int      # over every page and shard
+    removed_total: int
+
+
+def _shard_page(bm, start, count, shard_index, shard_count):
+    """(uids, next start or None): up to count members of bm from rank `start` of shard shard_index,
+    the shards being shard_count contiguous rank ranges. A start outside the shard (it came from a page
+    token) is InvalidArgument on page_token."""
+    n = len(bm)
+    lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
+    if start and not 0 < start < hi - lo:
+        raise InvalidArgument(f"position {start} is outside shard {shard_index} of {hi - lo} members",
+                              field="page_token")
+    first = lo + start
+    last = min(hi, first + count)
+    uids = bm[first:last].to_array() if first < last else array("I")
+    return uids, (start + len(uids) if last < hi else None)
 
 
 def _rows_within(data, max_bytes):

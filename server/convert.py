@@ -135,6 +135,7 @@ class PageToken:
 MEMBERS_PAGE = PageToken(1, "segment", "version", "position", "shard_index", "shard_count")
 SEGMENTS_PAGE = PageToken(2, "position")
 UPLOAD_ERRORS_PAGE = PageToken(3, "upload", "position")
+CHANGES_PAGE = PageToken(4, "segment", "from_version", "to_version", "position", "shard_index", "shard_count")
 
 
 def page_size(value, default, maximum):

@@ -290,9 +290,7 @@ class MembershipServicer(pb_grpc.MembershipServicer):
     @rpc
     def ListMembers(self, account, request, context):
         count = convert.page_size(request.page_size, 100_000, 1_000_000)
-        shards = request.shard_count or 1
-        if request.shard_index >= shards:
-            raise InvalidArgument("shard_index must be below shard_count", field="shard_index")
+        shards = shard_count(request)
         ref = convert.segment_ref(request.segment)
         seg_id = account.segments.id_of(ref)
         token = convert.MEMBERS_PAGE
@@ -307,6 +305,41 @@ class MembershipServicer(pb_grpc.MembershipServicer):
             next_page_token=token.write(segment=seg_id, version=version, position=nxt,
                                         shard_index=request.shard_index, shard_count=shards)
             if nxt is not None else "")
+
+
+    @rpc
+    def ListMemberChanges(self, account, request, context):
+        count = convert.page_size(request.page_size, 100_000, 1_000_000)
+        shards = shard_count(request)
+        ref = convert.segment_ref(request.segment)
+        seg_id = account.segments.id_of(ref)
+        token = convert.CHANGES_PAGE
+        state = token.read(request.page_token, segment=seg_id, from_version=range(0, 1 << 32),
+                           to_version=range(1, 1 << 32), position=range(1, 1 << 32),
+                           shard_index=request.shard_index, shard_count=shards)
+        if state and (state["from_version"], state["to_version"]) != (
+                request.from_version, request.to_version or state["to_version"]):
+            raise InvalidArgument("page_token does not belong to this request (versions)", field="page_token")
+        page = account.segments.change_page(
+            seg_id, request.from_version, state["to_version"] if state else (request.to_version or None),
+            state["position"] if state else 0, count, request.shard_index, shards, max_bytes=MAX_RESPONSE_BYTES,
+            pinned=bool(state))
+        return pb.ListMemberChangesResponse(
+            guids=page.guids, uids=page.found, added=page.added, count=len(page.found) // 4,
+            from_version=page.from_version, to_version=page.to_version, added_total=page.added_total,
+            removed_total=page.removed_total,
+            next_page_token=token.write(segment=seg_id, from_version=page.from_version, to_version=page.to_version,
+                                        position=page.next_start, shard_index=request.shard_index,
+                                        shard_count=shards)
+            if page.next_start is not None else "")
+
+
+def shard_count(request):
+    """A paged member listing's shard count (0 means 1), with its shard_index checked against it."""
+    shards = request.shard_count or 1
+    if request.shard_index >= shards:
+        raise InvalidArgument("shard_index must be below shard_count", field="shard_index")
+    return shards
 
 
 class ProfilesServicer(pb_grpc.ProfilesServicer):

@@ -122,6 +122,26 @@ def test_installed_entry_point():
     assert result.returncode == 0 and "upload" in result.stdout
 
 
+def test_changes_writes_who_joined_and_left(cli, tmp_path):
+    assert cli("profiles", "import", ex("profiles.csv"))[0] == 0
+    assert cli("upload", ex("vip.csv"), "--name", "vip")[0] == 0          # jane, john, mia
+    assert cli("upload", ex("vip-v2.csv"), "--replace", "vip")[0] == 0    # leo, ana and c3a4...
+    code, out, _ = cli("changes", "vip", "--from", "1")
+    rows = out.splitlines()
+    assert code == 0 and rows[0] == "Type,Identity,Change" and len(rows) == 7
+    assert sorted(r.rsplit(",", 1)[1] for r in rows[1:]) == ["added"] * 3 + ["removed"] * 3
+    assert "g,a1e2723cba7c4518bea8ef95b036ac83,removed" in rows and "g,c3a4945edc9e473adac0ab17d258ce05,added" in rows
+    out_file = tmp_path / "changes.csv"
+    code, out, _ = cli("--json", "changes", "vip", "--from", "0", "--to", "1", "-o", str(out_file))
+    assert code == 0 and json.loads(out) == {"from_version": 0, "to_version": 1, "added": 3, "removed": 0,
+                                             "output": str(out_file)}
+    assert out_file.read_text().count(",added\n") == 3 and not (tmp_path / "changes.csv.part").exists()
+    code, _, err = cli("changes", "vip", "--from", "9", "-o", str(tmp_path / "no.csv"))
+    assert code == 1 and "no version 9" in err
+    assert not (tmp_path / "no.csv").exists() and not (tmp_path / "no.csv.part").exists()    # no partial file
+    assert cli("changes", "vip", "--from", "-1")[0] == 2
+
+
 def test_versions_and_rollback(cli):
     assert cli("profiles", "import", ex("profiles.csv"))[0] == 0
     assert cli("upload", ex("vip.csv"), "--name", "vip")[0] == 0

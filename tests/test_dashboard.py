@@ -213,6 +213,8 @@ def test_history_table_rolls_back_with_a_confirmation_and_marks_the_trend(web, c
     assert "Replace: second.csv" in rows[0][2] and re.search(r">1</td>\s*<td class=\"num\">1</td>", rows[0][2])
     assert "Create: first.csv" in rows[1][2] and 'href="/uploads/1"' in rows[1][2]
     assert "Roll back" not in rows[0][2]                                  # not to the head itself
+    changes = [re.search(r'class="joined">\+(\d+)</span> / <span class="left">−(\d+)<', r[2]).groups() for r in rows]
+    assert changes == [("1", "2"), ("2", "0")]                             # joined and left since the one before
     confirm = re.search(r"<details class=\"confirm\">(.*?)</details>", rows[1][2], re.S).group(1)
     assert 'name="version" value="1"' in confirm and "2 users" in confirm and 'name="csrf_token"' in confirm
     assert 'class="mark"' not in page
@@ -220,7 +222,8 @@ def test_history_table_rolls_back_with_a_confirmation_and_marks_the_trend(web, c
     assert resp.status == 303 and resp.headers["Location"] == "/segments/1"
     assert client.export("vip") == csv("g1", "g2")                       # the rollback took
     page = web.get("/segments/1").text
-    assert re.search(r'<tr data-version="3" class="head">.*?Rollback to version 1', page, re.S)
+    assert re.search(r'<tr data-version="3" class="head">.*?\+2</span> / <span class="left">−1<.*?Rollback to version 1',
+                     page, re.S)
     assert page.count('class="mark"') == 1 and "Rollback to version 1</title>" in page   # marked on the trend
     client.attach("vip", "journey", "welcome")
     page = web.get("/segments/1").text

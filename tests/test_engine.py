@@ -297,6 +297,47 @@ def test_the_last_versions_are_kept_whatever_their_age(engine, tmp_path):
         Engine(str(tmp_path / "other"), keep_versions=0)                # the head is always kept
 
 
+def changes(account, segment, old, new=None, **kw):
+    """({guids added}, {guids removed}, page) over every page of change_page."""
+    added, removed, start = set(), set(), 0
+    while start is not None:
+        page = account.segments.change_page(segment, old, new, start, **kw)
+        for guid, joined in zip(page.guids.split(), page.added, strict=True):
+            (added if joined else removed).add(guid.decode())
+        assert len(page.found) == 4 * len(page.added)
+        start = page.next_start
+    return added, removed, page
+
+
+def test_member_changes_are_the_difference_of_two_versions(account):
+    account.profiles.upsert(people(100))
+    upload(account, b"".join(b"g,g%d\n" % k for k in range(60)), name="s")                  # version 1
+    upload(account, b"".join(b"g,g%d\n" % k for k in range(40, 100)), "replace", segment="s")  # version 2
+    added, removed, page = changes(account, "s", 1, count=7)
+    assert added == {f"g{k}" for k in range(60, 100)} and removed == {f"g{k}" for k in range(40)}
+    assert (page.from_version, page.to_version, page.added_total, page.removed_total) == (1, 2, 40, 40)
+    assert changes(account, "s", 0)[:2] == ({f"g{k}" for k in range(40, 100)}, set())    # 0: everyone joined
+    assert changes(account, "s", 2, 1)[:2] == (removed, added)                            # and back
+    assert changes(account, "s", 2)[:2] == (set(), set())
+    seen = []                                           # shards: every change once, in uid order
+    for shard in range(3):
+        start = 0
+        while start is not None:
+            page = account.segments.change_page("s", 1, 2, start, 11, shard_index=shard, shard_count=3)
+            seen += page.guids.split()
+            start = page.next_start
+    assert seen == [b"g%d" % k for k in list(range(40)) + list(range(60, 100))]
+    account.profiles.delete(["g70", "g10"])             # a deleted profile is in no change, either way
+    added2, removed2, page = changes(account, "s", 1)
+    assert (added2, removed2) == (added - {"g70"}, removed - {"g10"}) and (page.added_total, page.removed_total) == (39, 39)
+    with pytest.raises(NotFound):
+        account.segments.change_page("s", 3)
+    with pytest.raises(InvalidArgument):                # the same, from a page token
+        account.segments.change_page("s", 1, 3, pinned=True)
+    with pytest.raises(InvalidArgument):
+        account.segments.change_page("s", 1, 2, 80)     # a position past the changes
+
+
 def test_versions_say_what_made_each_and_rollback_copies_one(engine):
     account = engine.account()
     account.profiles.upsert(people(20))

@@ -136,12 +136,14 @@ def test_front_relays_errors_and_the_other_calls(pair):
                     pb.CheckMembersRequest(segment="even", type=GUID, identity_lines="".join(i + "\n" for i in ids).encode()),
                     pb.CheckMembersRequest(segment="even", type=GUID, identity_lines=b"g1"),
                     pb.ListMembersRequest(segment="even", page_size=30),
-                    pb.ListMembersRequest(segment="nope")):
-        method = "CheckMembers" if isinstance(request, pb.CheckMembersRequest) else "ListMembers"
+                    pb.ListMembersRequest(segment="nope"),
+                    pb.ListMemberChangesRequest(segment="even", page_size=30),
+                    pb.ListMemberChangesRequest(segment="even", from_version=7)):
+        method = type(request).__name__.removesuffix("Request")
         direct, fronted = pair.both(method, request)
         assert fronted == direct, request
     assert sum(pair.fronted.CheckMembers(pb.CheckMembersRequest(segment="even", type=GUID, identities=ids)).members) == 25
-    for method in ("IsMember", "CheckMembers", "ListMembers"):           # bytes that are no message at all
+    for method in ("IsMember", "CheckMembers", "ListMembers", "ListMemberChanges"):   # bytes that are no message
         answers = []
         for channel in pair.channels:
             with pytest.raises(grpc.RpcError) as e:

@@ -388,6 +388,45 @@ def test_list_members_pinned_and_sharded(client):
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_member_changes_pinned_to_both_versions_and_paged(client):
+    client.upload(csv(*[f"g{k}" for k in range(0, 200, 2)]), name="s")                  # version 1
+    client.upload(csv(*[f"g{k}" for k in range(0, 300, 3)]), replace="s")                # version 2
+    old, new = set(range(0, 200, 2)), set(range(0, 300, 3))
+    pages = client.member_changes("s", 1, page_size=20)
+    first = next(pages)
+    client.upload(csv("g1"), replace="s")                      # version 3, while paging version 2
+    got = []
+    for page in [first, *pages]:
+        assert (page.from_version, page.to_version) == (1, 2)
+        assert (page.added_total, page.removed_total) == (len(new - old), len(old - new))
+        uids = memoryview(page.uids).cast("I")
+        assert page.count == len(uids) == len(page.added) <= 20
+        got += [(int(g[1:]), bool(a)) for g, a in zip(page.guids.decode().split(), page.added, strict=True)]
+    assert got == sorted([(k, True) for k in new - old] + [(k, False) for k in old - new])
+    everyone = [p for p in client.member_changes("s", 0)]      # from 0: the head's members, all added
+    assert [(p.to_version, p.guids, bytes(p.added)) for p in everyone] == [(3, b"g1\n", b"\x01")]
+    sharded = [g for shard in range(3) for p in client.member_changes("s", 2, 3, page_size=7, shard_index=shard,
+                                                                       shard_count=3) for g in p.guids.split()]
+    assert sharded == sorted([b"g%d" % k for k in new ^ {1}], key=lambda g: int(g[1:]))
+    token = first.next_page_token
+    for request, code in ((pb.ListMemberChangesRequest(segment="s", from_version=9), grpc.StatusCode.NOT_FOUND),
+                          (pb.ListMemberChangesRequest(segment="s", from_version=2, page_token=token),
+                           grpc.StatusCode.INVALID_ARGUMENT),           # another request's token
+                          (pb.ListMemberChangesRequest(segment="s", from_version=1, to_version=3, page_token=token),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pb.ListMemberChangesRequest(segment="s", from_version=1, page_token="bm90IGEgdG9rZW4"),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pb.ListMemberChangesRequest(segment="s", shard_index=2, shard_count=2),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pb.ListMemberChangesRequest(segment="nope"), grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as e:
+            client.membership.ListMemberChanges(request, timeout=10)
+        assert e.value.code() == code, request
+    resumed = client.membership.ListMemberChanges(pb.ListMemberChangesRequest(
+        segment="s", from_version=1, page_token=token, page_size=20), timeout=10)
+    assert resumed.guids == list(client.member_changes("s", 1, 2, page_size=20))[1].guids
+
+
 def test_health_and_reflection(served):
     channel = grpc.insecure_channel(served[2])
     resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="listseg.v1.Segments"),

@@ -219,7 +219,7 @@ def sweep(channel, method, world):
 
 def test_the_sweep_reaches_every_method():
     names = {m.name for m in methods()}
-    assert {"UploadList", "IsMember", "DeleteProfiles", "GetProfile", "RollbackSegment"} <= names and len(names) == 19
+    assert {"UploadList", "IsMember", "DeleteProfiles", "GetProfile", "RollbackSegment", "ListMemberChanges"} <= names and len(names) == 20
 
 
 @pytest.mark.parametrize("method", methods(), ids=lambda m: f"{m.containing_service.name}.{m.name}")

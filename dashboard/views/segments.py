@@ -129,7 +129,7 @@ def segment_details(seg_id):
 def details_page(seg_id, status=200, rollback_problem=None):
     seg = g.client.get_segment(str(seg_id), sample=SAMPLE)
     job = job_for(seg)
-    history = [HistoryRow.of(v) for v in g.client.versions(seg.id)]
+    history = with_changes(seg.id, [HistoryRow.of(v) for v in g.client.versions(seg.id)])
     points = [(timestamp(t.time), t.size) for t in seg.trend]
     rollbacks = [(h.time, h.made_by) for h in history if h.rollback_of]
     last = seg.last_upload if seg.HasField("last_upload") else None
@@ -139,6 +139,19 @@ def details_page(seg_id, status=200, rollback_problem=None):
                 reach=[(ch, seg.reachability.get(ch, 0)) for ch in CHANNELS], consumers=consumers(seg),
                 history=history, rollback_problem=rollback_problem, last=last, last_problem=problem(last),
                 last_state=pb.UploadState.Name(last.state).removeprefix("UPLOAD_STATE_").lower() if last else "")
+
+
+def with_changes(seg_id, history):
+    """The history rows (newest first), each kept version with how many joined and left since the
+    version before it (also kept; the first version's are all joined)."""
+    for row, before in zip(history, history[1:] + [None]):
+        if row.kept and (before is None or before.kept):
+            try:
+                row.joined, row.left = g.client.change_counts(seg_id, before.version if before else 0, row.version)
+            except CallError as exc:
+                if exc.reason != "VERSION_EXPIRED":            # dropped since the list was read
+                    raise
+    return history
 
 
 @bp.post("/segments/<int:seg_id>/rollback")
@@ -223,6 +236,8 @@ class HistoryRow:
     kept: bool                         # still there to roll back to
     rollback_of: int = 0               # the version a rollback copied
     upload: object = None              # the Upload that made it (mode, file, counts), if one did
+    joined: int | None = None          # members that joined since the version before (when both are kept)
+    left: int | None = None
 
     @classmethod
     def of(cls, v):

@@ -101,7 +101,8 @@ std::string metadata(const grpc::CallbackServerContext* ctx, const char* key) {
 // a request that does not parse goes to the server too, which refuses it as INVALID_ARGUMENT (grpc
 // C++ would answer UNIMPLEMENTED).
 using RawMembership = v1::Membership::WithRawCallbackMethod_IsMember<v1::Membership::WithRawCallbackMethod_CheckMembers<
-    v1::Membership::WithRawCallbackMethod_ListMembers<v1::Membership::CallbackService>>>;
+    v1::Membership::WithRawCallbackMethod_ListMembers<
+        v1::Membership::WithRawCallbackMethod_ListMemberChanges<v1::Membership::CallbackService>>>>;
 
 class Membership final : public RawMembership {
  public:
@@ -133,6 +134,10 @@ class Membership final : public RawMembership {
   grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
                                         grpc::ByteBuffer* resp) override {
     return relay(ctx, "/listseg.v1.Membership/ListMembers", req, resp);
+  }
+  grpc::ServerUnaryReactor* ListMemberChanges(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                              grpc::ByteBuffer* resp) override {
+    return relay(ctx, "/listseg.v1.Membership/ListMemberChanges", req, resp);
   }
 
  private:
