@@ -112,6 +112,12 @@ bench: install $(VENV)/.bench-deps | redis-sysdeps
 bench-soak: install $(VENV)/.bench-deps | redis-sysdeps
 	$(BIN)/python benchmarks/soak.py
 
+# ListMemberChanges between versions 1% and 10% apart against ListMembers of the whole segment
+# (benchmarks/bench_changes.py); writes benchmarks/results/changes.json.
+.PHONY: bench-changes
+bench-changes: install
+	$(BIN)/python benchmarks/bench_changes.py --scale $(SCALE)
+
 # listseg on a local Redis Cluster (tests/cluster.py, stopped at the end) beside plain Redis sets on the
 # same cluster; writes benchmarks/results/cluster.json. SCALE defaults to 1000000 here.
 .PHONY: bench-cluster

@@ -215,19 +215,14 @@ class Upload:
     def _commit(self):
         """Publish the new version against the head it was built from; read again if another
         commit moved the head meanwhile (append and remove build on the head)."""
-        for attempt in range(COMMIT_TRIES):
-            with self.backend.snapshot() as snap:
-                head, new = self._next_version(snap)
-            staged = None if self.dry_run else self.backend.stage(self.number, BitMap(new))
-            try:
-                return self.backend.write(lambda unit: self._finish_upload(unit, head, staged, len(new)))
-            except HeadMoved as e:
-                if attempt == COMMIT_TRIES - 1:
-                    raise HeadMoved(f"other commits changed the segment during each of {COMMIT_TRIES} tries "
-                                    f"to commit this upload; upload it again", **e.metadata) from e
+        try:
+            return self.segments.commit(self._next_version, self._finish_upload, stage=not self.dry_run)
+        except HeadMoved as e:
+            raise HeadMoved(f"other commits changed the segment during each of {COMMIT_TRIES} tries "
+                            f"to commit this upload; upload it again", **e.metadata) from e
 
     def _next_version(self, snap):
-        """(head, the members of the version after it) as snap sees the segment."""
+        """(segment id, head, the members of the version after it) as snap sees the segment."""
         seg_id = self.record["segment"]             # an upload's segment never changes
         head = self.segments.head(snap, seg_id) if seg_id is not None else 0
         if self.mode in ("create", "replace"):
@@ -236,9 +231,10 @@ class Upload:
             _, live = self.segments.bitmap(snap, seg_id, head)
             new = live | self.members if self.mode == "append" else live - self.members
         # profiles deleted since they were resolved, or (append, remove) still in the old version
-        return head, without_deleted(new, self.account.profiles.deleted(snap))
+        return seg_id, head, without_deleted(new, self.account.profiles.deleted(snap))
 
-    def _finish_upload(self, unit, head, staged, size):
+    def _finish_upload(self, unit, _seg_id, head, staged, members):
+        size = len(members)
         now = self.now()
         upload = self._current(unit)
         seg = self.segments.record(unit, upload["segment"]) if upload["segment"] is not None else None

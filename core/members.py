@@ -115,7 +115,8 @@ class Members:
         """Who joined and who left segment between two of its versions, as member_page pages them:
         the symmetric difference of the two bitmaps, in uid order, split into shards by rank. Members
         whose profile is gone are left out (they have no guid to give). from_version 0 is "before the
-        first version" (everyone is added); to_version None is the head. Versions come from the
+        first version" (everyone is added); to_version None is the head. With max_bytes, guids, found
+        and added together hold at most that many bytes (member_page). Versions come from the
         request, or (pinned) from a page token: then one the segment never had is InvalidArgument on
         page_token rather than NotFound. Returns a ChangePage."""
         if not 0 <= shard_index < shard_count:
@@ -133,7 +134,8 @@ class Members:
             old, new = (self.bitmap(snap, seg_id, v)[1] for v in (from_version, to_version))
             changed = without_deleted(old ^ new, self.profiles.deleted(snap))
             uids, nxt = _shard_page(changed, start, count, shard_index, shard_count)
-            guids, found, taken = self._fit_guids(snap, uids, max_bytes)
+            # the added flags are a byte a member, a quarter of its uid at most: within max_bytes too
+            guids, found, taken = self._fit_guids(snap, uids, max_bytes and max_bytes * 4 // 5)
         ids = array("I")
         ids.frombytes(found)
         joined = BitMap(ids) & new

@@ -187,29 +187,39 @@ class Segments(Members):
         stays linear ("version 9 = rollback to 6"). Refused while a campaign or journey uses the
         segment (InUse), for the head itself (InvalidArgument) and for an expired version
         (VersionGone). Returns the new version."""
+        def build(snap):
+            seg_id = self.find_id(snap, segment)
+            self.check_free(self.record(snap, seg_id))
+            head = snap.head(self.number, seg_id)
+            if not 1 <= version <= head:
+                raise NotFound(f"segment {seg_id} has no version {version} (its versions are 1 to {head})",
+                               segment=seg_id, version=version)
+            if version == head:
+                raise InvalidArgument(f"version {version} is the head already", field="version")
+            if version not in snap.kept_versions(self.number, seg_id):   # expired, if still in a cache
+                raise VersionGone(f"version {version} of segment {seg_id} is no longer kept",
+                                  segment=seg_id, version=version)
+            _, bm = self.bitmap(snap, seg_id, version)
+            return seg_id, head, without_deleted(bm, self.profiles.deleted(snap))
+
+        def finish(unit, seg_id, head, staged, _members):
+            rec = self.record(unit, seg_id)
+            self.check_free(rec)                    # again: a consumer may have attached meanwhile
+            return self.publish(unit, rec, head, staged, now or time.time(), {"rollback_of": version})
+        return self.commit(build, finish)
+
+    def commit(self, build, finish, stage=True):
+        """The optimistic commit of a new version, for uploads and rollbacks alike: build(snap) gives
+        (segment id, head, members) as a snapshot sees the segment; the members are staged (unless not
+        stage: a dry run) outside any transaction; then one unit runs finish(unit, segment id, head,
+        staged, members), whose publish flips the head if it is still that head. A commit that moved
+        it meanwhile (HeadMoved) means build again, COMMIT_TRIES times at most; then HeadMoved."""
         for attempt in range(COMMIT_TRIES):
             with self.backend.snapshot() as snap:
-                seg_id = self.find_id(snap, segment)
-                self.check_free(self.record(snap, seg_id))
-                head = snap.head(self.number, seg_id)
-                if not 1 <= version <= head:
-                    raise NotFound(f"segment {seg_id} has no version {version} (its versions are 1 to {head})",
-                                   segment=seg_id, version=version)
-                if version == head:
-                    raise InvalidArgument(f"version {version} is the head already", field="version")
-                if version not in snap.kept_versions(self.number, seg_id):   # expired, if still in a cache
-                    raise VersionGone(f"version {version} of segment {seg_id} is no longer kept",
-                                      segment=seg_id, version=version)
-                _, bm = self.bitmap(snap, seg_id, version)
-                members = BitMap(without_deleted(bm, self.profiles.deleted(snap)))
-            staged = self.backend.stage(self.number, members)
-
-            def commit(unit):
-                rec = self.record(unit, seg_id)
-                self.check_free(rec)                # again: a consumer may have attached meanwhile
-                return self.publish(unit, rec, head, staged, now or time.time(), {"rollback_of": version})
+                seg_id, head, members = build(snap)
+            staged = self.backend.stage(self.number, BitMap(members)) if stage else None
             try:
-                return self.backend.write(commit)
+                return self.backend.write(lambda unit: finish(unit, seg_id, head, staged, members))
             except HeadMoved:
                 if attempt == COMMIT_TRIES - 1:
                     raise

@@ -93,3 +93,17 @@ def test_soak_runs_without_errors(tmp_path):                        # listseg al
     assert all({"calls", "errors", "p50_ms", "p99_ms", "max_ms"} <= set(r) for r in result["rpcs"].values())
     assert result["rss_bytes"]["start"] > 0 and result["rss_bytes"]["end"] > 0
     assert 0 < result["anon_bytes"]["start"] <= result["rss_bytes"]["start"]
+
+
+def test_bench_changes_writes_every_key(tmp_path):
+    """bench_changes.py: its own server and data; the change counts it asserts are the ones it made."""
+    out = tmp_path / "changes.json"
+    stdout = run("bench_changes.py", "--scale", "4000", "--repeat", "1", "--workdir", str(tmp_path / "work"),
+                 "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result) == {"scale", "changes_1pct", "list_members", "changes_10pct", "cpu", "cores"}
+    assert [result[k]["members"] for k in ("changes_1pct", "list_members", "changes_10pct")] == [40, 4000, 400]
+    assert all(set(result[k]) == {"members", "seconds", "server_cpu_s"}
+               for k in ("changes_1pct", "list_members", "changes_10pct"))
+    assert "| ListMemberChanges 1% vs ListMembers of the whole segment (s) |" in stdout
+    assert not (tmp_path / "work").exists()

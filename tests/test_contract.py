@@ -168,11 +168,12 @@ def long_guids(tmp_path_factory):
     server.stop()
 
 
-def stock_pages(stock, **request):
-    """Every page of ListMembers through a channel with grpc's default receive limit."""
+def stock_pages(stock, method="ListMembers", **request):
+    """Every page of a member listing through a channel with grpc's default receive limit."""
     stub, token, pages = pb_grpc.MembershipStub(stock), "", []
+    make = getattr(pb, f"{method}Request")
     while True:
-        page = stub.ListMembers(pb.ListMembersRequest(page_token=token, **request), timeout=30)
+        page = getattr(stub, method)(make(page_token=token, **request), timeout=30)
         pages.append(page)
         token = page.next_page_token
         if not token or len(pages) > 1000:
@@ -203,6 +204,25 @@ def test_every_list_members_page_fits_a_stock_client(long_guids, request_):
     assert len(guids) == len(set(guids)) and set(guids) == expected      # none lost, none repeated
     assert len(pages) > shards                                          # the byte budget cut pages
     assert max(p.ByteSize() for p in pages) < STOCK_LIMIT - (128 << 10)   # with margin
+
+
+N_SHORT = 400_000          # members with 5-hex-digit guids: 10 bytes each with uid and newline, over 4 MiB
+
+
+def test_every_member_changes_page_fits_a_stock_client(tmp_path):
+    """ListMemberChanges adds a byte a member to what ListMembers sends: with short guids and the
+    largest page, that byte too must stay inside the page's byte budget."""
+    server = InProcess(tmp_path / "data")
+    guids = [b"%05x" % k for k in range(N_SHORT)]
+    try:
+        with Client(server.target, timeout=120) as c, grpc.insecure_channel(server.target) as stock:
+            c.import_profiles(b"guid,identity,channels\n" + b"".join(g + b",,\n" for g in guids))
+            c.upload(csv(guids), name="short")
+            pages = stock_pages(stock, "ListMemberChanges", segment="short", page_size=1_000_000)
+    finally:
+        server.stop()
+    assert len(pages) > 1 and max(p.ByteSize() for p in pages) < STOCK_LIMIT - (128 << 10)
+    assert members_of(pages) == guids and b"".join(p.added for p in pages) == b"\x01" * N_SHORT
 
 
 def test_every_export_message_fits_a_stock_client(long_guids):

@@ -83,13 +83,13 @@ def _with_a_commit_between(monkeypatch, account, times):
     left = [times]
 
     def racing(self, snap):
-        head, new = real(self, snap)
+        built = real(self, snap)
         if left[0] and self.segments.id_of("s") == self._current(snap)["segment"]:
             left[0] -= 1
             monkeypatch.setattr(ingest.Upload, "_next_version", real)
             upload(account, b"Type,Identity\ng,g7\n", "append", segment="s")
             monkeypatch.setattr(ingest.Upload, "_next_version", racing)
-        return head, new
+        return built
     monkeypatch.setattr(ingest.Upload, "_next_version", racing)
 
 
