@@ -294,15 +294,8 @@ NOT_DATA_COMMANDS = ("info", "replconf", "role", "ping", "hello", "cluster|")
 
 
 def data_commands(nodes):
-    """Commands the cluster's primaries have run so far (INFO commandstats), but NOT_DATA_COMMANDS; a
-    script counts once, and once more for each command it calls."""
-    total = 0
-    for port in nodes.primaries():
-        for line in local_cluster.cli(port, "INFO", "commandstats").splitlines():
-            name = line.partition(":")[0].removeprefix("cmdstat_")
-            if line.startswith("cmdstat_") and not name.startswith(NOT_DATA_COMMANDS):
-                total += int(line.split("calls=", 1)[1].split(",", 1)[0])
-    return total
+    """Commands the cluster's primaries have run so far, but NOT_DATA_COMMANDS."""
+    return nodes.commands_run(lambda name: not name.startswith(NOT_DATA_COMMANDS))
 
 
 def worktree_digest():

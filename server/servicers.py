@@ -289,10 +289,7 @@ class MembershipServicer(pb_grpc.MembershipServicer):
 
     @rpc
     def ListMembers(self, account, request, context):
-        count = convert.page_size(request.page_size, 100_000, 1_000_000)
-        shards = shard_count(request)
-        ref = convert.segment_ref(request.segment)
-        seg_id = account.segments.id_of(ref)
+        seg_id, count, shards = member_listing(account, request)
         token = convert.MEMBERS_PAGE
         # the core checks the rest against the segment: a version it has had, a position inside the shard
         state = token.read(request.page_token, segment=seg_id, version=range(1, 1 << 32),
@@ -306,13 +303,9 @@ class MembershipServicer(pb_grpc.MembershipServicer):
                                         shard_index=request.shard_index, shard_count=shards)
             if nxt is not None else "")
 
-
     @rpc
     def ListMemberChanges(self, account, request, context):
-        count = convert.page_size(request.page_size, 100_000, 1_000_000)
-        shards = shard_count(request)
-        ref = convert.segment_ref(request.segment)
-        seg_id = account.segments.id_of(ref)
+        seg_id, count, shards = member_listing(account, request)
         token = convert.CHANGES_PAGE
         state = token.read(request.page_token, segment=seg_id, from_version=range(0, 1 << 32),
                            to_version=range(1, 1 << 32), position=range(1, 1 << 32),
@@ -334,12 +327,14 @@ class MembershipServicer(pb_grpc.MembershipServicer):
             if page.next_start is not None else "")
 
 
-def shard_count(request):
-    """A paged member listing's shard count (0 means 1), with its shard_index checked against it."""
+def member_listing(account, request):
+    """(segment id, page size, shard count) of a paged member listing (ListMembers, ListMemberChanges):
+    a shard count of 0 means 1, and the shard index must be below it."""
+    count = convert.page_size(request.page_size, 100_000, 1_000_000)
     shards = request.shard_count or 1
     if request.shard_index >= shards:
         raise InvalidArgument("shard_index must be below shard_count", field="shard_index")
-    return shards
+    return account.segments.id_of(convert.segment_ref(request.segment)), count, shards
 
 
 class ProfilesServicer(pb_grpc.ProfilesServicer):

@@ -92,6 +92,18 @@ class Cluster:
     def primaries(self):
         return [p for p in self.ports if self.alive(p) and self.role(p) == "master"]
 
+    def commands_run(self, counts=lambda name: True):
+        """Commands the primaries have run so far (INFO commandstats), of the names `counts` takes
+        ("hget", "evalsha", "cluster|slots"...); a script counts once, and once more for each
+        command it calls."""
+        total = 0
+        for port in self.primaries():
+            for line in cli(port, "INFO", "commandstats").splitlines():
+                name, _, stats = line.removeprefix("cmdstat_").partition(":")
+                if line.startswith("cmdstat_") and counts(name):
+                    total += int(stats.split("calls=", 1)[1].split(",", 1)[0])
+        return total
+
     def replicas_of(self, port):
         """The ports of the replicas of the primary on port."""
         info = cli(port, "INFO", "replication")
