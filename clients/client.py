@@ -221,6 +221,15 @@ class Client:
         return None if out else sink.getvalue()  # type: ignore[attr-defined]
 
     @_calls
+    def watch_segment(self, segment: str | int, after_version: int = 0,
+                      timeout: float | None = None) -> Iterator[pb.SegmentChange]:
+        """Yield a SegmentChange each time the segment's head moves: first the head now (or, with
+        after_version, the first head after it). Ends with CallError NOT_FOUND when the segment is
+        deleted; closing the iterator cancels the stream."""
+        yield from self.segments.WatchSegment(pb.WatchSegmentRequest(segment=str(segment), after_version=after_version),
+                                              **self._kw(timeout or self.upload_timeout))
+
+    @_calls
     def versions(self, segment: str | int) -> list[pb.SegmentVersion]:
         """Every version of the segment, newest first."""
         return list(self.segments.ListSegmentVersions(pb.ListSegmentVersionsRequest(segment=str(segment)),

@@ -28,6 +28,7 @@ REASONS = {r.name: r for r in (
     Reason("UPLOAD_TOO_LARGE", "engine", "an upload over the size limit, or a data message over 2 MiB"),
     Reason("REQUEST_TOO_LARGE", "engine", "a request message over 4 MiB (ErrorInfo `limit`)"),
     Reason("TOO_MANY_UPLOADS", "engine", "the account has as many uploads running as the server allows"),
+    Reason("TOO_MANY_WATCHES", "engine", "the server process has as many WatchSegment streams open as it allows"),
     Reason("UNAUTHENTICATED", "engine", "missing or wrong x-account-id / x-passcode"),
     Reason("STORAGE_FULL", "engine", "the LMDB map is full; nothing committed is lost"),
     Reason("STORAGE_ERROR", "engine", "the store failed; the server logs it"),
@@ -114,6 +115,11 @@ class RequestTooLarge(ListsegError):
 class TooManyUploads(ListsegError):
     """The account already has as many uploads running as the server allows."""
     reason = "TOO_MANY_UPLOADS"
+
+
+class TooManyWatches(ListsegError):
+    """As many WatchSegment streams are open as a server process allows (each holds a thread)."""
+    reason = "TOO_MANY_WATCHES"
 
 
 class Unauthenticated(ListsegError):

@@ -6,15 +6,17 @@ bitmap, profiles, backend and number.
 import bisect
 import random
 import threading
+import time
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from pyroaring import BitMap
 
-from listseg.core.errors import InvalidArgument, NotFound
+from listseg.core.errors import InvalidArgument, NotFound, VersionGone
 
 EXPORT_HEADER = b"Type,Identity\n"
+WATCH_POLL_S = 0.25             # how often watch() reads a segment's head
 FIT_CHUNK = 16_384              # uids read at a time when a page has a byte budget (member_page)
 
 
@@ -144,6 +146,35 @@ class Members:
                           start + taken if taken < len(uids) else nxt,
                           changed.intersection_cardinality(new), changed.difference_cardinality(new))
 
+    def watch(self, segment, after=None, still_wanted=lambda: True, interval=WATCH_POLL_S):
+        """Yield a HeadChange each time the segment's head moves, until still_wanted() is false: first
+        its head now (from_version `after`, or 0: everyone in it joined), unless that is `after`. The
+        head is read every `interval` seconds, so commits closer together make one change, whose
+        from_version says so; a from_version no longer kept gives way to 0. Reads only: a watcher,
+        however slow, holds back no writer. NotFound once the segment is deleted."""
+        seg_id, seen = self.id_of(segment), after
+        while still_wanted():
+            with self.backend.snapshot() as snap:
+                self.record(snap, seg_id)            # NotFound once deleted
+                head = self.head(snap, seg_id)
+            if head != seen:
+                yield self._head_change(seg_id, seen or 0, head)
+                seen = head
+            time.sleep(interval)
+
+    def _head_change(self, seg_id, before, head):
+        try:
+            page = self.change_page(seg_id, before, head, count=0)
+        except VersionGone:                          # `before` is past its retention: from nothing
+            before, page = 0, self.change_page(seg_id, 0, head, count=0)
+        return HeadChange(head, before, page.added_total, page.removed_total,
+                          self.size_of(seg_id, head) if head else 0)
+
+    def size_of(self, seg_id, version):
+        """Members of a version that still have a profile."""
+        with self.backend.snapshot() as snap:
+            return live_size(self.bitmap(snap, seg_id, version)[1], self.profiles.deleted(snap))
+
     def _fit_guids(self, snap, uids, max_bytes):
         """(guids, found, taken): member_guids of uids[:taken], the most leading uids whose members
         fit in max_bytes. Reads FIT_CHUNK uids at a time, so a long page of long guids reads little
@@ -206,6 +237,16 @@ class Members:
                     rows = self.profiles.get_many(snap, uids)
                 chunk = "".join(f"g,{_csv(p.guid)}\n" for p in rows).encode()
             yield from _rows_within(chunk, max_bytes)
+
+
+@dataclass
+class HeadChange:
+    """The segment's head moved from from_version to version: `added` joined, `removed` left."""
+    version: int
+    from_version: int
+    added: int
+    removed: int
+    size: int
 
 
 @dataclass

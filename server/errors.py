@@ -30,6 +30,7 @@ CODES = {
     errors.HeadMoved: grpc.StatusCode.ABORTED,
     errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.TooManyUploads: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TooManyWatches: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.MapFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,

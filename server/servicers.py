@@ -11,7 +11,7 @@ import time
 import grpc
 from google.protobuf import empty_pb2
 
-from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads
+from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads, TooManyWatches
 from listseg.core.ingest import REJECTS_KEPT
 from listseg.server import convert, mail, metrics, webhook
 from listseg.server.errors import rpc
@@ -27,6 +27,9 @@ MAX_CHECK = 100_000               # identities in one CheckMembers call (and 4 M
 # long guids are more; 256 KiB is left for the rest of the message
 MAX_RESPONSE_BYTES = (4 << 20) - (256 << 10)
 WATCH_INTERVAL_S = 0.5
+# WatchSegment streams a server process keeps open at once: each holds a thread of its pool (32), so
+# watchers can never take every thread from uploads and queries.
+MAX_SEGMENT_WATCHES = 8
 STREAM_ENDED = "the stream ended early: cancelled by the client, past its deadline or disconnected"
 
 
@@ -45,6 +48,7 @@ class Services:
         self.live = {}                # (account number, upload id) -> core Upload, for WatchUpload
         self.starting = {}            # account number -> uploads being set up (counted against the limit)
         self.live_lock = threading.Lock()
+        self.watches = threading.BoundedSemaphore(MAX_SEGMENT_WATCHES)
 
     @contextlib.contextmanager
     def upload_slot(self, account):
@@ -184,6 +188,19 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
                     return
                 yield pb.UploadProgress(state=convert.UPLOAD_STATES[rec["state"]])
             time.sleep(WATCH_INTERVAL_S)
+
+    @rpc
+    def WatchSegment(self, account, request, context):
+        if not self.s.watches.acquire(blocking=False):   # each stream holds one of the server's threads
+            raise TooManyWatches(f"{MAX_SEGMENT_WATCHES} WatchSegment streams are open on this server process; "
+                                 "close one or ask another process", limit=MAX_SEGMENT_WATCHES)
+        try:
+            for change in account.segments.watch(convert.segment_ref(request.segment), request.after_version or None,
+                                                 context.is_active):
+                yield pb.SegmentChange(version=change.version, from_version=change.from_version, added=change.added,
+                                       removed=change.removed, size=change.size)
+        finally:
+            self.s.watches.release()
 
     @rpc
     def ListUploadErrors(self, account, request, context):

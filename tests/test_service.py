@@ -427,6 +427,64 @@ def test_member_changes_pinned_to_both_versions_and_paged(client):
     assert resumed.guids == list(client.member_changes("s", 1, 2, page_size=20))[1].guids
 
 
+def change(c):
+    return c.version, c.from_version, c.added, c.removed, c.size
+
+
+def test_watch_segment_sends_each_head_change(client):
+    client.upload(csv(*[f"g{k}" for k in range(10)]), name="s")                          # version 1
+    watch = client.watch_segment("s", timeout=60)
+    assert change(next(watch)) == (1, 0, 10, 0, 10)             # the head now, as joined from nothing
+    client.upload(csv(*[f"g{k}" for k in range(5, 15)]), replace="s")
+    assert change(next(watch)) == (2, 1, 5, 5, 10)
+    client.upload(csv("g20"), append="s")
+    assert change(next(watch)) == (3, 2, 1, 0, 11)
+    client.rollback("s", 1)                                     # g0-g4 back; g10-g14 and g20 out
+    assert change(next(watch)) == (4, 3, 5, 6, 10)
+    resumed = client.watch_segment("s", after_version=4, timeout=60)   # seen 4: the next event is 5's
+    client.delete_profiles(["g0"])                              # no new version: no event
+    client.upload(csv("g30"), append="s")
+    assert change(next(resumed)) == (5, 4, 1, 0, 10)            # g0 left with its profile, g30 joined
+    assert change(next(watch)) == (5, 4, 1, 0, 10)
+    client.delete_segment("s")
+    for stream in (watch, resumed):
+        with pytest.raises(CallError) as e:
+            next(stream)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(CallError) as e:
+        next(client.watch_segment("nope"))
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_watchers_never_take_the_threads_uploads_need(client):
+    """Each stream holds a server thread: past MAX_SEGMENT_WATCHES a watch is refused, and however
+    many watch (without reading), uploads and checks go on."""
+    from listseg.server.servicers import MAX_SEGMENT_WATCHES
+    client.upload(csv("g1"), name="s")
+    watches = [client.watch_segment("s", timeout=60) for _ in range(MAX_SEGMENT_WATCHES)]
+    assert all(next(w).version == 1 for w in watches)
+    with pytest.raises(CallError) as e:
+        next(client.watch_segment("s", timeout=60))
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHES")
+    for k in range(3):                                         # nobody reads the watches meanwhile
+        assert client.upload(csv(f"g{k + 2}"), replace="s").state == pb.UPLOAD_STATE_SUCCEEDED
+        assert client.is_member("s", guid=f"g{k + 2}")
+    watches.pop().close()                                      # a closed watch frees its place
+
+    seen = []
+
+    def watched():
+        try:
+            seen.append(next(client.watch_segment("s", timeout=60)))
+        except CallError as e:
+            assert e.reason == "TOO_MANY_WATCHES"              # not yet: the server sees the close within 0.25 s
+        return seen
+    wait_until(watched, 10)
+    assert seen[0].version == 4
+    for w in watches:
+        w.close()
+
+
 def test_health_and_reflection(served):
     channel = grpc.insecure_channel(served[2])
     resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="listseg.v1.Segments"),
