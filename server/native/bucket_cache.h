@@ -1,9 +1,9 @@
-// The identity buckets (core/layout.py redis_bucket_key) the front asks most, read whole, so that a
-// check of a cached bucket makes no Redis call at all.
+// The identity buckets (core/layout.py redis_bucket_key) the front asks most, read whole
+// (REDIS_BUCKET_READ), so that a check of a cached bucket makes no Redis call at all.
 //
-// A bucket is kept under the account's profiles generation it was read at, and only an even one (no
-// profile write under way: core/redis_profiles.py moves it to odd before it writes a bucket and to
-// even after). It answers only while the generation the caller has just read or confirmed (REDIS_LOCATE,
+// A bucket is kept under the account's profiles generation known before it was read (redis_source.cc
+// reads one whole only on a call whose head it already knows), and only an even one (no profile write
+// under way: core/redis_profiles.py moves it to odd before it writes a bucket and to even after). It answers only while the generation the caller has just read or confirmed (REDIS_LOCATE,
 // kept while the head watch says nothing changed) is that one: any profile write or delete makes it
 // stale. A bucket is read whole only once it is asked again within kHot, so an account too big for
 // the cache, or asked too thinly, keeps to one HGET a call.
