@@ -23,6 +23,7 @@ from listseg.core.errors import StoreError, MapFullError
 
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
+    MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 # the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
 cdef uint64_t GROUP_SEED = int.from_bytes(os.urandom(8), "little")
@@ -105,6 +106,25 @@ cdef class Store:
         if self.env == NULL:
             raise StoreError("store is closed")
         return Txn(self, write)
+
+    def page_counts(self):
+        """(the last page number used, the page size, the pages of every database's tree: the main
+        one and the named ones), for lmdb_backend.usage."""
+        cdef MDB_envinfo info
+        cdef MDB_stat stat
+        cdef MDB_txn *txn
+        cdef size_t in_trees = 0
+        if self.env == NULL:
+            raise StoreError("store is closed")
+        check(mdb_txn_begin(self.env, NULL, MDB_RDONLY, &txn))
+        try:
+            check(mdb_env_info(self.env, &info))
+            for dbi in [MAIN_DBI, *self.dbis.values()]:
+                check(mdb_stat(txn, dbi, &stat))
+                in_trees += stat.ms_branch_pages + stat.ms_leaf_pages + stat.ms_overflow_pages
+        finally:
+            mdb_txn_abort(txn)
+        return info.me_last_pgno, stat.ms_psize, in_trees
 
 
 cdef class Txn:

@@ -46,6 +46,13 @@ class Store:
     def begin(self, write=False):
         return Txn(self, write)
 
+    def page_counts(self):
+        """(the last page number used, the page size, the pages of every database's tree)."""
+        with self.env.begin() as txn:
+            last = self.env.info()["last_pgno"]
+            stats = [self.env.stat()] + [txn.stat(db) for db in self.dbis.values()]
+        return last, stats[0]["psize"], sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+
 
 class Txn:
     def __init__(self, store, write):

@@ -204,9 +204,12 @@ class LmdbBackend(Backend):
         self.database.store.copy(dest)
 
     def usage(self):
-        """The data file's size (the pages ever used: LMDB reuses freed pages, never shrinks the file)
-        and the map's."""
-        return {"file": os.path.getsize(os.path.join(self.lmdb_path, DATA_FILE)), "map": self.map_size}
+        """The data file's size (the pages ever used: LMDB reuses freed pages, never shrinks the file),
+        the map's, and the file's free bytes: pages in no database's tree (the free list's own few among
+        them), which LMDB will use again before it grows the file; 0 if a commit in between skews it."""
+        last, page, in_trees = self.database.store.page_counts()
+        return {"file": os.path.getsize(os.path.join(self.lmdb_path, DATA_FILE)), "map": self.map_size,
+                "free": max(last + 1 - LMDB_META_PAGES - in_trees, 0) * page}
 
     @property
     def store_cls(self):
@@ -229,6 +232,7 @@ class LmdbBackend(Backend):
 
 
 DATA_FILE, LOCK_FILE = "data.mdb", "lock.mdb"      # LMDB's files in an environment's directory
+LMDB_META_PAGES = 2                                 # the two meta pages at the head of LMDB's data file
 
 
 def restore(src, data_dir, overwrite=False):

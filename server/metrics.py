@@ -71,7 +71,7 @@ class _Metrics:
         self.segments = Gauge("listseg_segments", "segments, by account", ["account"], multiprocess_mode="mostrecent")
         self.versions = Gauge("listseg_versions", "versions made (history rows), by account", ["account"],
                               multiprocess_mode="mostrecent")
-        self.store_bytes = Gauge("listseg_store_bytes", "the LMDB store's data file and its map size",
+        self.store_bytes = Gauge("listseg_store_bytes", "the LMDB store's data file, its map size and the file's free pages",
                                  ["what"], multiprocess_mode="mostrecent")
         self.index_entries = Gauge("listseg_profile_index_entries",
                                    "guids and identities in the in-memory profile index, by account and kind",

@@ -93,6 +93,7 @@ def test_one_server_counts_every_call_and_upload(tmp_path):
         assert value(samples, "listseg_versions", account="default") == 1
         assert value(samples, "listseg_store_bytes", what="file") > 0
         assert value(samples, "listseg_store_bytes", what="map") >= value(samples, "listseg_store_bytes", what="file")
+        assert 0 <= value(samples, "listseg_store_bytes", what="free") < value(samples, "listseg_store_bytes", what="file")
         wait_until(lambda: value(scrape(port), "listseg_profile_index_entries", account="default", kind="guids") == 100,
                    timeout=20)
         assert value(scrape(port), "listseg_profile_index_builds_total", account="default") == 1

@@ -91,3 +91,22 @@ def test_next_key():
 @pytest.mark.skipif(bool(os.environ.get("LISTSEG_NO_EXTENSIONS")), reason="twin-only run")
 def test_compiled_store_loaded():
     assert store.COMPILED, "listseg.core._store did not load; run `make install`"
+
+
+@pytest.mark.parametrize("binding", ["lmdb", "lmdb-twin"])
+def test_usage_counts_the_pages_lmdb_will_use_again(tmp_path, binding):
+    """lmdb_backend.usage's free bytes, from either binding's page counts: deleting profiles frees
+    pages (the file does not shrink), and both bindings count one file alike."""
+    from conftest import people
+    from harness import open_engine
+    with open_engine(tmp_path / "data", backend=binding) as engine:
+        engine.account().profiles.upsert(people(20_000))
+        before = engine.backend.usage()
+        engine.account().profiles.delete([f"g{k}" for k in range(0, 20_000, 2)])
+        engine.account().profiles.upsert(people(1))        # a later commit: LMDB reuses no page freed by
+        after = engine.backend.usage()                      # the one before while a reader may see it
+    assert after["free"] > before["free"] + 100 * 4096                 # ~1.6 MB freed here, of a 3.7 MB file
+    assert after["free"] < after["file"] <= after["map"]
+    other = "lmdb-twin" if binding == "lmdb" else "lmdb"
+    with open_engine(tmp_path / "data", backend=other) as engine:
+        assert engine.backend.usage()["free"] == after["free"]

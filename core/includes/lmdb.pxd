@@ -10,6 +10,13 @@ cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_val:
         size_t mv_size
         void *mv_data
+    ctypedef struct MDB_stat:
+        unsigned int ms_psize
+        size_t ms_branch_pages
+        size_t ms_leaf_pages
+        size_t ms_overflow_pages
+    ctypedef struct MDB_envinfo:
+        size_t me_last_pgno
     ctypedef enum MDB_cursor_op:
         MDB_GET_CURRENT
         MDB_NEXT
@@ -38,4 +45,6 @@ cdef extern from "lmdb.h" nogil:
     void mdb_cursor_close(MDB_cursor *cursor)
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
     int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags)
+    int mdb_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat)
+    int mdb_env_info(MDB_env *env, MDB_envinfo *info)
     char *mdb_strerror(int err)
