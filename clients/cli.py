@@ -193,9 +193,10 @@ def cmd_versions(args, client):
             return f"rollback to {v['rollback_of']}"
         up = v["upload"]
         return f"{up['mode']} {up['file_name'] or '(no file name)'}: {up['qualified']:,} qualified" if up else ""
-    lines = [f"{'*' if v['head'] else ' '} {v['version']:>5}  {v['time'][:19]}  {v['size']:>12,}  "
-             f"{'kept' if v['kept'] else 'gone'}  {made_by(v)}" for v in out]
-    return out, EXIT_OK, "\n".join(["  version  time (UTC)                   size  members  made by", *lines])
+    row = "{} {:>7}  {:<19}  {:>12}  {:<4}  {}".format
+    lines = [row("*" if v["head"] else " ", v["version"], v["time"][:19], f"{v['size']:,}",
+                 "kept" if v["kept"] else "gone", made_by(v)) for v in out]
+    return out, EXIT_OK, "\n".join([row(" ", "version", "time (UTC)", "members", "kept", "made by"), *lines])
 
 
 def cmd_rollback(args, client):

@@ -63,6 +63,16 @@ def test_walkthrough_json_contract(cli):
     code, out, _ = cli("upload", ex("vip-v2.csv"), "--replace", "vip", "--json")
     assert code == 0 and json.loads(out)["size"] == 3
 
+    code, out, _ = cli("versions", "vip")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["version", "time", "(UTC)", "members", "kept", "made", "by"]
+    assert lines[1].split()[:5] == ["*", "2", lines[1].split()[2], "3", "kept"] and "replace vip-v2.csv" in lines[1]
+    assert lines[0].index("members") + len("members") == lines[1].index("  kept")     # the columns line up
+    code, out, _ = cli("changes", "vip", "--from", "1")
+    assert code == 0 and out.splitlines()[0] == "Type,Identity,Change" and len(out.splitlines()) == 7
+    code, out, _ = cli("rollback", "vip", "--to", "1")
+    assert (code, out) == (0, "vip: version 3 = rollback to 1 (3 members)\n")
+
 
 def test_failed_upload_exits_1(cli, tmp_path):
     cli("profiles", "import", ex("profiles.csv"))
