@@ -134,7 +134,8 @@ class Members:
                         raise InvalidArgument(msg, field="page_token")
                     raise NotFound(msg, segment=seg_id, version=v)
             old, new = (self.bitmap(snap, seg_id, v)[1] for v in (from_version, to_version))
-            changed = without_deleted(old ^ new, self.profiles.deleted(snap))
+            deleted = self.profiles.deleted(snap)
+            changed = without_deleted(old ^ new, deleted)
             uids, nxt = _shard_page(changed, start, count, shard_index, shard_count)
             # the added flags are a byte a member, a quarter of its uid at most: within max_bytes too
             guids, found, taken = self._fit_guids(snap, uids, max_bytes and max_bytes * 4 // 5)
@@ -144,7 +145,8 @@ class Members:
         added = bytes(uid in joined for uid in ids)
         return ChangePage(from_version, to_version, guids, found, added,
                           start + taken if taken < len(uids) else nxt,
-                          changed.intersection_cardinality(new), changed.difference_cardinality(new))
+                          changed.intersection_cardinality(new), changed.difference_cardinality(new),
+                          live_size(new, deleted))
 
     def watch(self, segment, after=None, still_wanted=lambda: True, interval=WATCH_POLL_S):
         """Yield a HeadChange each time the segment's head moves, until still_wanted() is false: first
@@ -167,13 +169,7 @@ class Members:
             page = self.change_page(seg_id, before, head, count=0)
         except VersionGone:                          # `before` is past its retention: from nothing
             before, page = 0, self.change_page(seg_id, 0, head, count=0)
-        return HeadChange(head, before, page.added_total, page.removed_total,
-                          self.size_of(seg_id, head) if head else 0)
-
-    def size_of(self, seg_id, version):
-        """Members of a version that still have a profile."""
-        with self.backend.snapshot() as snap:
-            return live_size(self.bitmap(snap, seg_id, version)[1], self.profiles.deleted(snap))
+        return HeadChange(head, before, page.added_total, page.removed_total, page.to_size)
 
     def _fit_guids(self, snap, uids, max_bytes):
         """(guids, found, taken): member_guids of uids[:taken], the most leading uids whose members
@@ -260,6 +256,7 @@ class ChangePage:
     next_start: int | None
     added_total: int      # over every page and shard
     removed_total: int
+    to_size: int          # to_version's members that still have a profile
 
 
 def _shard_page(bm, start, count, shard_index, shard_count):
