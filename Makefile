@@ -118,6 +118,13 @@ bench-soak: install $(VENV)/.bench-deps | redis-sysdeps
 bench-changes: install
 	$(BIN)/python benchmarks/bench_changes.py --scale $(SCALE)
 
+# A 1 GB upload resumed after two connection resets against the same upload unbroken, both through a
+# TCP proxy (benchmarks/bench_resume.py); writes benchmarks/results/resume.json.
+BYTES ?= 1000000000
+.PHONY: bench-resume
+bench-resume: install
+	$(BIN)/python benchmarks/bench_resume.py --bytes $(BYTES)
+
 # listseg on a local Redis Cluster (tests/cluster.py, stopped at the end) beside plain Redis sets on the
 # same cluster; writes benchmarks/results/cluster.json. SCALE defaults to 1000000 here.
 .PHONY: bench-cluster

@@ -5,6 +5,7 @@ Exit codes: 0 ok; 1 the operation failed, the server refused it, or the answer i
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -50,15 +51,32 @@ def segment_json(seg, full=False):
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_upload(args, client):
+    from listseg.clients.client import CallError
     targets = [(k, getattr(args, k)) for k in ("name", "replace", "append", "remove") if getattr(args, k)]
-    if len(targets) != 1:
-        raise UsageError("upload needs exactly one of --name, --replace, --append, --remove")
+    if len(targets) != (args.resume is None):
+        raise UsageError("upload needs exactly one of --name, --replace, --append, --remove" if args.resume is None
+                         else "--resume takes the upload's id and the file only")
     size = os.path.getsize(args.file)
     bar = _progress(size, args.file)
+    say = bar.write if bar else functools.partial(print, file=sys.stderr)
+
+    streams = []
+
+    def streaming(upload_id, offset):
+        if bar:
+            bar.set_description(f"upload {upload_id}")
+        if streams or args.resume is not None:
+            say(f"listseg: upload {upload_id}: resuming at byte {offset:,}")
+        streams.append(offset)
     try:
         up = client.upload(args.file, dry_run=args.dry_run, strict=args.strict, webhook_url=args.webhook or "",
                            progress=bar.update if bar else None, notify_emails=_emails(args.notify),
-                           **dict(targets))
+                           resume=args.resume, on_stream=streaming, **dict(targets))
+    except CallError as e:
+        if "upload" in e.metadata and e.reason in ("", "UPLOAD_ELSEWHERE"):
+            say(f"listseg: upload {e.metadata['upload']} may still be resumed (the server keeps it 15 minutes "
+                f"by default): listseg upload --resume {e.metadata['upload']} {args.file}")
+        raise
     finally:
         if bar:
             bar.close()
@@ -241,7 +259,7 @@ def cmd_serve(args, _client):
         return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
                            max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
-                           keep_versions=args.keep_versions,
+                           keep_versions=args.keep_versions, resume_window=args.resume_window,
                            membership_listen=args.membership_listen, metrics_listen=args.metrics), None
     except (PermissionError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
@@ -354,6 +372,7 @@ def _data_option(parser):
 
 def build_parser():
     from listseg.core.backend import Retention
+    from listseg.server.uploads import RESUME_WINDOW_S
     ap = argparse.ArgumentParser(prog="listseg", description="Custom list segments: upload, query, serve.")
     _common(ap, suppress=False)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -374,6 +393,9 @@ def build_parser():
     p.add_argument("--strict", action="store_true", help="fail on any invalid row")
     p.add_argument("--webhook", metavar="URL", help="POST the result (JSON) here when processing ends")
     p.add_argument("--notify", metavar="EMAILS", help="email the result to these addresses (comma-separated)")
+    p.add_argument("--resume", type=int, metavar="UPLOAD_ID",
+                   help="continue an upload whose stream broke, from the byte the server holds (same FILE; "
+                        "no --name or segment)")
 
     profiles = sub.add_parser("profiles", help="user profiles").add_subparsers(dest="sub", required=True)
     p = profiles.add_parser("import", help="upsert profiles from a guid,identity,channels CSV")
@@ -426,6 +448,9 @@ def build_parser():
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--max-uploads", type=int, default=4, help="uploads running at once per account (default 4)")
     p.add_argument("--max-upload-bytes", type=int, default=5 << 30, help="largest upload (default 5 GiB)")
+    p.add_argument("--resume-window", type=float, default=RESUME_WINDOW_S, metavar="SECONDS",
+                   help=f"how long an upload whose stream broke waits for a resume (default {RESUME_WINDOW_S:g}; "
+                        f"0: it fails at once)")
     p.add_argument("--keep-versions", type=int, default=Retention.versions, metavar="N",
                    help=f"versions of each segment kept for rollback however old, the head among them "
                         f"(default {Retention.versions}); older ones go an hour after they were replaced")

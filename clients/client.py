@@ -7,10 +7,13 @@
 
 It imports only the generated stubs, never the engine.
 """
+import contextlib
 import functools
 import inspect
 import io
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -18,6 +21,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from listseg.v1 import UPLOAD_ID_HEADER
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -28,6 +32,16 @@ CHUNK = 1 << 20                      # bytes per UploadList data message (the se
 CHECK_COUNT = 100_000
 CHECK_BYTES = (4 << 20) - (64 << 10)
 CHECK_ATTEMPTS = 3                   # tries to answer a split check from one version
+# An upload whose stream breaks (no status from the server: the connection dropped) resumes from the
+# byte the server holds, on a new stream, after a wait that doubles from the first figure to the
+# second: at most RESUME_TRIES breaks (~30 s of waiting in all), beyond them the call fails.
+RESUME_TRIES = 8
+RESUME_BACKOFF_S = (0.25, 8.0)
+# a resume that reaches a server process not holding the upload (--workers) tries a new connection,
+# this many times at most (with 2 workers, 32 misses in a row happen once in 4 billion)
+RECONNECTS = 32
+ENDING = ("processing", "succeeded", "failed")     # NOT_RESUMABLE states after which GetUpload tells the end
+BROKEN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
 MODES = {"name": pb.UPLOAD_MODE_CREATE, "replace": pb.UPLOAD_MODE_REPLACE,
          "append": pb.UPLOAD_MODE_APPEND, "remove": pb.UPLOAD_MODE_REMOVE}
 KINDS = {"campaign": pb.CONSUMER_KIND_CAMPAIGN, "journey": pb.CONSUMER_KIND_JOURNEY}
@@ -59,6 +73,77 @@ class CallError(Exception):
         return cls(err.code(), err.details() or str(err.code()), reason, metadata)
 
 
+def _broken(err: grpc.RpcError) -> bool:
+    """Whether a call failed for want of a connection, not by the server's answer (which always
+    carries an ErrorInfo reason)."""
+    return err.code() in BROKEN and not CallError.from_rpc(err).reason
+
+
+def _naming(err: grpc.RpcError, upload_id: int | None) -> CallError:
+    """err as a CallError whose metadata names the upload it ended (for `listseg upload --resume`)."""
+    e = CallError.from_rpc(err)
+    if upload_id is not None:
+        e.metadata.setdefault("upload", str(upload_id))
+    return e
+
+
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[IO[bytes]]:
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            yield f
+    else:
+        yield io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+class _Feed:
+    """The file an upload sends, from any offset: a resumed stream starts where the server stopped.
+
+    A broken stream's request iterator may still be asked for a message by gRPC after the call has
+    failed, while the next stream already reads: each stream has a number, only the newest one's
+    reads count, and every read starts where that stream is (a shared file has one position)."""
+
+    def __init__(self, f: IO[bytes], progress: Callable[[int], object] | None, upload_id: int | None,
+                 on_stream: Callable[[int, int], object] | None) -> None:
+        self.f, self.progress, self.upload_id, self.on_stream = f, progress, upload_id, on_stream
+        self.start = f.tell() if self.seekable() else 0     # a file handed over part read is sent from there
+        self.at = 0                 # where the file is, from start
+        self.sent = 0               # bytes of the file handed to gRPC by the newest stream (the progress)
+        self.stream = 0             # the newest stream's number
+        self.failure: Exception | None = None   # the source failed: no resume can help
+        self.lock = threading.Lock()
+
+    def seekable(self) -> bool:
+        return bool(getattr(self.f, "seekable", lambda: False)())     # anything with read() will do
+
+    def messages(self, first: pb.UploadListRequest, offset: int) -> Iterator[pb.UploadListRequest]:
+        """A new stream's messages: first, the file from offset on, the finish message."""
+        self.stream += 1
+        mine, position = self.stream, offset
+        yield first
+        while True:
+            with self.lock:
+                if mine != self.stream:
+                    return                              # a newer stream sends the file now
+                try:
+                    if self.at != position:
+                        self.f.seek(self.start + position)
+                    chunk = self.f.read(CHUNK)
+                except Exception as exc:                # gRPC only cancels the call: the upload tells why
+                    self.failure = exc
+                    raise
+                self.at = position + len(chunk)
+                if mine != self.stream:
+                    return                              # it began while this read: the bytes are not ours
+                if self.progress:
+                    self.progress(self.at - self.sent)      # back to the offset first, after a resume
+                position = self.sent = self.at
+            if not chunk:
+                break
+            yield pb.UploadListRequest(data=chunk)
+        yield pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=position))
+
+
 def _calls(fn: F) -> F:
     """Run fn (a function or a generator), turning grpc.RpcError into CallError."""
     if inspect.isgeneratorfunction(fn):
@@ -87,20 +172,32 @@ class Client:
         passcode = passcode or os.environ.get("LISTSEG_PASSCODE")
         self.metadata: tuple[tuple[str, str | None], ...] = \
             (("x-account-id", account), ("x-passcode", passcode)) if account else ()
-        options = [("grpc.max_receive_message_length", 64 << 20)]
+        self.credentials = None
         if tls_ca:
             with open(tls_ca, "rb") as f:
-                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-            self.channel = grpc.secure_channel(self.target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(self.target, options=options)
+                self.credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
         self.timeout, self.upload_timeout = timeout, upload_timeout
+        self.retired: list[grpc.Channel] = []
+        self._connect()
+
+    def _connect(self, new_connection: bool = False) -> None:
+        """The channel and stubs; `new_connection`: never share a connection another channel has
+        (with --workers, a new connection may reach another server process)."""
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        options += [("grpc.use_local_subchannel_pool", 1)] if new_connection else []
+        self.channel = (grpc.secure_channel(self.target, self.credentials, options=options) if self.credentials
+                        else grpc.insecure_channel(self.target, options=options))
         self.segments = pb_grpc.SegmentsStub(self.channel)
         self.membership = pb_grpc.MembershipStub(self.channel)
         self.profiles = pb_grpc.ProfilesStub(self.channel)
 
+    def _reconnect(self) -> None:
+        self.retired.append(self.channel)       # closed with the client: other threads' calls may use it
+        self._connect(new_connection=True)
+
     def close(self) -> None:
-        self.channel.close()
+        for channel in [*self.retired, self.channel]:
+            channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -116,36 +213,95 @@ class Client:
     def upload(self, source: Source, name: str | None = None, replace: str | int | None = None,
                append: str | int | None = None, remove: str | int | None = None, dry_run: bool = False,
                strict: bool = False, webhook_url: str = "", progress: Callable[[int], object] | None = None,
-               notify_emails: Iterable[str] = ()) -> pb.Upload:
+               notify_emails: Iterable[str] = (), resume: int | None = None, retries: int = RESUME_TRIES,
+               on_stream: Callable[[int, int], object] | None = None) -> pb.Upload:
         """Stream a CSV (path, bytes or binary file) as a create (name=) or a replace / append /
         remove of a segment. Returns the Upload when processing has ended. `progress(n_bytes)` is
-        called as bytes go out; `notify_emails` each get an email when processing ends."""
+        called as bytes go out (negative when a resume goes back); `notify_emails` each get an email
+        when processing ends.
+
+        A stream that breaks is resumed from the byte the server holds, up to `retries` times, with
+        backoff, when the source can seek. `on_stream(upload_id, offset)` is called (on this thread)
+        as each stream takes the upload: offset 0 for the first, where it resumes for the others.
+        `resume=UPLOAD_ID` (and no name or segment) continues an upload that a broken stream left,
+        from the same file. A CallError that ends an upload names it in metadata["upload"]."""
         given = {k: v for k, v in (("name", name), ("replace", replace), ("append", append),
                                    ("remove", remove)) if v is not None}
-        if len(given) != 1:
-            raise ValueError("give exactly one of name, replace, append, remove")
-        (mode, target), = given.items()
-        file_name = source if isinstance(source, str) else getattr(source, "name", "")
-        spec = pb.UploadSpec(mode=MODES[mode], dry_run=dry_run, strict=strict, webhook_url=webhook_url,
-                             file_name=os.path.basename(str(file_name)), notify_emails=list(notify_emails),
-                             **({"name": target} if mode == "name" else {"segment": str(target)}))
-
-        def messages() -> Iterator[pb.UploadListRequest]:
-            yield pb.UploadListRequest(spec=spec)
-            f = open(source, "rb") if isinstance(source, str) else (
-                io.BytesIO(source) if isinstance(source, bytes) else source)
-            sent = 0
+        if len(given) != (resume is None):
+            raise ValueError("give exactly one of name, replace, append, remove" if resume is None else
+                             "a resume takes the upload's id only: its spec was given when it began")
+        with _opened(source) as f:
+            feed = _Feed(f, progress, resume, on_stream)
+            if resume is not None:
+                if not feed.seekable():
+                    raise ValueError("a resume sends the file from an offset: it needs a file that can seek")
+                return self._resume(feed, retries)
+            (mode, target), = given.items()
+            file_name = source if isinstance(source, str) else getattr(source, "name", "")
+            spec = pb.UploadSpec(mode=MODES[mode], dry_run=dry_run, strict=strict, webhook_url=webhook_url,
+                                 file_name=os.path.basename(str(file_name)), notify_emails=list(notify_emails),
+                                 **({"name": target} if mode == "name" else {"segment": str(target)}))
             try:
-                while chunk := f.read(CHUNK):
-                    yield pb.UploadListRequest(data=chunk)
-                    sent += len(chunk)
-                    if progress:
-                        progress(len(chunk))
-            finally:
-                if isinstance(source, str):
-                    f.close()
-            yield pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=sent))
-        return self.segments.UploadList(messages(), **self._kw(self.upload_timeout))
+                return self._stream(pb.UploadListRequest(spec=spec), feed, 0)
+            except grpc.RpcError as err:
+                if feed.failure is not None:
+                    raise feed.failure from None
+                if feed.upload_id is None or not (_broken(err) and feed.seekable() and retries > 0):
+                    raise _naming(err, feed.upload_id) from None
+            return self._resume(feed, retries - 1)
+
+    def _stream(self, first: pb.UploadListRequest, feed: "_Feed", offset: int) -> pb.Upload:
+        """One UploadList call: first, then the file from offset; learns the upload's id from its headers."""
+        call = self.segments.UploadList.future(feed.messages(first, offset), **self._kw(self.upload_timeout))
+        for key, value in call.initial_metadata() or ():
+            if key == UPLOAD_ID_HEADER:
+                feed.upload_id = int(value)
+                if feed.on_stream:
+                    feed.on_stream(feed.upload_id, offset)
+        return call.result()
+
+    def _resume(self, feed: "_Feed", retries: int) -> pb.Upload:
+        """Continue feed's upload on new streams until it ends; at most `retries` more may break.
+        Besides, at most RECONNECTS detours: a new connection (another server process holds the
+        upload), a resume at the offset the server names (a message of the broken stream arrived
+        after GetUpload), a second read of an upload that ended meanwhile."""
+        delay, detours, offset = RESUME_BACKOFF_S[0], 0, None
+        while True:
+            try:
+                if offset is None:
+                    up = self.segments.GetUpload(pb.GetUploadRequest(id=feed.upload_id), **self._kw())
+                    if up.state == pb.UPLOAD_STATE_PROCESSING:    # all of it arrived: the answer was lost
+                        return self._ended(up.id)
+                    if up.state != pb.UPLOAD_STATE_RECEIVING:
+                        return up
+                    offset = up.committed_bytes
+                resume = pb.UploadListRequest(resume=pb.UploadResume(upload_id=feed.upload_id, offset=offset))
+                return self._stream(resume, feed, offset)
+            except grpc.RpcError as err:
+                if feed.failure is not None:
+                    raise feed.failure from None
+                e, offset = CallError.from_rpc(err), None
+                if detours < RECONNECTS and (e.reason in ("WRONG_OFFSET", "UPLOAD_ELSEWHERE") or
+                                             e.reason == "NOT_RESUMABLE" and e.metadata.get("state") in ENDING):
+                    detours += 1
+                    if e.reason == "WRONG_OFFSET":
+                        offset = int(e.metadata["committed_bytes"])
+                    elif e.reason == "UPLOAD_ELSEWHERE":
+                        self._reconnect()
+                    continue
+                if not (_broken(err) and retries > 0):
+                    raise _naming(err, feed.upload_id) from None
+                retries -= 1
+                time.sleep(delay)
+                delay = min(delay * 2, RESUME_BACKOFF_S[1])
+
+    def _ended(self, upload_id: int) -> pb.Upload:
+        """The upload once processing has ended."""
+        for progress in self.segments.WatchUpload(pb.WatchUploadRequest(id=upload_id),
+                                                  **self._kw(self.upload_timeout)):
+            if progress.HasField("upload"):
+                return progress.upload
+        return self.segments.GetUpload(pb.GetUploadRequest(id=upload_id), **self._kw())
 
     @_calls
     def get_upload(self, upload_id: int) -> pb.Upload:

@@ -27,6 +27,12 @@ REASONS = {r.name: r for r in (
     Reason("HEAD_MOVED", "engine", "other commits moved the segment's head under each try of an upload's commit"),
     Reason("UPLOAD_TOO_LARGE", "engine", "an upload over the size limit, or a data message over 2 MiB"),
     Reason("REQUEST_TOO_LARGE", "engine", "a request message over 4 MiB (ErrorInfo `limit`)"),
+    Reason("WRONG_OFFSET", "engine", "a resumed upload's offset is not the bytes the server holds (ErrorInfo "
+                                     "`committed_bytes`: resume there)"),
+    Reason("NOT_RESUMABLE", "engine", "the upload is not waiting for a resume: it is processing or has ended "
+                                      "(ErrorInfo `state`)"),
+    Reason("UPLOAD_ELSEWHERE", "engine", "another server process (--workers, another host) holds the upload: "
+                                         "a new connection may reach it"),
     Reason("TOO_MANY_UPLOADS", "engine", "the account has as many uploads running as the server allows"),
     Reason("TOO_MANY_WATCHES", "engine", "the server process has as many WatchSegment streams open as it allows"),
     Reason("UNAUTHENTICATED", "engine", "missing or wrong x-account-id / x-passcode"),
@@ -110,6 +116,21 @@ class TooLarge(ListsegError):
 class RequestTooLarge(ListsegError):
     """A request message over the server's limit (server/decoding.py MAX_REQUEST)."""
     reason = "REQUEST_TOO_LARGE"
+
+
+class WrongOffset(ListsegError):
+    """A resume that does not start where the upload stopped (`committed_bytes` says where)."""
+    reason = "WRONG_OFFSET"
+
+
+class NotResumable(ListsegError):
+    """A resume of an upload that is processing or has ended (`state`, and `reason` when it failed)."""
+    reason = "NOT_RESUMABLE"
+
+
+class UploadElsewhere(ListsegError):
+    """A resume that reached a server process other than the one holding the upload."""
+    reason = "UPLOAD_ELSEWHERE"
 
 
 class TooManyUploads(ListsegError):

@@ -2,7 +2,8 @@
 
 `feed(chunk)` any number of times, then `finish()` returns the upload's record with its report;
 `abort(reason)` or a crash changes nothing but the upload's own record (and takes away the segment a
-failed create had made). The segment's live version is only ever replaced by the one unit that
+failed create had made). A stream that breaks can `pause` the upload, and a later one `resume` it
+from the byte where it stopped. The segment's live version is only ever replaced by the one unit that
 publishes a successful upload's version (core/backend.py Unit.publish).
 """
 import logging
@@ -16,7 +17,8 @@ from pyroaring import BitMap
 
 from listseg.core import parser
 from listseg.core.backend import COMMIT_TRIES
-from listseg.core.errors import HeadMoved, InvalidArgument, ListsegError, NotFound, StorageUnavailable, TooLarge
+from listseg.core.errors import (HeadMoved, InvalidArgument, ListsegError, NotFound, NotResumable, StorageUnavailable,
+                                 TooLarge, UploadElsewhere, WrongOffset)
 from listseg.core.layout import UNKNOWN
 from listseg.core.members import without_deleted
 
@@ -65,6 +67,8 @@ class Upload:
         self._resolver = None           # a thread, started with the first full batch
         self._in_flight = None          # (batch, future of its uids)
         self.id = None                  # _start's, once it has one
+        self.stream = 0                 # the number of the stream feeding it; each resume takes the next
+        self.resume_by = None           # while paused: until when (epoch s) it waits for a resume
         try:
             self.record = self.backend.write(lambda unit: self._start(unit, name, segment, file_name))
         except StorageUnavailable:
@@ -104,9 +108,16 @@ class Upload:
             unit.put_upload(self.number, upload)
             note_failure(self.segments, unit, upload)
 
-    def feed(self, chunk):
+    def feed(self, chunk, stream=None):
+        """Parse chunk; `stream` (if given) must be the stream that feeds the upload now."""
         with self._lock:
+            self._check_stream(stream)
             self._feed(chunk)
+
+    def _check_stream(self, stream):
+        if stream is not None and (stream != self.stream or self.resume_by is not None):
+            raise Superseded(f"upload {self.id} no longer takes this stream's messages", upload=self.id,
+                             state=self.state)
 
     def _feed(self, chunk):
         if self.state != "receiving":
@@ -178,9 +189,10 @@ class Upload:
         if room > 0 and batch.invalid:
             self.rejects.extend(self.parser.errors(batch, room))
 
-    def finish(self):
+    def finish(self, stream=None):
         """Process what is left, then commit (or fail). Returns the upload record."""
         with self._lock:
+            self._check_stream(stream)
             return self._finish()
 
     def _finish(self):
@@ -256,6 +268,53 @@ class Upload:
         return dict(self.counts, size=size, bytes=self.bytes,
                     errors=[{"line": line, "reason": reason} for line, reason in self.rejects[:ERRORS_IN_REPORT]])
 
+    # -- resuming ----------------------------------------------------------------------------
+    # A broken stream leaves the upload receiving with everything it consumed (the parser keeps a row
+    # cut mid-way), for a later stream to continue from byte `self.bytes`. Each resume takes the
+    # upload over under the next stream number, so a late message of an old stream never feeds it.
+    def pause(self, stream, until):
+        """Stream `stream` broke: wait for a resume until `until` (epoch s). False if the upload has
+        moved on (ended, paused already, or taken over by another stream)."""
+        with self._lock:
+            if self.state != "receiving" or stream != self.stream or self.resume_by is not None:
+                return False
+            self.resume_by = until
+            self._note_position()
+            return True
+
+    def resume(self, offset):
+        """Take the upload over for a new stream that sends the file from byte `offset` on; returns
+        the new stream's number. Any stream still feeding it is cut off."""
+        with self._lock:
+            if self.state != "receiving":
+                raise NotResumable(f"upload {self.id} is {self.state}", upload=self.id, state=self.state)
+            if offset != self.bytes:
+                raise WrongOffset(f"upload {self.id} holds the file's first {self.bytes} bytes: resume at offset "
+                                  f"{self.bytes}, not {offset}", upload=self.id, committed_bytes=self.bytes)
+            self.stream += 1
+            self.resume_by = None
+            self._note_position()
+            return self.stream
+
+    def expire(self, stream, reason):
+        """Fail the upload if it still waits for a resume after stream `stream`; its record, else None."""
+        with self._lock:
+            if self.state != "receiving" or stream != self.stream or self.resume_by is None:
+                return None
+            return self._fail(reason)
+
+    def _note_position(self):
+        """Put committed_bytes and resume_by in the record, for GetUpload in any server process."""
+        def run(unit):
+            upload = self._current(unit)
+            if upload["state"] == "receiving":
+                upload.update(committed_bytes=self.bytes, resume_by=self.resume_by)
+                unit.put_upload(self.number, upload)
+        try:
+            self.backend.write(run)
+        except StorageUnavailable:      # only the record lags: the process holding the upload knows
+            log.warning("could not note an upload's position", extra={"fields": {"upload": self.id}})
+
     def abort(self, reason="cancelled"):
         """Fail the upload: the segment keeps its live version. Safe from any thread: it waits for
         a feed or finish under way, and does nothing to an upload that has already ended."""
@@ -285,6 +344,23 @@ class Upload:
             # the store is away (a failover): the record must still say failed once it is back
             _write_later(self.backend, run, self.id)
             raise
+
+
+class Superseded(NotResumable):
+    """A message of a stream the upload no longer takes (it broke, or a resume took the upload over)."""
+
+
+def resume_refusal(account, upload_id):
+    """The error for a resume of an upload this process does not hold (NotFound if there is none)."""
+    rec = get_upload(account, upload_id)
+    if rec["state"] == "receiving" and owner_alive(rec["owner"]) and rec["owner"] != process_token(os.getpid()):
+        return UploadElsewhere(f"upload {upload_id} is held by another server process ({rec['owner']}); "
+                               f"a new connection may reach it", upload=upload_id, owner=rec["owner"])
+    if rec["state"] in ACTIVE_STATES and rec["state"] != "processing":
+        return NotResumable(f"upload {upload_id} was interrupted: the server process holding it stopped",
+                            upload=upload_id, state="interrupted")
+    why = f": {rec['reason']}" if rec["reason"] else ""
+    return NotResumable(f"upload {upload_id} is {rec['state']}{why}", upload=upload_id, state=rec["state"])
 
 
 def _write_later(backend, run, upload_id):

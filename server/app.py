@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from listseg.core.accounts import Credentials
 from listseg.core.engine import DEFAULT_KEEP_VERSIONS, Engine
-from listseg.server import front, introspection, metrics, servicers
+from listseg.server import front, introspection, metrics, servicers, uploads
 from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
 from listseg.server.logs import setup_logging
@@ -46,7 +46,7 @@ class Server:
 
     def __init__(self, engine, address="127.0.0.1:0", max_workers=32, tls=None, reuse_port=False,
                  webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None, lookup_threads=LOOKUP_THREADS,
-                 with_metrics=False):
+                 with_metrics=False, resume_window=uploads.RESUME_WINDOW_S):
         self.engine = engine
         self.credentials = Credentials(engine)
         host, _ = split_address(address)
@@ -55,7 +55,8 @@ class Server:
                 f"no account exists, so the server runs without credentials and listens only on a loopback "
                 f"address; create one with `listseg accounts create NAME` to listen on {host}")
         self.services = servicers.Services(engine, self.credentials, webhooks, max_uploads,
-                                           max_upload_bytes or engine.max_upload_bytes, mailer, with_metrics)
+                                           max_upload_bytes or engine.max_upload_bytes, mailer, with_metrics,
+                                           resume_window)
         self.sampler = None
         self.with_metrics = with_metrics          # count calls and uploads for server/metrics.py
         options = [("grpc.max_receive_message_length", MAX_TRANSPORT_MESSAGE),    # MAX_REQUEST: decoding.py
@@ -103,6 +104,7 @@ class Server:
         """Refuse new calls, let calls in flight (uploads) finish for up to `grace` seconds."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(grace).wait()
+        self.services.uploads.close()             # no stream can resume them now
         if self.sampler:
             self.sampler.stop()
         self.lookups.shutdown(wait=False)
@@ -119,8 +121,8 @@ def create_server(engine, address="127.0.0.1:0", **kwargs):
 def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, http_tls_ca=None,
           membership_listen=None, metrics_listen=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
-    max_uploads (per account), max_upload_bytes, profile_index (False: no in-memory index) and
-    keep_versions.
+    max_uploads (per account), max_upload_bytes, profile_index (False: no in-memory index),
+    keep_versions and resume_window (seconds a broken upload stream may be resumed in).
     `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
     trusts `http_tls_ca`, else the certificate itself). `membership_listen`: HOST:PORT for the native
     membership front (server/front.py), a client of this server's port the same way. `mail`: the

@@ -48,6 +48,8 @@ def segment_ref(value):
 
 def upload(rec):
     report = rec.get("report") or {}
+    receiving = rec["state"] == "receiving"
+    waiting = {"resume_deadline": timestamp(rec["resume_by"])} if receiving and rec.get("resume_by") else {}
     return pb.Upload(
         id=rec["id"], segment=str(rec["segment"]) if rec.get("segment") is not None else "",
         segment_name=rec.get("segment_name", ""), mode=MODE_ENUM[rec["mode"]],
@@ -58,7 +60,8 @@ def upload(rec):
             invalid=report.get("invalid", 0), duplicates=report.get("duplicates", 0),
             size=report.get("size", 0), bytes=report.get("bytes", 0), version=report.get("version", 0),
             errors=[pb.RowError(line=e["line"], reason=e["reason"]) for e in report.get("errors", [])]),
-        create_time=timestamp(rec.get("created")), finish_time=timestamp(rec.get("finished")))
+        create_time=timestamp(rec.get("created")), finish_time=timestamp(rec.get("finished")),
+        committed_bytes=rec.get("committed_bytes", 0) if receiving else report.get("bytes", 0), **waiting)
 
 
 def profile(p):

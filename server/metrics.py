@@ -64,6 +64,7 @@ class _Metrics:
         self.upload_bytes = Counter("listseg_upload_bytes", "bytes of the uploads that ended")
         self.upload_rows = Counter("listseg_upload_rows", "rows of the uploads that ended, by outcome",
                                    ["outcome"])
+        self.upload_resumes = Counter("listseg_upload_resumes", "upload streams that resumed an upload whose stream broke")
         self.last_upload_rows_per_second = Gauge("listseg_last_upload_rows_per_second",
                                                  "rows a second of the last upload that succeeded",
                                                  multiprocess_mode="mostrecent")
@@ -94,6 +95,10 @@ def upload_ended(mode, rec):
     took = (rec.get("finished") or 0) - (rec.get("created") or 0)
     if rec["state"] == "succeeded" and took > 0:
         m.last_upload_rows_per_second.set(report.get("rows", 0) / took)
+
+
+def upload_resumed():
+    get().upload_resumes.inc()
 
 
 def front_changed(serving, restarts):

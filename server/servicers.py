@@ -11,10 +11,12 @@ import time
 import grpc
 from google.protobuf import empty_pb2
 
-from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyUploads, TooManyWatches
-from listseg.core.ingest import REJECTS_KEPT
-from listseg.server import convert, mail, metrics, webhook
+from listseg.core.errors import InvalidArgument, NotFound, TooLarge, TooManyWatches
+from listseg.core.ingest import REJECTS_KEPT, Superseded
+from listseg.server import convert, mail, metrics, uploads, webhook
 from listseg.server.errors import rpc
+from listseg.server.uploads import NO_FINISH
+from listseg.v1 import UPLOAD_ID_HEADER
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -30,41 +32,31 @@ WATCH_INTERVAL_S = 0.5
 # WatchSegment streams a server process keeps open at once: each holds a thread of its pool (32), so
 # watchers can never take every thread from uploads and queries.
 MAX_SEGMENT_WATCHES = 8
-STREAM_ENDED = "the stream ended early: cancelled by the client, past its deadline or disconnected"
 
 
 class Services:
-    """State shared by the servicers: the engine, the credentials check, the live uploads."""
+    """State shared by the servicers: the engine, the credentials check, the uploads held."""
 
     def __init__(self, engine, credentials, webhooks=None, max_uploads=4, max_upload_bytes=None, mailer=None,
-                 with_metrics=False):
+                 with_metrics=False, resume_window=uploads.RESUME_WINDOW_S):
         self.engine = engine
         self.with_metrics = with_metrics      # count the uploads that end (server/metrics.py)
         self.credentials = credentials
         self.webhooks = webhooks or webhook.Notifier()
         self.mailer = mailer or mail.Mailer()     # no SMTP server: emails are logged as not sent
-        self.max_uploads = max_uploads  # running uploads per account (per server process)
         self.max_upload_bytes = max_upload_bytes
-        self.live = {}                # (account number, upload id) -> core Upload, for WatchUpload
-        self.starting = {}            # account number -> uploads being set up (counted against the limit)
-        self.live_lock = threading.Lock()
+        self.uploads = uploads.Uploads(max_uploads, resume_window, self._upload_ended)
         self.watches = threading.BoundedSemaphore(MAX_SEGMENT_WATCHES)
 
-    @contextlib.contextmanager
-    def upload_slot(self, account):
-        """Hold one of the account's upload slots, or refuse with TooManyUploads."""
-        with self.live_lock:
-            running = sum(1 for number, _ in self.live if number == account.number)
-            running += self.starting.get(account.number, 0)
-            if running >= self.max_uploads:
-                raise TooManyUploads(f"account {account.name} already has {running} uploads running; "
-                                     f"at most {self.max_uploads}", limit=self.max_uploads)
-            self.starting[account.number] = self.starting.get(account.number, 0) + 1
-        try:
-            yield
-        finally:
-            with self.live_lock:
-                self.starting[account.number] -= 1
+    def _upload_ended(self, held, record):
+        log.info("upload ended", extra={"fields": {"account": held.up.account.name, "upload": record["id"],
+                                                   "state": record["state"], "reason": record["reason"]}})
+        if self.with_metrics:
+            metrics.upload_ended(held.mode, record)
+        if held.webhook_url:
+            self.webhooks.notify(held.webhook_url, convert.upload(record))    # what the call returns, as JSON
+        if held.recipients:
+            self.mailer.notify(list(held.recipients), record)
 
     def auth(self, context):
         if not self.credentials.required():
@@ -92,9 +84,34 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
     @rpc
     def UploadList(self, account, requests, context):
         first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "spec":
-            raise InvalidArgument("the first message of UploadList must be the spec", field="spec")
-        spec = first.spec
+        kind = first.WhichOneof("payload") if first is not None else None
+        if kind == "spec":
+            held, stream = self._start(account, first.spec), 0
+        elif kind == "resume":
+            held, stream = self.s.uploads.resume(account, first.resume.upload_id, first.resume.offset)
+            if self.s.with_metrics:
+                metrics.upload_resumed()
+        else:
+            raise InvalidArgument("the first message of UploadList must be the spec or a resume", field="spec")
+        up = held.up
+        context.send_initial_metadata(((UPLOAD_ID_HEADER, str(up.id)),))     # the id a resume names
+        # When the call ends early (cancel, deadline, disconnect) grpc does not always wake a handler
+        # blocked waiting for the next message (seen here about 1 run in 6): pause the upload from the
+        # termination callback too. A no-op once the upload has ended or paused.
+        if not context.add_callback(lambda: self.s.uploads.pause(held, stream)):
+            self.s.uploads.pause(held, stream)
+        try:
+            result = self._receive(held, stream, requests)
+        except BaseException:
+            if up.state == "failed":        # bad input, or the store: ended (its record may be written later)
+                with contextlib.suppress(Exception):
+                    self.s.uploads.ended(held, dict(account.get_upload(up.id), state="failed"))
+            raise
+        self.s.uploads.ended(held, result)
+        return convert.upload(result)
+
+    def _start(self, account, spec):
+        """A new upload from its spec, held by this process."""
         if spec.mode not in convert.MODES:
             raise InvalidArgument("spec.mode must be CREATE, REPLACE, APPEND or REMOVE", field="spec.mode")
         mode = convert.MODES[spec.mode]
@@ -102,79 +119,67 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
             webhook.check_url(spec.webhook_url)
         recipients = mail.check_addresses(spec.notify_emails)
         create = mode == "create"
-        with self.s.upload_slot(account):
+        if create:
+            self.s.uploads.free_name(account, spec.name.strip())
+        with self.s.uploads.slot(account):
             up = account.upload(mode, name=spec.name if create else None,
                                 segment=None if create else convert.segment_ref(spec.segment),
                                 dry_run=spec.dry_run, strict=spec.strict, file_name=spec.file_name,
                                 max_bytes=self.s.max_upload_bytes)
-            key = (account.number, up.id)
-            with self.s.live_lock:
-                self.s.live[key] = up
-        # When the call ends early (cancel, deadline, disconnect) grpc does not always wake a handler
-        # blocked waiting for the next message (seen here about 1 run in 6): fail the upload from the
-        # termination callback, so it never outlives its call. A no-op once the upload has ended.
-        if not context.add_callback(lambda: up.abort(STREAM_ENDED)):
-            up.abort(STREAM_ENDED)
+            return self.s.uploads.add(account, up, mode, spec.webhook_url, recipients)
+
+    def _receive(self, held, stream, requests):
+        """Feed the stream to the upload; only a finish message with the right byte count commits it.
+        A stream that breaks or stops short leaves the upload for a resume (server/uploads.py)."""
+        up = held.up
         try:
-            result = self._receive(up, requests, context)
-        except BaseException:
-            with contextlib.suppress(Exception):      # the stream broke or was too large: it failed too
-                failed = account.get_upload(up.id)
-                if self.s.with_metrics:                  # its record may not say so yet (written later)
-                    metrics.upload_ended(mode, dict(failed, state="failed"))
-                if recipients:
-                    self.s.mailer.notify(recipients, failed)
+            finished = self._feed(up, stream, requests)
+        except grpc.RpcError:               # what grpc raises from the request stream when the call ends
+            self.s.uploads.pause(held, stream)
             raise
-        finally:
-            with self.s.live_lock:
-                self.s.live.pop(key, None)
-        log.info("upload ended", extra={"fields": {"account": account.name, "upload": up.id,
-                                                   "state": result["state"], "reason": result["reason"]}})
-        if self.s.with_metrics:
-            metrics.upload_ended(mode, result)
-        upload = convert.upload(result)
-        if spec.webhook_url:
-            self.s.webhooks.notify(spec.webhook_url, upload)       # what the call returns, as JSON
-        if recipients:
-            self.s.mailer.notify(recipients, result)
-        return upload
+        except Superseded:                  # a resume has taken the upload over: this call is history
+            raise
+        except BaseException as exc:
+            self.s.uploads.fail(held, _abort_reason(exc))
+            raise
+        if not finished:                    # a broken call can look like a clean end to the server
+            self.s.uploads.pause(held, stream, NO_FINISH)
+            raise InvalidArgument(f"{NO_FINISH}; {_resume_hint(self.s.uploads, up)}", field="finish",
+                                  upload=up.id, committed_bytes=up.bytes)
+        return up.finish(stream)
 
     @staticmethod
-    def _receive(up, requests, context):
-        """Feed the stream to the upload; only a finish message with the right byte count commits it."""
-        try:
-            for msg in requests:
-                kind = msg.WhichOneof("payload")
-                if kind == "finish":
-                    if msg.finish.total_bytes != up.bytes:
-                        raise InvalidArgument(f"the finish message counts {msg.finish.total_bytes} bytes, "
-                                              f"{up.bytes} arrived", field="finish.total_bytes")
-                    break
-                if kind == "spec":
-                    raise InvalidArgument("UploadList takes one spec, first", field="spec")
-                if len(msg.data) > MAX_DATA_MESSAGE:
-                    raise TooLarge(f"a data message is at most {MAX_DATA_MESSAGE} bytes", limit=MAX_DATA_MESSAGE)
-                if msg.data:
-                    up.feed(msg.data)
-            else:
-                raise InvalidArgument("the stream ended without a finish message: the file may be incomplete",
-                                      field="finish")
-        except BaseException as exc:
-            up.abort(_abort_reason(exc))
-            raise
-        return up.finish()
+    def _feed(up, stream, requests):
+        """Feed data messages to the upload until the finish message (True) or the stream's end (False)."""
+        for msg in requests:
+            kind = msg.WhichOneof("payload")
+            if kind == "finish":
+                if msg.finish.total_bytes != up.bytes:
+                    raise InvalidArgument(f"the finish message counts {msg.finish.total_bytes} bytes, "
+                                          f"{up.bytes} arrived", field="finish.total_bytes")
+                return True
+            if kind in ("spec", "resume"):
+                raise InvalidArgument("UploadList takes one spec or resume, first", field=kind)
+            if len(msg.data) > MAX_DATA_MESSAGE:
+                raise TooLarge(f"a data message is at most {MAX_DATA_MESSAGE} bytes", limit=MAX_DATA_MESSAGE)
+            if msg.data:
+                up.feed(msg.data, stream)
+        return False
 
     @rpc
     def GetUpload(self, account, request, context):
-        return convert.upload(account.get_upload(request.id))
+        record = account.get_upload(request.id)
+        held = self.s.uploads.get(account.number, request.id)
+        if held is not None and record["state"] == "receiving":    # the record notes it only at a pause
+            record = dict(record, committed_bytes=held.up.bytes)
+        return convert.upload(record)
 
     @rpc
     def WatchUpload(self, account, request, context):
-        key = (account.number, request.id)
         while context.is_active():
-            with self.s.live_lock:
-                up = self.s.live.get(key)
-            if up is not None:
+            held = self.s.uploads.get(account.number, request.id)
+            if held is not None:
+                up = held.up
                 progress = up.progress()
                 yield pb.UploadProgress(state=convert.UPLOAD_STATES[up.state], bytes=progress["bytes"],
                                         rows=progress["rows"])
@@ -384,6 +389,11 @@ def _abort_reason(exc):
         return f"file too large: {exc}"
     if isinstance(exc, InvalidArgument):
         return str(exc)
-    if isinstance(exc, grpc.RpcError):     # what grpc raises from the request stream when the call ends
-        return STREAM_ENDED
     return "the upload stream broke"
+
+
+def _resume_hint(held_uploads, up):
+    if held_uploads.resume_window <= 0:
+        return "the upload failed"
+    return (f"upload {up.id} waits {held_uploads.resume_window:g} s for a stream that resumes it at offset "
+            f"{up.bytes}")

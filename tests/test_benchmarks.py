@@ -107,3 +107,19 @@ def test_bench_changes_writes_every_key(tmp_path):
                for k in ("changes_1pct", "list_members", "changes_10pct"))
     assert "| ListMemberChanges 1% vs ListMembers of the whole segment (s) |" in stdout
     assert not (tmp_path / "work").exists()
+
+
+def test_bench_resume_writes_every_key(tmp_path):
+    """bench_resume.py: both uploads end alike (it asserts so) and the resumed one was cut twice."""
+    out = tmp_path / "resume.json"
+    stdout = run("bench_resume.py", "--scale", "2000", "--bytes", "3000000", "--repeat", "1",
+                 "--workdir", str(tmp_path / "work"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result) == {"scale", "file_bytes", "report", "best", "runs", "cpu", "cores"}
+    assert result["file_bytes"] >= 3_000_000 and result["report"][6] == 2000       # every profile qualifies
+    assert [r["cuts"] for r in result["runs"]["resumed"]] == [2]
+    assert all(set(r) == {"seconds", "file_bytes_read", "proxy_bytes", "cuts", "report", "members_sha256"}
+               for runs in result["runs"].values() for r in runs)
+    assert result["best"]["resumed"]["file_bytes_read"] >= result["file_bytes"]
+    assert "| bytes sent twice: read beyond the file's size (MB) |" in stdout
+    assert not (tmp_path / "work").exists()

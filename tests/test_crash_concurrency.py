@@ -179,9 +179,10 @@ def _alive(pid):
 
 
 def test_a_client_that_stops_sending_fails_at_its_deadline(tmp_path):
+    """Its upload waits for a resume (2 s here), then fails with the stream's reason."""
     data = str(tmp_path / "data")
     seed(data)
-    proc, target = start_server(data)
+    proc, target = start_server(data, "--resume-window", "2")
     try:
         with Client(target, timeout=30) as c:
             c.upload(csv(LIST_A), name="s")
@@ -199,6 +200,8 @@ def test_a_client_that_stops_sending_fails_at_its_deadline(tmp_path):
             hang.set()
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             wait_until(lambda: upload_state(c, 2) == pb.UPLOAD_STATE_FAILED)
+            reason = c.get_upload(2).reason     # grpc may tell the server of the deadline as a clean end of stream
+            assert reason.startswith("the stream ended") and reason.endswith("; not resumed within 2 s"), reason
             assert [m[2:] for m in c.export("s").decode().split()[1:]] == LIST_A
     finally:
         stop_server(proc)
@@ -308,10 +311,11 @@ def test_cancelled_uploads_give_back_memory_and_reader_slots(tmp_path):
     """100 uploads cancelled mid-stream, 4 MiB each: each fails, the segment is unchanged, the server
     holds no LMDB read transaction afterwards, and its memory does not keep the data. Anonymous RSS
     swings by up to ~120 MiB with in-flight buffers (measured over 300 cancels, no trend), so the bound
-    is coarse: keeping each upload's 4 MiB would add 360 MiB over the last 90."""
+    is coarse: keeping each upload's 4 MiB would add 360 MiB over the last 90. With --resume-window 0
+    a broken stream fails its upload at once (test_resume.py holds them)."""
     data = str(tmp_path / "data")
     seed(data)
-    proc, target = start_server(data)
+    proc, target = start_server(data, "--resume-window", "0")
     chunk = csv(LIST_B * 500)[: 2 << 20]                  # 2 MiB of rows, twice per upload
 
     def cancelled_upload(c, n):

@@ -79,7 +79,9 @@ def server(tmp_path_factory):
     engine = open_engine(tmp_path_factory.mktemp("fuzz") / "data")
     account = engine.account()
     account.profiles.upsert([(g, f"user{g[1:]}@x.com", []) for g in GUIDS])
-    srv = InProcess(engine=engine)
+    # --resume-window 0: a stream that stops short fails its upload at once, as the model says
+    # (tests/test_resume.py has the window)
+    srv = InProcess(engine=engine, resume_window=0)
     channel = grpc.insecure_channel(srv.target)
     upload = channel.stream_unary("/listseg.v1.Segments/UploadList", request_serializer=None,
                                   response_deserializer=pb.Upload.FromString)

@@ -5,13 +5,15 @@ import os
 import signal
 import urllib.request
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_until
+from conftest import upload_state, wait_until
 from harness import free_port, front_pids, start_server, stop_server, wait_healthy
 from listseg import CallError, Client
 from listseg.v1 import listseg_pb2 as pb
+from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
 PROFILES = b"guid,identity,channels\n" + b"".join(b"g%d,id%d,email\n" % (k, k) for k in range(100))
 LIST = b"Type,Identity\n" + b"g,g1\ng,g2\ng,g2\ni,id3\ng,nobody\nx,bad\n"   # 3 qualified, 1 each other
@@ -64,6 +66,17 @@ def work(target, checks):
         assert e.value.reason == "UPLOAD_TOO_LARGE"
 
 
+def resume_one(target):
+    """An upload whose stream stops short (it waits for a resume), then its resume."""
+    with Client(target) as c:
+        stub = pb_grpc.SegmentsStub(c.channel)
+        with pytest.raises(grpc.RpcError):
+            stub.UploadList(iter([pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name="r")),
+                                  pb.UploadListRequest(data=LIST)]), timeout=10)
+        upload_id = max(u for u in range(1, 10) if upload_state(c, u) == pb.UPLOAD_STATE_RECEIVING)
+        assert c.upload(LIST, resume=upload_id).state == pb.UPLOAD_STATE_SUCCEEDED
+
+
 def check_counts(samples, checks):
     IS_MEMBER = "Membership/IsMember"
     assert value(samples, "listseg_rpcs_total", method=IS_MEMBER, code="OK") == checks
@@ -87,6 +100,7 @@ def test_one_server_counts_every_call_and_upload(tmp_path):
         work(target, checks=5)
         samples = scrape(port)
         check_counts(samples, checks=5)
+        assert value(samples, "listseg_upload_resumes_total") == 0
         # sampled every few seconds from the store
         wait_until(lambda: value(scrape(port), "listseg_segments", account="default") == 1, timeout=20)
         samples = scrape(port)
@@ -97,6 +111,8 @@ def test_one_server_counts_every_call_and_upload(tmp_path):
         wait_until(lambda: value(scrape(port), "listseg_profile_index_entries", account="default", kind="guids") == 100,
                    timeout=20)
         assert value(scrape(port), "listseg_profile_index_builds_total", account="default") == 1
+        resume_one(target)
+        assert value(scrape(port), "listseg_upload_resumes_total") == 1
     finally:
         stop_server(proc)
 
