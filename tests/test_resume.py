@@ -161,6 +161,15 @@ def _broken_stream(stub, first, data, wait_for):
     return upload_id
 
 
+def _segment_and_a_broken_upload(c, mode, wait_for=lambda upload_id: True):
+    """Profiles, a segment `s` of g1, and an upload of `mode` into it (g2) whose stream broke once
+    wait_for(upload_id) held; returns the upload's id."""
+    c.import_profiles(PROFILES)
+    c.upload(b"Type,Identity\ng,g1\n", name="s")
+    spec = pb.UploadListRequest(spec=pb.UploadSpec(mode=mode, segment="s"))
+    return _broken_stream(pb_grpc.SegmentsStub(c.channel), spec, b"Type,Identity\ng,g2\n", wait_for)
+
+
 def _create(name):
     return pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name=name))
 
@@ -236,12 +245,7 @@ def test_a_resume_takes_the_upload_from_a_stream_still_open(server, direct):
 def test_an_upload_not_resumed_in_its_window_fails_with_its_reason(serve):
     server = serve(resume_window=1)
     with Client(server.target, timeout=10) as c:
-        c.import_profiles(PROFILES)
-        c.upload(b"Type,Identity\ng,g1\n", name="s")
-        stub = pb_grpc.SegmentsStub(c.channel)
-        upload_id = _broken_stream(stub, pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE,
-                                                                                 segment="s")),
-                                   b"Type,Identity\ng,g2\n", lambda i: c.get_upload(i).committed_bytes == 19)
+        upload_id = _segment_and_a_broken_upload(c, pb.UPLOAD_MODE_REPLACE, lambda i: c.get_upload(i).committed_bytes == 19)
         wait_until(lambda: upload_state(c, upload_id) == pb.UPLOAD_STATE_FAILED)
         failed = c.get_upload(upload_id)
         # grpc tells the server of a cancel as an error or, now and then, as a clean end of the stream
@@ -255,11 +259,7 @@ def test_an_upload_waiting_for_a_resume_gives_its_slot_to_a_new_one(serve):
     """A client that never resumes is never locked out by the uploads its broken streams left."""
     server = serve(max_uploads=1)
     with Client(server.target, timeout=10) as c:
-        c.import_profiles(PROFILES)
-        c.upload(b"Type,Identity\ng,g1\n", name="s")
-        stub = pb_grpc.SegmentsStub(c.channel)
-        spec = pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_APPEND, segment="s"))
-        upload_id = _broken_stream(stub, spec, b"Type,Identity\ng,g2\n", lambda i: True)
+        upload_id = _segment_and_a_broken_upload(c, pb.UPLOAD_MODE_APPEND)
         wait_until(lambda: _waiting(c, upload_id))
         assert c.upload(b"Type,Identity\ng,g3\n", append="s").state == pb.UPLOAD_STATE_SUCCEEDED
         failed = c.get_upload(upload_id)
@@ -291,11 +291,7 @@ def test_a_server_killed_while_an_upload_waits_leaves_it_interrupted(tmp_path):
     proc, target = start_server(data)
     try:
         with Client(target, timeout=10) as c:
-            c.import_profiles(PROFILES)
-            c.upload(b"Type,Identity\ng,g1\n", name="s")
-            stub = pb_grpc.SegmentsStub(c.channel)
-            spec = pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_REPLACE, segment="s"))
-            upload_id = _broken_stream(stub, spec, b"Type,Identity\ng,g2\n", lambda i: True)
+            upload_id = _segment_and_a_broken_upload(c, pb.UPLOAD_MODE_REPLACE)
             wait_until(lambda: _waiting(c, upload_id))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
