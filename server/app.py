@@ -26,6 +26,45 @@ log = logging.getLogger("listseg.server")
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Segments", "Membership", "Profiles")]
 LOOKUP_THREADS = 2               # threads for IsMember and CheckMembers; see on_pool
+# After grpc has cancelled every call, how long stop() waits for the handlers still running (an upload
+# setting up, a commit) before the engine may close: a handler inside LMDB once it is closed crashes
+# the process.
+HANDLERS_WAIT_S = 10.0
+
+
+class Pool(futures.ThreadPoolExecutor):
+    """A thread pool that knows when none of its tasks is queued or running."""
+
+    def __init__(self, threads, name):
+        super().__init__(threads, thread_name_prefix=name)
+        self.name = name
+        self.busy = 0
+        self.changed = threading.Condition()
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self.changed:
+            self.busy += 1
+        try:
+            return super().submit(self._counted, fn, *args, **kwargs)
+        except BaseException:
+            self._done()
+            raise
+
+    def _counted(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._done()
+
+    def _done(self):
+        with self.changed:
+            self.busy -= 1
+            self.changed.notify_all()
+
+    def wait_idle(self, timeout):
+        """True once nothing runs or waits; False if something still does after timeout seconds."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.busy == 0, timeout)
 
 
 def on_pool(servicer, names, pool):
@@ -62,10 +101,11 @@ class Server:
         options = [("grpc.max_receive_message_length", MAX_TRANSPORT_MESSAGE),    # MAX_REQUEST: decoding.py
                    ("grpc.max_send_message_length", 64 << 20),
                    ("grpc.so_reuseport", 1 if reuse_port else 0)]
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc"),
+        self.pool = Pool(max_workers, "rpc")
+        self.grpc = grpc.server(self.pool,
                                 options=options, interceptors=[metrics.Interceptor()] if with_metrics else None)
         add_servicer(pb_grpc.add_SegmentsServicer_to_server, servicers.SegmentsServicer(self.services), self.grpc)
-        self.lookups = futures.ThreadPoolExecutor(lookup_threads, thread_name_prefix="lookup")
+        self.lookups = Pool(lookup_threads, "lookup")
         add_servicer(pb_grpc.add_MembershipServicer_to_server,
                      on_pool(servicers.MembershipServicer(self.services), ("IsMember", "CheckMembers"), self.lookups),
                      self.grpc)
@@ -104,10 +144,14 @@ class Server:
         """Refuse new calls, let calls in flight (uploads) finish for up to `grace` seconds."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(grace).wait()
+        for pool in (self.pool, self.lookups):
+            if not pool.wait_idle(HANDLERS_WAIT_S):
+                log.warning("handlers still running after the stop", extra={"fields": {"pool": pool.name}})
         self.services.uploads.close()             # no stream can resume them now
         if self.sampler:
             self.sampler.stop()
-        self.lookups.shutdown(wait=False)
+        for pool in (self.pool, self.lookups):
+            pool.shutdown(wait=False)
         self.services.webhooks.close()
         self.services.mailer.close()
 

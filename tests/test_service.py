@@ -643,3 +643,32 @@ def test_workers_share_the_port(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_stop_waits_for_the_handlers_still_running(tmp_path, monkeypatch):
+    """A handler still in the engine when the server stops (here an upload setting up) ends before
+    the engine may close: one inside a closed LMDB environment would crash the process."""
+    from listseg.core import ingest
+    events, entered = [], threading.Event()
+    start = ingest.Upload.__init__
+
+    def slow_start(self, *args, **kwargs):
+        entered.set()
+        time.sleep(0.5)
+        if "closed" in events:          # rather than crash in LMDB, which is what would happen
+            raise RuntimeError("the engine was closed under a running handler")
+        start(self, *args, **kwargs)
+        events.append("upload started")
+    monkeypatch.setattr(ingest.Upload, "__init__", slow_start)
+    server = InProcess(tmp_path / "data")
+    close = server.engine.close
+    server.engine.close = lambda: (events.append("closed"), close())
+    with Client(server.target, timeout=10) as c:
+        c.import_profiles(PROFILES)
+        messages = [pb.UploadListRequest(spec=pb.UploadSpec(mode=pb.UPLOAD_MODE_CREATE, name="s")),
+                    pb.UploadListRequest(data=csv("g1")), pb.UploadListRequest(finish=pb.UploadFinish(total_bytes=17))]
+        call = pb_grpc.SegmentsStub(c.channel).UploadList.future(iter(messages), timeout=10)
+        assert entered.wait(10)
+        server.stop()
+        call.cancel()
+    assert events == ["upload started", "closed"]
