@@ -125,6 +125,15 @@ BYTES ?= 1000000000
 bench-resume: install
 	$(BIN)/python benchmarks/bench_resume.py --bytes $(BYTES)
 
+# The seed's headline at full size (issue 16): generated profiles and list (benchmarks/gen/gen_scale.c),
+# imported and uploaded through a real server; writes benchmarks/results/scale.json. The issue's size:
+# make bench-scale PROFILES=150000000 ROWS=150000000 (about 40 GB of disk for data and files).
+PROFILES ?= 2000000
+ROWS ?= 2000000
+.PHONY: bench-scale
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py --profiles $(PROFILES) --rows $(ROWS) $(if $(filter 1,$(MIXED)),--mixed)
+
 # listseg on a local Redis Cluster (tests/cluster.py, stopped at the end) beside plain Redis sets on the
 # same cluster; writes benchmarks/results/cluster.json. SCALE defaults to 1000000 here.
 .PHONY: bench-cluster

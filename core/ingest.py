@@ -6,6 +6,7 @@ failed create had made). A stream that breaks can `pause` the upload, and a late
 from the byte where it stopped. The segment's live version is only ever replaced by the one unit that
 publishes a successful upload's version (core/backend.py Unit.publish).
 """
+import contextlib
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from listseg.core.layout import UNKNOWN
 from listseg.core.members import without_deleted
 
 MODES = ("create", "replace", "append", "remove")
+PHASES = ("parse", "resolve", "wait", "fold", "commit")
 ACTIVE_STATES = ("receiving", "processing")
 ERRORS_IN_REPORT = 100          # invalid rows listed in the report itself
 REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadErrors)
@@ -68,6 +70,10 @@ class Upload:
         self._in_flight = None          # (batch, future of its uids)
         self.id = None                  # _start's, once it has one
         self.stream = 0                 # the number of the stream feeding it; each resume takes the next
+        # seconds in each phase (the server logs them when the upload ends): parse (the parser, on the
+        # receiving thread), resolve (look-ups, on the resolver thread, beside parsing), wait (the
+        # receiving thread waiting for the resolver), fold (counting uids into the bitmap), commit
+        self.timings = dict.fromkeys(PHASES, 0.0)
         self.resume_by = None           # while paused: until when (epoch s) it waits for a resume
         try:
             self.record = self.backend.write(lambda unit: self._start(unit, name, segment, file_name))
@@ -127,11 +133,14 @@ class Upload:
             self.abort(f"file too large: over {self.max_bytes} bytes")
             raise TooLarge(f"upload is over the {self.max_bytes}-byte limit", limit=self.max_bytes)
         try:
-            self.parser.feed(chunk)
+            with self._timed("parse"):
+                self.parser.feed(chunk)
         except parser.BadHeader:
             return                      # reported by finish(); the rest of the stream is ignored
         if self.parser.pending_rows >= self._batch_rows():
-            self._submit(self.parser.take())
+            with self._timed("parse"):
+                batch = self.parser.take()
+            self._submit(batch)
 
     def _batch_rows(self):
         return BATCH_ROWS if self._in_flight or self.counts["rows"] else FIRST_BATCH_ROWS
@@ -151,8 +160,16 @@ class Upload:
         self._in_flight = (batch, self._resolver.submit(self._lookup, batch))
 
     def _lookup(self, batch):
-        with self.backend.snapshot() as snap:
+        with self._timed("resolve"), self.backend.snapshot() as snap:
             return self.account.profiles.resolve(snap, batch)
+
+    @contextlib.contextmanager
+    def _timed(self, phase):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - started
 
     def _collect(self):
         """Wait for the batch in flight, if any, and count it in."""
@@ -160,7 +177,10 @@ class Upload:
             return
         batch, future = self._in_flight
         self._in_flight = None
-        self._fold(batch, future.result())
+        with self._timed("wait"):
+            uids = future.result()
+        with self._timed("fold"):
+            self._fold(batch, uids)
 
     def _stop_resolver(self):
         if self._resolver is not None:
@@ -200,8 +220,10 @@ class Upload:
             raise InvalidArgument(f"upload {self.id} is {self.state}")
         self.state = "processing"
         try:
-            self.parser.finish()
-            self._submit(self.parser.take())
+            with self._timed("parse"):
+                self.parser.finish()
+                batch = self.parser.take()
+            self._submit(batch)
             self._collect()
         except parser.BadHeader:
             return self._fail("bad header: the first row must name the columns Type,Identity")
@@ -213,7 +235,8 @@ class Upload:
         if self.counts["qualified"] == 0:
             return self._fail("no row names a known profile")
         try:
-            upload = self._commit()
+            with self._timed("commit"):
+                upload = self._commit()
         except StorageUnavailable as e:
             # the commit may have landed all the same (its answer was lost): the caller learns it
             # does not know, and the record, failed or (if the commit landed) succeeded, stays true

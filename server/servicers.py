@@ -49,8 +49,9 @@ class Services:
         self.watches = threading.BoundedSemaphore(MAX_SEGMENT_WATCHES)
 
     def _upload_ended(self, held, record):
+        seconds = {f"{phase}_s": round(t, 3) for phase, t in held.up.timings.items()}
         log.info("upload ended", extra={"fields": {"account": held.up.account.name, "upload": record["id"],
-                                                   "state": record["state"], "reason": record["reason"]}})
+                                                   "state": record["state"], "reason": record["reason"], **seconds}})
         if self.with_metrics:
             metrics.upload_ended(held.mode, record)
         if held.webhook_url:

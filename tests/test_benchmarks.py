@@ -123,3 +123,20 @@ def test_bench_resume_writes_every_key(tmp_path):
     assert result["best"]["resumed"]["file_bytes_read"] >= result["file_bytes"]
     assert "| bytes sent twice: read beyond the file's size (MB) |" in stdout
     assert not (tmp_path / "work").exists()
+
+
+def test_bench_scale_writes_every_key(tmp_path):
+    """bench_scale.py: generated data (the C helper), import, upload through `listseg upload`; it
+    asserts the counts are exact, so a run that ends is a run whose upload was right."""
+    out = tmp_path / "scale.json"
+    stdout = run("bench_scale.py", "--profiles", "20000", "--rows", "20000", "--mixed", "--workdir",
+                 str(tmp_path / "work"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result) == {"profiles", "rows", "mixed", "file_bytes", "generate_s", "import", "upload",
+                           "data_dir_bytes", "during_upload", "cpu", "cores"}
+    assert result["upload"]["counts"] == {"rows": 20000, "qualified": 18000, "unknown": 1000, "invalid": 0,
+                                          "duplicates": 1000, "size": 18000}
+    assert all(isinstance(v, float) for v in result["upload"]["phases_s"].values()), result["upload"]["phases_s"]
+    assert result["during_upload"]["server_peak_anon_bytes"] > 0
+    assert "| upload, `listseg upload` start to report |" in stdout
+    assert not (tmp_path / "work").exists()

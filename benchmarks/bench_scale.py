@@ -1,0 +1,190 @@
+"""make bench-scale [PROFILES=N] [ROWS=M] [MIXED=1]: the seed's headline at full size (issue 16).
+
+Generates the data with a C helper (benchmarks/gen/gen_scale.c, built here with gcc): N profiles
+(random-order 32-hex guids, identities "c<k>", five channel mixes) and an M-row Type,Identity list,
+90% known distinct profiles, 5% unknown, 5% duplicates (with MIXED=1 half the known rows by
+identity). Starts `listseg serve` with the membership front (LMDB in the work folder), imports the
+profiles through the server (`Client.import_profiles`), then runs `listseg upload FILE --name big
+--json` as a process, timed from its start to its report, while this process asks IsMember of a small
+segment through the front in a loop and samples the server's anonymous RSS. Reports each phase (the
+server logs the upload's parse, resolve, wait, fold and commit seconds), rows/s and MB/s, the peak
+anonymous RSS, the data directory's size after the import and after the upload, IsMember's p50/p99
+during the upload, and checks the counts are exact. Writes benchmarks/results/scale.json and prints
+a table. The defaults fit in a few minutes; the issue's size is PROFILES=150000000 ROWS=150000000.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench  # noqa: E402
+from bench_core import cpu_model  # noqa: E402
+
+GENERATOR = os.path.join(HERE, "gen", "gen_scale.c")
+
+
+def expected_counts(rows):
+    """The report gen_scale's upload of `rows` rows must get (its comment has the rules)."""
+    unknown, duplicates = (rows + 19) // 20, (rows + 18) // 20
+    known = rows - unknown - duplicates
+    return {"rows": rows, "qualified": known, "unknown": unknown, "invalid": 0, "duplicates": duplicates,
+            "size": known}
+
+
+def build_generator(workdir):
+    exe = os.path.join(workdir, "gen_scale")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", exe, GENERATOR], check=True)
+    return exe
+
+
+def timed_run(*cmd):
+    started = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, out.stdout
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def anon_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class DuringUpload:
+    """While the upload runs: IsMember of the probe segment through the front, one call at a time,
+    each call's latency kept; and the server's anonymous RSS every 0.2 s, its peak kept."""
+
+    def __init__(self, membership, server_pid, probe_guids):
+        self.membership, self.pid, self.guids = membership, server_pid, probe_guids
+        self.latencies, self.errors, self.peak_anon = [], 0, 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._ask, daemon=True), threading.Thread(target=self._sample, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _ask(self):
+        from listseg import CallError, Client
+        with Client(self.membership, timeout=10) as c:
+            k = 0
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    c.is_member("probe", guid=self.guids[k % len(self.guids)])
+                    self.latencies.append(time.perf_counter() - started)
+                except CallError:
+                    self.errors += 1
+                k += 1
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak_anon = max(self.peak_anon, anon_rss(self.pid))
+            time.sleep(0.2)
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        lat = sorted(self.latencies)
+        return {"is_member_calls": len(lat), "is_member_errors": self.errors,
+                "is_member_p50_ms": round(bench.pct(lat, 50), 3) if lat else None,
+                "is_member_p99_ms": round(bench.pct(lat, 99), 3) if lat else None,
+                "server_peak_anon_bytes": self.peak_anon}
+
+
+def upload_log(logpath):
+    """The server's "upload ended" log line of the big upload."""
+    with open(logpath, "rb") as f:
+        for line in f:
+            rec = json.loads(line) if line.startswith(b"{") else {}
+            if rec.get("msg") == "upload ended" and rec.get("upload") == 2:
+                return rec
+    return {}
+
+
+def run(args):
+    workdir = os.path.abspath(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    gen = build_generator(workdir)
+    profiles, listing = os.path.join(workdir, "profiles.csv"), os.path.join(workdir, "list.csv")
+    assert expected_counts(args.rows)["qualified"] <= args.profiles, "ROWS is at most ~1.1 x PROFILES"
+    gen_profiles_s, _ = timed_run(gen, "profiles", str(args.profiles), profiles)
+    gen_list_s, _ = timed_run(gen, "upload", str(args.profiles), str(args.rows), str(int(args.mixed)), listing)
+    datadir = os.path.join(workdir, "data")
+    server = bench.ListsegServer(datadir, os.path.join(workdir, "listseg.log"))
+    from listseg import Client
+    try:
+        with Client(server.target, timeout=24 * 3600) as c:
+            started = time.perf_counter()
+            imported = c.import_profiles(profiles)
+            import_s = time.perf_counter() - started
+            assert imported.upserted == args.profiles, imported
+            data_after_import = dir_bytes(datadir)
+            with open(profiles, "rb") as f:
+                f.readline()
+                probe = [f.readline().split(b",")[0].decode() for _ in range(100)]
+            c.upload(("Type,Identity\n" + "".join(f"g,{g}\n" for g in probe[::2])).encode(), name="probe")
+        watch = DuringUpload(server.membership, server.proc.pid, probe)
+        exe = os.path.join(os.path.dirname(sys.executable), "listseg")
+        upload_s, out = timed_run(exe, "--server", server.target, "upload", listing, "--name", "big", "--json")
+        during = watch.finish()
+        data_after_upload = dir_bytes(datadir)
+    finally:
+        server.stop()
+    report = json.loads(out)
+    got = {k: report[k] for k in expected_counts(args.rows)}
+    assert report["state"] == "succeeded" and got == expected_counts(args.rows), (report, expected_counts(args.rows))
+    logged = upload_log(server.logpath)
+    size = os.path.getsize(listing)
+    return {
+        "profiles": args.profiles, "rows": args.rows, "mixed": bool(args.mixed), "file_bytes": size,
+        "generate_s": {"profiles": round(gen_profiles_s, 2), "list": round(gen_list_s, 2)},
+        "import": {"seconds": round(import_s, 2), "profiles_per_s": round(args.profiles / import_s)},
+        "upload": {"seconds": round(upload_s, 2), "rows_per_s": round(args.rows / upload_s),
+                   "mb_per_s": round(size / upload_s / 1e6, 1),
+                   "phases_s": {k[:-2]: logged.get(k) for k in ("parse_s", "resolve_s", "wait_s", "fold_s", "commit_s")},
+                   "counts": got},
+        "data_dir_bytes": {"after_import": data_after_import, "after_upload": data_after_upload},
+        "during_upload": during, "cpu": cpu_model(), "cores": os.cpu_count(),
+    }
+
+
+def table(r):
+    u, ph, d = r["upload"], r["upload"]["phases_s"], r["during_upload"]
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    rows = [("profile import", f"{r['import']['seconds']:.1f} s", f"{r['import']['profiles_per_s']:,} profiles/s"),
+            ("data directory after the import / the upload", gb(r["data_dir_bytes"]["after_import"]),
+             gb(r["data_dir_bytes"]["after_upload"])),
+            ("upload, `listseg upload` start to report", f"{u['seconds']:.1f} s",
+             f"{u['rows_per_s']:,} rows/s, {u['mb_per_s']} MB/s"),
+            ("server phases: parse / resolve (beside parsing) / wait / fold / commit (s)",
+             " / ".join(str(ph[k]) for k in ("parse", "resolve", "wait", "fold", "commit")), ""),
+            ("server peak anonymous RSS during the upload", gb(d["server_peak_anon_bytes"]), ""),
+            ("IsMember through the front during the upload, p50 / p99", f"{d['is_member_p50_ms']} / "
+             f"{d['is_member_p99_ms']} ms", f"{d['is_member_calls']:,} calls, {d['is_member_errors']} errors")]
+    head = (f"{r['profiles']:,} profiles, {r['rows']:,} rows ({'g and i' if r['mixed'] else 'g'}), "
+            f"{r['file_bytes'] / 1e9:.2f} GB file; counts exact; {r['cpu']}, {r['cores']} cores")
+    return "\n".join([head, "", "| case | figure | |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def main():
+    ap = bench.arguments(__doc__, 0, "scale", "bench-scale")
+    ap.add_argument("--profiles", type=int, default=2_000_000)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--mixed", action="store_true", help="half the known rows by identity")
+    args = ap.parse_args()
+    bench.report(run(args), args, table)
+
+
+if __name__ == "__main__":
+    main()
