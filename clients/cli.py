@@ -259,6 +259,7 @@ def cmd_serve(args, _client):
         return None, serve(args.store or args.data, args.listen, args.workers, args.grace, tls, http=args.http,
                            mail=_mail_settings(args), http_tls_ca=args.tls_ca, max_uploads=args.max_uploads,
                            max_upload_bytes=args.max_upload_bytes, profile_index=not args.no_profile_index,
+                           profile_index_max=args.profile_index_max,
                            keep_versions=args.keep_versions, resume_window=args.resume_window,
                            membership_listen=args.membership_listen, metrics_listen=args.metrics), None
     except (PermissionError, ValueError, OSError) as e:
@@ -372,6 +373,7 @@ def _data_option(parser):
 
 def build_parser():
     from listseg.core.backend import Retention
+    from listseg.core.keyindex import MAX_PROFILES
     from listseg.server.uploads import RESUME_WINDOW_S
     ap = argparse.ArgumentParser(prog="listseg", description="Custom list segments: upload, query, serve.")
     _common(ap, suppress=False)
@@ -456,6 +458,9 @@ def build_parser():
                         f"(default {Retention.versions}); older ones go an hour after they were replaced")
     p.add_argument("--no-profile-index", action="store_true",
                    help="no in-memory guid and identity index (saves ~95 bytes a profile; slower look-ups)")
+    p.add_argument("--profile-index-max", type=int, default=MAX_PROFILES, metavar="N",
+                   help=f"no in-memory index for an account past N profiles: its look-ups read the store "
+                        f"(default {MAX_PROFILES:,}, ~1.9 GB of index)")
     p.add_argument("--membership-listen", metavar="HOST:PORT",
                    help="also serve the Membership service from the native front here (IsMember in native "
                         "code, from the LMDB files or the Redis store; see README, \"The membership front\")")

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from listseg.core import ingest
+from listseg.core import ingest, keyindex
 from listseg.core.backend import Backend, Retention, open_backend
 from listseg.core.errors import InvalidArgument, NotFound
 from listseg.core.ids import Profiles
@@ -28,7 +28,8 @@ DEFAULT_KEEP_VERSIONS = Retention.versions
 class Engine:
     def __init__(self, path: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                  retention_s: float = DEFAULT_RETENTION_S, profile_index: bool = True, backend: Backend | None = None,
-                 keep_versions: int = DEFAULT_KEEP_VERSIONS, **store_options: Any) -> None:
+                 keep_versions: int = DEFAULT_KEEP_VERSIONS, profile_index_max: int = keyindex.MAX_PROFILES,
+                 **store_options: Any) -> None:
         """The engine over `backend`, or over the store at `path` (core/backend.py open_backend, with
         store_options: for LMDB, map_size and store_cls). keep_versions: the last versions of each
         segment kept for rollback, however old (core/backend.py Retention)."""
@@ -36,6 +37,7 @@ class Engine:
             raise InvalidArgument("keep_versions is at least 1: the head is always kept", field="keep_versions")
         self.backend: Backend = backend or open_backend(path, **store_options)
         self.profile_index = profile_index      # keep each account's guids and identities in memory
+        self.profile_index_max = profile_index_max  # ... up to this many profiles an account
         self.max_upload_bytes = max_upload_bytes
         self.retention = Retention(retention_s, keep_versions)
         self.cache = BitmapCache()

@@ -23,11 +23,15 @@ class Profiles:
         self.backend = backend
         self.account = account            # core.engine.Account
         self.number = account.number
-        self.index = ProfileIndex(backend, self._index_source, self.generation, account.engine.profile_index)
+        self.index = ProfileIndex(backend, self._index_source, self.generation, account.engine.profile_index,
+                                  self._uids_given, account.engine.profile_index_max)
 
     def generation(self, snap):
         """The profiles generation: it moves with every write of this account's profiles."""
         return snap.generation(self.number)
+
+    def _uids_given(self, snap):
+        return (snap.account_state(self.number) or {}).get("next_uid", 0)
 
     def _index_source(self, snap):
         """What the profile index holds: (newline-ended guids, their uids) and the same of identities."""

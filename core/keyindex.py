@@ -34,6 +34,11 @@ log = logging.getLogger("listseg.keyindex")
 #: After a rebuild that took t seconds the next one waits at least REBUILD_GAP * t: however often the
 #: profiles change, rebuilding costs at most about a tenth of a core.
 REBUILD_GAP = 10
+#: The most profiles (uids ever given, deleted ones too) an account's index is built for: ~95 bytes a
+#: profile, ~1.9 GB at the bound, and about twice that while a rebuild reads the store. Past it the
+#: account's look-ups read the store, as with no index (`listseg serve --profile-index-max`). At 150M
+#: profiles a rebuild beside an upload took the server past 24 GB and the kernel killed it.
+MAX_PROFILES = 20_000_000
 
 
 class ProfileIndex:
@@ -41,13 +46,16 @@ class ProfileIndex:
     when it goes stale.
 
     build(snap) -> ((newline-ended guids, their uids), (newline-ended identities, their uids)) reads
-    the profiles in a backend snapshot; generation(snap) -> int reads the profiles generation."""
+    the profiles in a backend snapshot; generation(snap) -> int reads the profiles generation;
+    count(snap) -> int the uids given so far (no index past max_profiles)."""
 
-    def __init__(self, backend, build, generation, enabled=True):
+    def __init__(self, backend, build, generation, enabled=True, count=lambda snap: 0, max_profiles=MAX_PROFILES):
         self.backend = backend
         self.enabled = enabled
+        self.max_profiles = max_profiles
         self._build = build
         self._generation = generation
+        self._count = count
         self._lock = threading.Lock()
         self._current = (None, None)     # ((guids, identities), the generation they hold), swapped as one
         self._failed_at = None           # the generation whose build failed: not retried
@@ -117,6 +125,12 @@ class ProfileIndex:
                 generation = self._generation(snap)
                 if generation in (self._current[1], self._failed_at):
                     return                   # current already, or known to fail
+                count = self._count(snap)
+                if count > self.max_profiles:    # too big to keep: the store answers look-ups
+                    self._current, self._failed_at = (None, None), generation
+                    log.warning("profile index off: too many profiles", extra={"fields": {
+                        "profiles": count, "max_profiles": self.max_profiles}})
+                    return
                 guids, identities = self._build(snap)
             pair = KeyIndex(*guids), KeyIndex(*identities)
             self._current = (pair, generation)

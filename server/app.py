@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from listseg.core.accounts import Credentials
 from listseg.core.engine import DEFAULT_KEEP_VERSIONS, Engine
+from listseg.core.keyindex import MAX_PROFILES
 from listseg.server import front, introspection, metrics, servicers, uploads
 from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
@@ -166,6 +167,7 @@ def serve(data, listen, workers=1, grace=30.0, tls=None, http=None, mail=None, h
           membership_listen=None, metrics_listen=None, **limits):
     """`listseg serve`: run until SIGTERM or SIGINT, then drain for `grace` seconds. `limits`:
     max_uploads (per account), max_upload_bytes, profile_index (False: no in-memory index),
+    profile_index_max (no index for an account with more profiles),
     keep_versions and resume_window (seconds a broken upload stream may be resumed in).
     `http`: HOST:PORT to serve the web dashboard on, a client of this server's gRPC port (with TLS it
     trusts `http_tls_ca`, else the certificate itself). `membership_listen`: HOST:PORT for the native
@@ -253,6 +255,7 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     from listseg.server.mail import Mailer
     limits = dict(limits)
     engine = Engine(data, profile_index=limits.pop("profile_index", True),   # after the fork, in each worker
+                    profile_index_max=limits.pop("profile_index_max", MAX_PROFILES),
                     keep_versions=limits.pop("keep_versions", DEFAULT_KEEP_VERSIONS))
     server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
                     **limits).start()

@@ -247,6 +247,29 @@ def test_the_index_can_be_turned_off(tmp_path):
         assert acct.profiles.index._thread is None            # and none is being built
 
 
+def test_no_index_past_its_bound(tmp_path):
+    """An account with more profiles than the bound (counted as uids given: deleted ones too) keeps
+    no index, and lets the one it had go; its look-ups read the store and answer alike."""
+    with open_engine(tmp_path / "data", profile_index_max=150) as engine:
+        acct = engine.account()
+        acct.profiles.upsert([(f"g{k}", f"id{k}", []) for k in range(100)])
+        with acct.backend.snapshot() as snap:
+            acct.profiles.index.get(snap)                           # stale: a build is requested
+        acct.profiles.index.wait(timeout=300)
+        assert acct.profiles.index.sizes()["guids"] == 100          # under the bound: built
+        acct.profiles.upsert([(f"g{k}", None, []) for k in range(100, 200)])
+        with acct.backend.snapshot() as snap:
+            assert acct.profiles.index.get(snap) is None
+        acct.profiles.index.wait(timeout=300)
+        assert acct.profiles.index.sizes() == {"guids": 0, "identities": 0, "builds": 1}   # past it: none
+        with acct.backend.snapshot() as snap:
+            assert acct.profiles.index.get(snap) is None and acct.profiles.index._thread is None
+        up = acct.upload("create", name="s")
+        up.feed(b"Type,Identity\ni,id5\ng,g150\ng,nobody\n")
+        assert up.finish()["report"]["qualified"] == 2
+        assert acct.segments.check_lines("s", b"g5\ng150\ng7\n", "g") == (1, b"\x01\x01\x00")
+
+
 def test_serve_without_the_index(tmp_path, serve_process):
     _, target = serve_process(tmp_path / "data", "--no-profile-index")
     with Client(target, timeout=10) as c:
