@@ -52,6 +52,7 @@ def segment_json(seg, full=False):
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_upload(args, client):
     from listseg.clients.client import CallError
+    from listseg.server.uploads import RESUME_WINDOW_S
     targets = [(k, getattr(args, k)) for k in ("name", "replace", "append", "remove") if getattr(args, k)]
     if len(targets) != (args.resume is None):
         raise UsageError("upload needs exactly one of --name, --replace, --append, --remove" if args.resume is None
@@ -74,8 +75,8 @@ def cmd_upload(args, client):
                            resume=args.resume, on_stream=streaming, **dict(targets))
     except CallError as e:
         if "upload" in e.metadata and e.reason in ("", "UPLOAD_ELSEWHERE"):
-            say(f"listseg: upload {e.metadata['upload']} may still be resumed (the server keeps it 15 minutes "
-                f"by default): listseg upload --resume {e.metadata['upload']} {args.file}")
+            say(f"listseg: upload {e.metadata['upload']} may still be resumed (a server keeps it "
+                f"{RESUME_WINDOW_S / 60:g} minutes by default): listseg upload --resume {e.metadata['upload']} {args.file}")
         raise
     finally:
         if bar:
