@@ -41,7 +41,8 @@ class Proxy:
             while data := src.recv(1 << 16):
                 dst.sendall(data)
                 if counted:
-                    self.sent_up += len(data)       # one pump a connection writes it: races only across them
+                    with self.lock:
+                        self.sent_up += len(data)
             if src not in self.dropped:
                 dst.shutdown(socket.SHUT_WR)    # a clean end goes on as one
         except OSError:
