@@ -379,7 +379,7 @@ def resume_refusal(account, upload_id):
     if rec["state"] == "receiving" and owner_alive(rec["owner"]) and rec["owner"] != process_token(os.getpid()):
         return UploadElsewhere(f"upload {upload_id} is held by another server process ({rec['owner']}); "
                                f"a new connection may reach it", upload=upload_id, owner=rec["owner"])
-    if rec["state"] in ACTIVE_STATES and rec["state"] != "processing":
+    if rec["state"] == "receiving":
         return NotResumable(f"upload {upload_id} was interrupted: the server process holding it stopped",
                             upload=upload_id, state="interrupted")
     why = f": {rec['reason']}" if rec["reason"] else ""

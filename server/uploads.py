@@ -45,9 +45,8 @@ class Uploads:
     def slot(self, account):
         """Hold one of the account's slots while an upload starts, or refuse with TooManyUploads."""
         with self.lock:
-            mine = [h for (number, _), h in self.held.items() if number == account.number]
-            running = len(mine) + self.starting.get(account.number, 0)
-            waiting = sorted((h for h in mine if h.up.resume_by is not None), key=lambda h: h.up.resume_by)
+            running = sum(number == account.number for number, _ in self.held) + self.starting.get(account.number, 0)
+            waiting = sorted(self._waiting(account.number), key=lambda h: h.up.resume_by)
             if running >= self.max_uploads and not waiting:
                 raise TooManyUploads(f"account {account.name} already has {running} uploads running; "
                                      f"at most {self.max_uploads}", limit=self.max_uploads)
@@ -59,6 +58,11 @@ class Uploads:
         finally:
             with self.lock:
                 self.starting[account.number] -= 1
+
+    def _waiting(self, account_number=None):
+        """The uploads waiting for a resume (of one account), with the lock held."""
+        return [h for (number, _), h in self.held.items()
+                if h.up.resume_by is not None and account_number in (None, number)]
 
     def add(self, account, up, mode, webhook_url="", recipients=()):
         held = Held(up, mode, webhook_url, tuple(recipients))
@@ -85,8 +89,8 @@ class Uploads:
     def free_name(self, account, name):
         """A new create of `name` takes the name from a create that waits for a resume."""
         with self.lock:
-            holders = [h for (number, _), h in self.held.items() if number == account.number and h.mode == "create"
-                       and h.up.resume_by is not None and h.up.record["segment_name"] == name]
+            holders = [h for h in self._waiting(account.number)
+                       if h.mode == "create" and h.up.record["segment_name"] == name]
         for held in holders:
             self._give_up(held, f"a new create of {name!r} took the name before it was resumed")
 
@@ -124,6 +128,6 @@ class Uploads:
     def close(self):
         """The server stops: the uploads still waiting for a resume fail now."""
         with self.lock:
-            waiting = [h for h in self.held.values() if h.up.resume_by is not None]
+            waiting = self._waiting()
         for held in waiting:
             self._give_up(held, "the server stopped before it was resumed")
