@@ -202,6 +202,9 @@ class Backend(ABC):
     lmdb_path: str | None = None
     #: Whether a profile write (upsert_profiles, delete_profiles) is all or nothing like a unit.
     atomic_bulk_writes = True
+    #: The most rows an upload resolves in one Snapshot.resolve (core/ingest.py grows its batches up
+    #: to it). Redis looks up a batch in pipelined HMGETs, a few Python objects a row: 4M rows.
+    max_resolve_rows = 1 << 22
 
     @abstractmethod
     def snapshot(self) -> AbstractContextManager[Snapshot]: ...

@@ -28,12 +28,11 @@ PHASES = ("parse", "resolve", "wait", "fold", "commit")
 ACTIVE_STATES = ("receiving", "processing")
 ERRORS_IN_REPORT = 100          # invalid rows listed in the report itself
 REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadErrors)
-# Rows resolved at a time. Larger batches look up in better key order: against 10M profiles, resolving
-# 10M rows took 3.4 s in 1M-row batches and 2.6 s in 4M-row ones (no gain beyond). A 4M-row batch of
-# 32-byte guids holds about 200 MB while it is resolved.
-BATCH_ROWS = 1 << 22
-# The first batch is small so that resolving starts while the rest still parses: a 1M-row upload took
-# 0.29 s in one batch and 0.21 s with a first batch of 256k rows (10M rows: 3.68 s either way).
+# Rows resolved at a time: batches grow with the upload, each as large as all the rows before it (so
+# resolving one overlaps parsing the next), from FIRST_BATCH_ROWS up to the backend's
+# max_resolve_rows; one more batch parses while one is resolved. The first is small so that resolving
+# starts while the rest still parses: a 1M-row upload took 0.29 s in one batch and 0.21 s with a
+# first batch of 256k rows.
 FIRST_BATCH_ROWS = 1 << 18
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
@@ -68,6 +67,7 @@ class Upload:
         self._lock = threading.RLock()  # feed, finish and abort may come from different threads
         self._resolver = None           # a thread, started with the first full batch
         self._in_flight = None          # (batch, future of its uids)
+        self._rows_taken = 0            # rows of the batches submitted so far
         self.id = None                  # _start's, once it has one
         self.stream = 0                 # the number of the stream feeding it; each resume takes the next
         # seconds in each phase (the server logs them when the upload ends): parse (the parser, on the
@@ -143,7 +143,7 @@ class Upload:
             self._submit(batch)
 
     def _batch_rows(self):
-        return BATCH_ROWS if self._in_flight or self.counts["rows"] else FIRST_BATCH_ROWS
+        return min(max(FIRST_BATCH_ROWS, self._rows_taken), self.backend.max_resolve_rows)
 
     def progress(self):
         """Bytes received and rows parsed so far (safe to read from another thread)."""
@@ -155,6 +155,7 @@ class Upload:
     # parsed here; at most one batch is in flight, so memory stays bounded.
     def _submit(self, batch):
         self._collect()
+        self._rows_taken += batch.valid + batch.invalid
         if self._resolver is None:
             self._resolver = ThreadPoolExecutor(1, thread_name_prefix=f"resolve-{self.id}")
         self._in_flight = (batch, self._resolver.submit(self._lookup, batch))

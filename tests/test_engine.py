@@ -451,6 +451,24 @@ def test_one_million_rows_smoke(account):
     assert account.segments.get("big")["size"] == 200_000
 
 
+def test_resolve_batches_grow_to_the_backends_bound(account, monkeypatch):
+    """Each batch is as large as all before it (one table walk each), never past the backend's bound
+    (the memory an upload holds), and duplicates across batches are still counted once."""
+    from listseg.core.ingest import FIRST_BATCH_ROWS
+    account.profiles.upsert((f"{k:032x}", None, []) for k in range(100_000))
+    bound, sizes, resolve = 600_000, [], account.profiles.resolve
+    monkeypatch.setattr(account.backend, "max_resolve_rows", bound)
+    monkeypatch.setattr(account.profiles, "resolve", lambda snap, batch: sizes.append(batch.valid) or resolve(snap, batch))
+    rows = b"".join(b"g,%032x\n" % (k % 150_000) for k in range(2_000_000))
+    r = upload(account, b"Type,Identity\n" + rows, name="big", chunk=1 << 20)["report"]
+    assert (r["rows"], r["qualified"], r["unknown"], r["duplicates"]) == (2_000_000, 100_000, 650_000, 1_250_000)
+    chunk_rows = (1 << 20) // 35 + 1
+    for k, size in enumerate(sizes[:-1]):
+        wanted = min(max(FIRST_BATCH_ROWS, sum(sizes[:k])), bound)
+        assert wanted <= size < wanted + chunk_rows, (k, sizes)
+    assert sizes[2] > 2 * FIRST_BATCH_ROWS and max(sizes) < bound + chunk_rows, sizes
+
+
 def test_only_this_hosts_dead_uploads_are_judged_dead():
     """Servers on several machines share a Redis store: recover() must not fail another host's
     uploads because no process here has their pid."""
