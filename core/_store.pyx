@@ -9,7 +9,7 @@ declarations are includes/lmdb.pxd; the buffer, sort and grouping table the loop
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 include "_layout.pxi"      # the storage layout (generated from layout.py): widths, byte orders, the profile record
@@ -23,6 +23,10 @@ from listseg.core.errors import StoreError, MapFullError
 
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
+    RUN_SMALL = 32                                  # runs of equal sort keys this short: insertion sort
+    ROW_FIRST = 1                                   # load_new_profiles' marks of a row: its guid's first,
+    ROW_LAST = 2                                    # its guid's last, and the row whose identity is kept
+    ROW_KEPT = 4
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 # the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
@@ -592,6 +596,222 @@ cdef class Txn:
             free(mem)
             free(keys)
 
+    def pack_profile_rows(self, const uint8_t[::1] fields, const uint64_t[::1] ends,
+                          const uint32_t[::1] chan_gids, const uint8_t[::1] chan_bits, uint64_t base):
+        """A parsed (guid, identity, channels) batch packed as load_new_profiles takes it (and as
+        Profiles.upsert packs rows): (guid, identity, bits byte), the bits chan_bits[chan_gids[r]],
+        the ends offset by base (where these fields go in the caller's buffer). A row whose bits are
+        0xFF is left out. Needs no transaction (see groups). Returns (fields, ends) bytes."""
+        cdef size_t n = chan_gids.shape[0], ntab = chan_bits.shape[0], r, start, glen, k = 0, out_len = 0
+        cdef uint8_t bits
+        cdef uint8_t *fo
+        cdef uint64_t *eo
+        cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
+        if <size_t>ends.shape[0] != 3 * n:
+            raise ValueError("ends must hold 3 values per row")
+        for r in range(n):
+            if chan_gids[r] >= ntab:
+                raise ValueError("a channel group is outside chan_bits")
+        packed = PyBytes_FromStringAndSize(NULL, fields.shape[0] + n)
+        packed_ends = PyBytes_FromStringAndSize(NULL, 3 * n * 8)
+        fo = <uint8_t *>PyBytes_AS_STRING(packed)
+        eo = <uint64_t *>PyBytes_AS_STRING(packed_ends)
+        with nogil:
+            for r in range(n):
+                bits = chan_bits[chan_gids[r]]
+                if bits == 0xFF:
+                    continue
+                start = ends[3 * r - 1] if r else 0
+                glen = ends[3 * r + 1] - start          # the guid and the identity follow each other
+                memcpy(fo + out_len, fp + start, glen)
+                eo[3 * k] = base + out_len + ends[3 * r] - start
+                out_len += glen
+                eo[3 * k + 1] = base + out_len
+                fo[out_len] = bits
+                out_len += 1
+                eo[3 * k + 2] = base + out_len
+                k += 1
+        return packed[:out_len], packed_ends[:3 * k * 8]
+
+    def load_new_profiles(self, MDB_dbi guid_dbi, MDB_dbi ident_dbi, MDB_dbi profile_dbi, bytes prefix,
+                          const uint8_t[::1] fields, const uint64_t[::1] ends, uint32_t next_uid):
+        """Write an account's first profiles: (guid, identity, bits byte) rows, as pack_profile_rows
+        packs them, with the result of upserting them one at a time in row order into an account with
+        none stored (the caller checks). Each distinct guid's first row takes next_uid, next_uid + 1,
+        ... in row order; its profile holds its last row's bits and identity; an identity is the
+        profile's of the last row naming it, if that row is its guid's last (else a later row moved
+        the guid on, and the identity is nobody's).
+
+        Each table is written once, in key order: each key lands past the last one written, where
+        LMDB leaves the page it splits full, while an insert between keys splits it in half (the
+        import's random-order batches left the guid table ~69% full and rewrote most of it at every
+        commit, issue 16). Appended (MDB_APPEND, no walk from the root) where the keys come after
+        every stored one.
+
+        Returns (adds, next_uid, profiles): adds[b] the new uids with channel bit b, ascending, native
+        uint32 bytes, for b in 0..7; the next free uid; the profiles written."""
+        cdef size_t n = <size_t>ends.shape[0] // 3, plen = len(prefix), r, k, e, i, j, start, glen, ilen
+        cdef size_t m = 0, nd = 0, max_key = <size_t>self.store.max_key_size
+        cdef uint32_t uid = 0
+        cdef uint8_t bits
+        cdef int rc = 0
+        cdef unsigned int put_flags
+        cdef MDB_cursor *cur
+        cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
+        cdef const uint64_t *ep
+        cdef const uint8_t *pp = <const uint8_t *>PyBytes_AS_STRING(prefix)
+        cdef uint8_t keybuf[520]
+        cdef size_t counts[8]
+        cdef uint32_t *fill
+        if <size_t>ends.shape[0] != 3 * n:
+            raise ValueError("ends must hold 3 values per row")
+        self._live()
+        if not self.write:
+            raise StoreError("load_new_profiles needs a write transaction")
+        if plen + LAYOUT_PROFILE_UID_WIDTH > max_key:
+            raise ValueError("prefix too long")
+        if n == 0:
+            return [b""] * 8, next_uid, 0
+        ep = &ends[0]
+        cdef uint64_t *keys = <uint64_t *>malloc(n * sizeof(uint64_t))
+        cdef uint32_t *rows = <uint32_t *>malloc(n * sizeof(uint32_t))
+        cdef uint32_t *uid_of_row = <uint32_t *>malloc(n * sizeof(uint32_t))
+        cdef uint32_t *last_of_uid = <uint32_t *>malloc(n * sizeof(uint32_t))
+        cdef uint8_t *marks = <uint8_t *>calloc(n, 1)
+        cdef uint8_t *bits_of_uid = <uint8_t *>keys      # free once both key tables are written
+        memcpy(keybuf, pp, plen)
+        try:
+            if keys == NULL or rows == NULL or uid_of_row == NULL or last_of_uid == NULL or marks == NULL:
+                raise MemoryError()
+            with nogil:
+                for r in range(n):
+                    start = ep[3 * r - 1] if r else 0
+                    glen = ep[3 * r] - start
+                    ilen = ep[3 * r + 1] - ep[3 * r]
+                    if glen == 0 or plen + glen > max_key or plen + ilen > max_key or ep[3 * r + 2] - ep[3 * r + 1] != 1:
+                        rc = -3
+                        break
+                    rows[r] = <uint32_t>r
+                # guids: in key order, mark each one's first and last row
+                if rc == 0:
+                    rc = sort_values(fp, ep, 0, keys, rows, n)
+                if rc == 0:
+                    j = 0
+                    while j < n:
+                        e = j + 1
+                        while e < n and same_value(fp, keys, e - 1, e, n):
+                            e += 1
+                        marks[rows[j]] |= ROW_FIRST
+                        marks[rows[e - 1]] |= ROW_LAST
+                        j = e
+                    # uids in row order of the first rows
+                    for r in range(n):
+                        if marks[r] & ROW_FIRST:
+                            if next_uid + nd >= LAYOUT_UNKNOWN:
+                                rc = -4
+                                break
+                            uid_of_row[r] = <uint32_t>(next_uid + nd)
+                            nd += 1
+                if rc == 0:
+                    rc = mdb_cursor_open(self.txn, guid_dbi, &cur)
+                if rc == 0:
+                    put_flags = MDB_APPEND
+                    for k in range(n):
+                        if k + AHEAD < n:
+                            prefetch(&marks[rows[k + AHEAD]])
+                            prefetch(&uid_of_row[rows[k + AHEAD]])
+                            prefetch(&fp[keys[k + AHEAD] >> 16])
+                        r = rows[k]
+                        if marks[r] & ROW_FIRST:
+                            uid = uid_of_row[r]
+                            glen = keys[k] & 0xFFFF
+                            memcpy(keybuf + plen, fp + (keys[k] >> 16), glen)
+                            rc = put_uid_key(cur, keybuf, plen + glen, uid, &put_flags)
+                            if rc:
+                                break
+                        if marks[r] & ROW_LAST:
+                            uid_of_row[r] = uid
+                            last_of_uid[uid - next_uid] = <uint32_t>r
+                    mdb_cursor_close(cur)
+                # identities: the last row naming each one keeps it if that row is its guid's last
+                if rc == 0:
+                    for r in range(n):
+                        if ep[3 * r + 1] > ep[3 * r]:
+                            rows[m] = <uint32_t>r
+                            m += 1
+                    rc = sort_values(fp, ep, 1, keys, rows, m)
+                if rc == 0:
+                    rc = mdb_cursor_open(self.txn, ident_dbi, &cur)
+                if rc == 0:
+                    put_flags = MDB_APPEND
+                    for k in range(m):
+                        if k + AHEAD < m:
+                            prefetch(&marks[rows[k + AHEAD]])
+                        if k + 1 < m and same_value(fp, keys, k, k + 1, m):
+                            continue                        # not the last row naming it
+                        r = rows[k]
+                        if marks[r] & ROW_LAST:
+                            marks[r] |= ROW_KEPT
+                            ilen = keys[k] & 0xFFFF
+                            memcpy(keybuf + plen, fp + (keys[k] >> 16), ilen)
+                            rc = put_uid_key(cur, keybuf, plen + ilen, uid_of_row[r], &put_flags)
+                            if rc:
+                                break
+                    mdb_cursor_close(cur)
+                # profile records in uid order
+                if rc == 0:
+                    rc = mdb_cursor_open(self.txn, profile_dbi, &cur)
+                if rc == 0:
+                    put_flags = MDB_APPEND | MDB_RESERVE
+                    for k in range(nd):
+                        if k + 2 * AHEAD < nd:
+                            i = 3 * <size_t>last_of_uid[k + 2 * AHEAD]
+                            prefetch(&ep[i - 1] if i else &ep[0])
+                        if k + AHEAD < nd:
+                            i = 3 * <size_t>last_of_uid[k + AHEAD]
+                            prefetch(&fp[ep[i - 1] if i else 0])
+                            prefetch(&marks[last_of_uid[k + AHEAD]])
+                        r = last_of_uid[k]
+                        start = ep[3 * r - 1] if r else 0
+                        glen = ep[3 * r] - start
+                        ilen = ep[3 * r + 1] - ep[3 * r] if marks[r] & ROW_KEPT else 0
+                        bits = fp[ep[3 * r + 1]]
+                        bits_of_uid[k] = bits
+                        rc = put_profile(cur, pp, plen, <uint32_t>(next_uid + k), bits, fp + start, glen,
+                                         fp + ep[3 * r], ilen, &put_flags)
+                        if rc:
+                            break
+                    mdb_cursor_close(cur)
+            if rc == -1:
+                raise MemoryError()
+            if rc == -3:
+                raise ValueError("empty guid, key too long, or a channels value that is not one bits byte")
+            if rc == -4:
+                raise StoreError("no uids left")
+            check(rc)
+            memset(counts, 0, sizeof(counts))
+            for k in range(nd):
+                for j in range(8):
+                    counts[j] += (bits_of_uid[k] >> j) & 1
+            adds = []
+            for j in range(8):
+                out = PyBytes_FromStringAndSize(NULL, counts[j] * 4)
+                fill = <uint32_t *>PyBytes_AS_STRING(out)
+                i = 0
+                if counts[j]:
+                    for k in range(nd):
+                        if (bits_of_uid[k] >> j) & 1:
+                            fill[i] = <uint32_t>(next_uid + k)
+                            i += 1
+                adds.append(out)
+            return adds, next_uid + nd, nd
+        finally:
+            free(keys)
+            free(rows)
+            free(uid_of_row)
+            free(last_of_uid)
+            free(marks)
+
 
 cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
                      const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
@@ -622,6 +842,104 @@ cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32
     memcpy(rec + LAYOUT_PROFILE_HEAD, guid, glen)
     if ilen:
         memcpy(rec + LAYOUT_PROFILE_HEAD + glen, ident, ilen)
+    return 0
+
+
+cdef int put_uid_key(MDB_cursor *cur, uint8_t *key, size_t klen, uint32_t uid,
+                     unsigned int *flags) noexcept nogil:
+    """key -> uid (layout.UID); MDB_APPEND in flags until a key is not past the last stored one."""
+    cdef uint8_t val[LAYOUT_UID_WIDTH]
+    cdef MDB_val kv, dv
+    cdef int rc
+    put_uid(val, uid)
+    kv.mv_size = klen
+    kv.mv_data = key
+    dv.mv_size = LAYOUT_UID_WIDTH
+    dv.mv_data = val
+    rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
+    if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
+        flags[0] &= ~MDB_APPEND
+        rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
+    return rc
+
+
+cdef inline int value_cmp(const uint8_t *fp, const uint64_t *ep, size_t a, size_t b) noexcept nogil:
+    """LMDB's default order of values a and b (indexes into ends): their bytes, then their lengths."""
+    cdef size_t sa = ep[a - 1] if a else 0
+    cdef size_t sb = ep[b - 1] if b else 0
+    cdef size_t la = ep[a] - sa, lb = ep[b] - sb
+    cdef int c = memcmp(fp + sa, fp + sb, la if la < lb else lb)
+    if c:
+        return c
+    return <int>(la > lb) - <int>(la < lb)
+
+
+cdef inline bint same_value(const uint8_t *fp, const uint64_t *refs, size_t a, size_t b, size_t n) noexcept nogil:
+    """Whether refs[a] and refs[b] ((offset << 16) | length, from sort_values) are equal values."""
+    if b + AHEAD < n:
+        prefetch(&fp[refs[b + AHEAD] >> 16])
+    return (refs[a] & 0xFFFF) == (refs[b] & 0xFFFF) and \
+        memcmp(fp + (refs[a] >> 16), fp + (refs[b] >> 16), refs[a] & 0xFFFF) == 0
+
+
+cdef int sort_run(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *keys, uint32_t *rows,
+                  size_t m, size_t depth) noexcept nogil:
+    """Sort rows[:m], whose values (col of 3 per row) share their first `depth` bytes zero-padded,
+    into LMDB's order, stably: a radix sort by the next 8 bytes, then each run that shares them
+    the same way, deeper; a run whose values all end above depth is ordered by length (they are
+    prefixes of each other). Short runs: insertion sort. -1 when out of memory."""
+    cdef size_t k, j, e, start, vlen, longest = 0
+    cdef uint32_t row
+    cdef int rc
+    if m < 2:
+        return 0
+    if m < RUN_SMALL:
+        for k in range(1, m):
+            row = rows[k]
+            j = k
+            while j and value_cmp(fp, ep, 3 * <size_t>rows[j - 1] + col, 3 * <size_t>row + col) > 0:
+                rows[j] = rows[j - 1]
+                j -= 1
+            rows[j] = row
+        return 0
+    for k in range(m):
+        j = 3 * <size_t>rows[k] + col
+        start = ep[j - 1] if j else 0
+        vlen = ep[j] - start
+        longest = vlen if vlen > longest else longest
+        keys[k] = sort_key(fp + start + depth, vlen - depth) if vlen > depth else 0
+    if longest <= depth:
+        for k in range(m):
+            j = 3 * <size_t>rows[k] + col
+            keys[k] = ep[j] - (ep[j - 1] if j else 0)
+        return radix_sort(keys, rows, m)
+    rc = radix_sort(keys, rows, m)
+    j = 0
+    while rc == 0 and j < m:
+        e = j + 1
+        while e < m and keys[e] == keys[j]:
+            e += 1
+        if e - j > 1:
+            rc = sort_run(fp, ep, col, keys + j, rows + j, e - j, depth + 8)
+        j = e
+    return rc
+
+
+cdef int sort_values(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *keys, uint32_t *rows,
+                     size_t m) noexcept nogil:
+    """rows[:m] into LMDB's order of their values in col (of 3 per row), stably (equal values keep
+    row order); then keys[k] = (offset << 16) | length of rows[k]'s value. -1 when out of memory."""
+    cdef size_t k, j
+    cdef int rc = sort_run(fp, ep, col, keys, rows, m, 0)
+    if rc:
+        return rc
+    # gathered in one pass of loads that do not wait on each other (see resolve)
+    for k in range(m):
+        if k + AHEAD < m:
+            j = 3 * <size_t>rows[k + AHEAD] + col
+            prefetch(&ep[j - 1] if j else &ep[0])
+        j = 3 * <size_t>rows[k] + col
+        keys[k] = ((ep[j - 1] if j else 0) << 16) | (ep[j] - (ep[j - 1] if j else 0))
     return 0
 
 

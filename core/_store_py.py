@@ -196,6 +196,66 @@ class Txn:
                     adds[b].append(uid)
         return slow_rows.tobytes(), slow_uids.tobytes(), [a.tobytes() for a in adds], next_uid
 
+    def pack_profile_rows(self, fields, ends, chan_gids, chan_bits, base):
+        n = len(chan_gids)
+        if len(ends) != 3 * n:
+            raise ValueError("ends must hold 3 values per row")
+        if any(g >= len(chan_bits) for g in chan_gids):
+            raise ValueError("a channel group is outside chan_bits")
+        fields = bytes(fields)
+        packed, packed_ends = bytearray(), array("Q")
+        for r in range(n):
+            bits = chan_bits[chan_gids[r]]
+            if bits == 0xFF:
+                continue
+            for value in (_value(fields, ends, 3 * r), _value(fields, ends, 3 * r + 1), bytes([bits])):
+                packed += value
+                packed_ends.append(base + len(packed))
+        return bytes(packed), packed_ends.tobytes()
+
+    def load_new_profiles(self, guid_dbi, ident_dbi, profile_dbi, prefix, fields, ends, next_uid):
+        n = len(ends) // 3
+        if len(ends) != 3 * n:
+            raise ValueError("ends must hold 3 values per row")
+        txn = self._live()
+        if not self.write:
+            raise StoreError("load_new_profiles needs a write transaction")
+        max_key = self.store.max_key_size
+        if len(prefix) + PROFILE_UID.width > max_key:
+            raise ValueError("prefix too long")
+        fields = bytes(fields)
+        rows = []                                     # (guid, identity, bits)
+        for r in range(n):
+            g, i, b = (_value(fields, ends, 3 * r + c) for c in range(3))
+            if not g or len(prefix) + max(len(g), len(i)) > max_key or len(b) != 1:
+                raise ValueError("empty guid, key too long, or a channels value that is not one bits byte")
+            rows.append((g, i, b[0]))
+        first, last, naming = {}, {}, {}
+        for r, (g, i, _) in enumerate(rows):
+            first.setdefault(g, r)
+            last[g] = r
+            if i:
+                naming[i] = r                         # the last row naming the identity
+        if next_uid + len(first) > UNKNOWN:
+            raise StoreError("no uids left")
+        uid = {g: next_uid + k for k, g in enumerate(sorted(first, key=first.get))}
+        kept = {r for r in naming.values() if last[rows[r][0]] == r}
+        for g in sorted(first):
+            _wrap(txn.put, GUID_KEY.pack(prefix, g), encode_uid(uid[g]), db=guid_dbi)
+        for i in sorted(naming):
+            if naming[i] in kept:
+                _wrap(txn.put, IDENT_KEY.pack(prefix, i), encode_uid(uid[rows[naming[i]][0]]), db=ident_dbi)
+        adds = [array("I") for _ in range(8)]
+        for g in sorted(first, key=first.get):
+            r = last[g]
+            _, i, bits = rows[r]
+            _wrap(txn.put, PROFILE_KEY.pack(prefix, uid[g]), encode_profile(bits, g, i if r in kept else b""),
+                  db=profile_dbi)
+            for b in range(8):
+                if bits >> b & 1:
+                    adds[b].append(uid[g])
+        return [a.tobytes() for a in adds], next_uid + len(first), len(first)
+
 
 def _value(fields, ends, i):
     """Value i of a packed batch (fields concatenated, ends their cumulative end offsets)."""

@@ -171,6 +171,13 @@ class Unit(Snapshot):
     def delete_profiles(self, acct: int, guids: list[bytes]) -> int:
         """Delete the profiles of these guids (into the deleted set); how many existed."""
 
+    def load_profiles(self, acct: int, rows) -> int | None:
+        """An account's first import (rows: the backend's `profile_rows()`, filled), with the result
+        of upsert_profiles of every row in order, if no profile of the account was ever written (its
+        generation is 0); else None and nothing is written. Returns the rows written. Only backends
+        whose `bulk_load_rows` is not 0 have it."""
+        raise NotImplementedError
+
     @abstractmethod
     def put_segment(self, acct: int, rec: dict) -> None: ...
 
@@ -205,6 +212,15 @@ class Backend(ABC):
     #: The most rows an upload resolves in one Snapshot.resolve (core/ingest.py grows its batches up
     #: to it). Redis looks up a batch in pipelined HMGETs, a few Python objects a row: 4M rows.
     max_resolve_rows = 1 << 22
+    #: The most rows an account's first profile import holds in memory for `Unit.load_profiles`,
+    #: which writes them in one unit, each table in key order; 0: none, an import upserts in batches.
+    bulk_load_rows = 0
+
+    def profile_rows(self):
+        """An empty holder of a first import's rows for load_profiles: add(fields, ends, bits_of)
+        takes a parsed batch and returns the rows it left out [(row, reason)]; len() counts the rows
+        held; batches(n) gives them back as upsert_profiles arguments, n rows at a time."""
+        raise NotImplementedError
 
     @abstractmethod
     def snapshot(self) -> AbstractContextManager[Snapshot]: ...

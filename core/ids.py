@@ -65,6 +65,21 @@ class Profiles:
         """Upsert packed (guid, identity, channels) rows in one unit (core/backend.py upsert_profiles)."""
         return self.backend.write(lambda unit: unit.upsert_profiles(self.number, fields, ends, bits_of))
 
+    def _first_import_rows(self):
+        """The backend's holder of an import's rows (profile_rows) when it bulk-loads an account's
+        first import and no profile of this account was ever written; else None."""
+        if not self.backend.bulk_load_rows:
+            return None
+        with self.backend.snapshot() as snap:
+            if self.generation(snap):
+                return None
+        return self.backend.profile_rows()
+
+    def _load(self, rows):
+        """Unit.load_profiles of rows in one unit: the rows written, or None if a profile of this
+        account was written meanwhile (then nothing was)."""
+        return self.backend.write(lambda unit: unit.load_profiles(self.number, rows))
+
     def delete(self, guids):
         """Delete profiles by guid; returns how many existed. Their uids are never reused. A guid that
         no profile could have (over 256 bytes, a line break) is InvalidProfile, and nothing is deleted."""

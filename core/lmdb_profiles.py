@@ -2,13 +2,15 @@
 
 An upsert batch is mostly new profiles: the binding's `put_new_profiles` writes those in one C loop;
 the rest (stored guids, identities that move, a guid named twice) are applied here in row order, as
-if the batch were written one row at a time.
+if the batch were written one row at a time. An account's first import is held whole (`ProfileRows`)
+and loaded in one unit by `load_new_profiles`, each table written once in key order.
 """
 from array import array
 
 from pyroaring import BitMap
 
 from listseg.core.errors import InvalidProfile
+from listseg.core.profile import bits_byte
 from listseg.core.parser import value_at
 from listseg.core.layout import (CHANNEL_BIT, CHANNEL_KEY, CHANNELS, DELETED, GENERATION, GENERATION_KEY, GUID_KEY,
                                  IDENT_KEY, PROFILE_KEY, account_prefix, channel_names, decode_profile, decode_uid,
@@ -28,21 +30,13 @@ def upsert(unit, acct, fields, ends, bits_of):
     """core/backend.py Unit.upsert_profiles, in the unit's write transaction."""
     txn, db, p = unit.txn, unit.db, account_prefix(acct)
     n = len(ends) // 3
-    chan_gids, firsts = txn.groups(fields, ends, 3, 2)
-    chan_gids = memoryview(chan_gids).cast("I")
-    table, bad = bytearray(), {}
-    for g, r in enumerate(memoryview(firsts).cast("I")):      # few distinct channel values
-        try:
-            table.append(bits_of(value_at(fields, ends, 3 * r + 2)))
-        except InvalidProfile as e:
-            table.append(0xFF)                                 # put_new_profiles skips the row
-            bad[g] = str(e)
+    chan_gids, table, bad = _channel_table(txn, fields, ends, bits_of)
     guid_uids = txn.resolve(db.guid, db.ident, p, b"g" * n, fields, ends, 3, 0)
     ident_uids = txn.resolve(db.guid, db.ident, p, b"i" * n, fields, ends, 3, 1)
     state = unit.account_state(acct)
     slow_rows, slow_uids, fast_adds, state["next_uid"] = txn.put_new_profiles(
         db.guid, db.ident, db.profile, p, fields, ends, 3, memoryview(guid_uids).cast("I"),
-        memoryview(ident_uids).cast("I"), chan_gids, bytes(table), state["next_uid"])
+        memoryview(ident_uids).cast("I"), chan_gids, table, state["next_uid"])
     # the rest: stored guids or identities, or named twice in the batch; in row order
     before, after = {}, {}
     for r, new_uid in zip(memoryview(slow_rows).cast("I"), memoryview(slow_uids).cast("I")):
@@ -52,10 +46,8 @@ def upsert(unit, acct, fields, ends, bits_of):
         after[uid] = table[chan_gids[r]]
     unit.put_account_state(acct, state)
     _changed(unit, acct)
-    adds = {name: array("I") for name in CHANNELS}
+    adds = {name: _uids(fast_adds[k]) for k, name in enumerate(CHANNELS)}
     drops = {name: array("I") for name in CHANNELS}
-    for k, name in enumerate(CHANNELS):
-        adds[name].frombytes(fast_adds[k])
     for uid, bits in after.items():       # net change per uid: a channel may flip twice in a batch
         for name, bit in CHANNEL_BIT.items():
             if bits & bit and not before[uid] & bit:
@@ -63,8 +55,78 @@ def upsert(unit, acct, fields, ends, bits_of):
             elif before[uid] & bit and not bits & bit:
                 drops[name].append(uid)
     _update_channels(txn, db, p, adds, drops)
-    skipped = [(r, bad[g]) for r, g in enumerate(chan_gids) if g in bad] if bad else []
+    skipped = _skipped(chan_gids, bad)
     return n - len(skipped), skipped
+
+
+def _channel_table(txn, fields, ends, bits_of):
+    """(each row's channel group, the groups' bits as bytes with 0xFF where bits_of refused the
+    value, {group: the reason}) of packed (guid, identity, channels) rows."""
+    chan_gids, firsts = txn.groups(fields, ends, 3, 2)
+    table, bad = bytearray(), {}
+    for g, r in enumerate(memoryview(firsts).cast("I")):      # few distinct channel values
+        try:
+            table.append(bits_of(value_at(fields, ends, 3 * r + 2)))
+        except InvalidProfile as e:
+            table.append(0xFF)                                 # the row is skipped
+            bad[g] = str(e)
+    return memoryview(chan_gids).cast("I"), bytes(table), bad
+
+
+def _skipped(chan_gids, bad):
+    """[(row, reason)] of the rows whose channels bits_of refused."""
+    return [(r, bad[g]) for r, g in enumerate(chan_gids) if g in bad] if bad else []
+
+
+class ProfileRows:
+    """An account's first import, held in memory, packed as `load_new_profiles` takes it: (guid,
+    identity, bits byte) rows, about 66 bytes a row with 32-byte guids (42 of values, 24 of ends)."""
+
+    def __init__(self, database):
+        self.database = database               # store.Database: its binding packs the rows
+        self.fields = bytearray()
+        self.ends = array("Q")
+
+    def __len__(self):
+        return len(self.ends) // 3
+
+    def add(self, fields, ends, bits_of):
+        """Take a parsed (guid, identity, channels) batch; returns [(row, reason)] of the rows left
+        out because bits_of refused their channels."""
+        with self.database.read() as txn:
+            chan_gids, table, bad = _channel_table(txn, fields, ends, bits_of)
+            packed, packed_ends = txn.pack_profile_rows(fields, ends, chan_gids, table, len(self.fields))
+        self.fields += packed
+        self.ends.frombytes(packed_ends)
+        return _skipped(chan_gids, bad)
+
+    def batches(self, rows):
+        """(fields, ends, bits_of) of `rows` rows at a time, for upsert."""
+        for lo in range(0, len(self), rows):
+            hi = min(lo + rows, len(self))
+            base = self.ends[3 * lo - 1] if lo else 0
+            yield (self.fields[base:self.ends[3 * hi - 1]], array("Q", (e - base for e in self.ends[3 * lo:3 * hi])),
+                   bits_byte)
+
+
+def load(unit, acct, rows):
+    """core/backend.py Unit.load_profiles, in the unit's write transaction."""
+    if unit.generation(acct):
+        return None
+    txn, db, p = unit.txn, unit.db, account_prefix(acct)
+    state = unit.account_state(acct)
+    adds, state["next_uid"], _ = txn.load_new_profiles(db.guid, db.ident, db.profile, p, rows.fields, rows.ends,
+                                                       state["next_uid"])
+    unit.put_account_state(acct, state)
+    _changed(unit, acct)
+    _update_channels(txn, db, p, {name: _uids(adds[k]) for k, name in enumerate(CHANNELS)}, {})
+    return len(rows)
+
+
+def _uids(raw):
+    out = array("I")
+    out.frombytes(raw)
+    return out
 
 
 def _put_one(txn, db, p, g, i, bits, new_uid):

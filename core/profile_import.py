@@ -1,5 +1,7 @@
 """Profile import: a `guid,identity,channels` CSV, parsed in batches, each batch upserted in one unit
-of the backend on a writer thread while the next one parses.
+of the backend on a writer thread while the next one parses. An account's first import, on a backend
+with a bulk load (LMDB), is instead held whole and loaded in one unit, each table in key order; rows
+past the backend's bound go on in batches after it.
 """
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,9 @@ def _drop_line_breaks(batch):
 
 def import_csv(profiles, chunks, batch_rows=BATCH_ROWS):
     """Import a `guid,identity,channels` CSV into `profiles` (core/ids.py Profiles) from an iterable of
-    byte chunks, one backend unit per batch of rows. Returns {"rows", "upserted", "invalid", "errors": [(line, reason)] (first 100)};
+    byte chunks: one backend unit per batch of rows, or for an account's first import one unit for
+    the rows up to the backend's bulk_load_rows. Returns {"rows", "upserted", "invalid", "errors":
+    [(line, reason)] (first 100)};
     a row with an unknown channel, or a line break inside its guid or identity, is invalid with
     line 0."""
     p = parser.Parser(parser.PROFILES)
@@ -80,25 +84,49 @@ def import_csv(profiles, chunks, batch_rows=BATCH_ROWS):
 
     # A batch is written on a thread (the backend's C loops release the GIL) while the next one parses;
     # each batch's result is collected before the next is counted, so errors stay in file order.
-    writer, pending = None, None
+    writer, pending, held = None, None, profiles._first_import_rows()
+
+    def put(batch):
+        nonlocal writer, pending, held
+        if held is not None and len(held) + batch.valid <= profiles.backend.bulk_load_rows:
+            if batch.valid:
+                collect((0, held.add(batch.fields, batch.ends, bits_of)))
+            return
+        if held is not None:
+            load(held)
+            held = None
+        if batch.valid:
+            writer = writer or ThreadPoolExecutor(1, thread_name_prefix="profile-import")
+            pending = writer.submit(write, batch)
+
+    def wait():                         # before the next batch's parse errors are counted
+        nonlocal pending
+        if pending is not None:
+            collect(pending.result())
+            pending = None
+
+    def load(rows):
+        if not len(rows):
+            return
+        loaded = profiles._load(rows)
+        if loaded is not None:
+            report["upserted"] += loaded
+            return
+        for args in rows.batches(batch_rows):     # a profile was written meanwhile: upsert in order
+            collect(profiles._write_batch(*args))
+
     try:
         for chunk in chunks:
             p.feed(chunk)
             if p.pending_rows >= batch_rows:
-                if pending is not None:
-                    collect(pending.result())
-                    pending = None
-                batch = take()
-                if batch.valid:
-                    writer = writer or ThreadPoolExecutor(1, thread_name_prefix="profile-import")
-                    pending = writer.submit(write, batch)
+                wait()
+                put(take())
         p.finish()
-        if pending is not None:
-            collect(pending.result())
-            pending = None
-        batch = take()
-        if batch.valid:
-            collect(write(batch))
+        wait()
+        put(take())
+        if held is not None:
+            load(held)
+        wait()
     finally:
         if writer is not None:
             writer.shutdown(wait=True)      # an in-flight batch commits or fails whole

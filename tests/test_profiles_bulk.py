@@ -299,3 +299,137 @@ def test_resolve_reads_one_column(tmp_path, store_cls):
         gids, firsts = txn.groups(b"abab", array("Q", [1, 2, 3, 4]))
         assert (list(array("I", gids)), list(array("I", firsts))) == ([0, 1, 0, 1], [0, 1])
     store.close()
+
+
+# -- an account's first import: held whole, loaded in key order (issue 16) ----------------------------
+def _fresh_rows(n, seed=3):
+    rng = random.Random(seed)
+    return [(f"{rng.getrandbits(128):032x}", f"c{rng.getrandbits(40)}" if k % 4 else "", CHANNELS[: k % 5])
+            for k in range(n)]
+
+
+def test_first_import_is_loaded_in_one_unit_past_the_bound_in_batches(account, monkeypatch):
+    if not account.backend.bulk_load_rows:
+        pytest.skip("this backend upserts every import in batches")
+    monkeypatch.setattr(type(account.backend), "bulk_load_rows", 250)
+    loads = []
+    load = account.profiles._load
+    monkeypatch.setattr(account.profiles, "_load", lambda rows: loads.append(len(rows)) or load(rows))
+    rng, model = random.Random(11), Model()
+    rows = random_rows(rng, 600)
+    report = account.profiles.import_csv([csv_of(rows[k:k + 50]) for k in range(0, 600, 50)], batch_rows=100)
+    assert report["upserted"] == 600
+    assert loads == [200]                     # batches of 100 rows held while 200 + 100 <= 250
+    for g, i, c in rows:
+        model.put(g, i, bits_of(c))
+    check(account, model)
+    account.profiles.import_csv([csv_of(rows[:50])])          # no longer the first import: batches
+    assert loads == [200]
+
+
+def test_a_profile_written_during_the_first_import_makes_it_upsert_in_order(account, monkeypatch):
+    if not account.backend.bulk_load_rows:
+        pytest.skip("this backend upserts every import in batches")
+    load = account.profiles._load
+
+    def racing(rows):                          # another writer gets in before the load
+        account.profiles.upsert([("g1", "id3@x.com", ["sms"]), ("zz", "", [])])
+        return load(rows)
+    monkeypatch.setattr(account.profiles, "_load", racing)
+    rows = random_rows(random.Random(5), 300)
+    report = account.profiles.import_csv([csv_of(rows[k:k + 20]) for k in range(0, 300, 20)], batch_rows=64)
+    assert report["upserted"] == 300 and report["invalid"] == 0
+    model = Model()
+    model.put("g1", "id3@x.com", bits_of(["sms"]))
+    model.put("zz", "", 0)
+    for g, i, c in rows:
+        model.put(g, i, bits_of(c))
+    check(account, model)
+
+
+def test_a_failing_first_import_writes_nothing(account, monkeypatch):
+    if not account.backend.bulk_load_rows:
+        pytest.skip("this backend upserts every import in batches")
+    write = account.backend.write
+
+    def failing(fn):
+        def run(unit):
+            fn(unit)
+            raise RuntimeError("disk on fire")
+        return write(run)
+    monkeypatch.setattr(account.backend, "write", failing)
+    with pytest.raises(RuntimeError):
+        account.profiles.import_csv([csv_of(_fresh_rows(1000))], batch_rows=300)
+    monkeypatch.undo()
+    assert account.state()["next_uid"] == 0 and account.profiles.find(guid=_fresh_rows(1)[0][0]) is None
+    assert not any(channels_of(account).values())
+
+
+@pytest.mark.skipif(TWIN_ONLY, reason="page fill is the compiled binding's (the twin does not append)")
+def test_first_import_builds_full_pages(tmp_path, monkeypatch):
+    """Written in key order the guid and identity tables' pages fill; inserted between keys (as
+    batches of random keys are) they split in half."""
+    import harness
+    import lmdb
+    from listseg.core.lmdb_backend import LmdbBackend
+    rows = _fresh_rows(30_000)
+    chunks = [csv_of(rows[k:k + 1000]) for k in range(0, len(rows), 1000)]
+
+    def leaf_pages(bulk):
+        with monkeypatch.context() as m:
+            if not bulk:
+                m.setattr(LmdbBackend, "bulk_load_rows", 0)
+            with harness.open_engine(tmp_path / f"bulk{bulk}", backend="lmdb") as e:
+                assert e.account().profiles.import_csv(chunks, batch_rows=1000)["upserted"] == 30_000
+                path = e.backend.lmdb_path
+        env = lmdb.open(path, max_dbs=len(DATABASES) + 1, readonly=True, lock=False)
+        try:
+            with env.begin() as txn:
+                return sum(txn.stat(env.open_db(name.encode(), txn=txn))["leaf_pages"] for name in ("guid", "ident"))
+        finally:
+            env.close()
+    loaded, batched = leaf_pages(True), leaf_pages(False)
+    assert loaded < 0.8 * batched, (loaded, batched)
+
+
+def _load_run(store_cls, path, rows, stored_after):
+    """load_new_profiles of rows (guid, identity, bits) on a fresh store where another account's keys
+    (stored_after) sort after this one's; returns the outputs and every key."""
+    path.mkdir()
+    store = store_cls(str(path), 1 << 28, list(DATABASES))
+    db = {name: store.db(name) for name in DATABASES}
+    p = b"\x00\x00\x00\x07"
+    fields, ends = bytearray(), array("Q")
+    for g, i, bits in rows:
+        for value in (g, i, bytes([bits])):
+            fields += value
+            ends.append(len(fields))
+    with store.begin(True) as txn:
+        for k, g in enumerate(stored_after):
+            txn.put(db["guid"], b"\x00\x00\x00\x08" + g, k.to_bytes(4, "little"))
+        out = txn.load_new_profiles(db["guid"], db["ident"], db["profile"], p, fields, ends, 40)
+    with store.begin() as txn:
+        keys = {name: txn.scan(db[name], b"", b"\xff" * 8, 10 ** 6) for name in ("guid", "ident", "profile")}
+    store.close()
+    return out, keys
+
+
+@pytest.mark.skipif(TWIN_ONLY, reason="needs the compiled store")
+@pytest.mark.parametrize("after", [[], [b"a", b"z"]], ids=["appends", "inserts"])
+def test_load_compiled_matches_twin(tmp_path, after):
+    """Keys the 8-byte radix cannot tell apart (a shared 12-byte head, prefixes of each other, NUL
+    bytes, runs long and short), repeats, identities moving: the compiled load writes what the twin
+    writes."""
+    from listseg.core._store import Store
+    rng = random.Random(2)
+    pool = ([b"customer-%06d" % rng.randrange(3000) for _ in range(400)] + [b"ab", b"ab\x00", b"ab\x00\x00", b"a",
+            b"ab\x00\x00\x00\x00\x00\x00\x00x"] + [b"%032x" % rng.getrandbits(128) for _ in range(300)])
+    rows = []
+    for _ in range(3000):
+        g = rng.choice(pool)
+        i = rng.choice([b"", rng.choice(pool), b"same-identity-for-many"])
+        rows.append((g, i, rng.randrange(32)))
+    compiled = _load_run(Store, tmp_path / "c", rows, after)
+    twin = _load_run(_store_py.Store, tmp_path / "t", rows, after)
+    assert compiled == twin
+    assert compiled[0][2] == len({g for g, _, _ in rows})
