@@ -101,12 +101,12 @@ class DuringUpload:
                 "server_peak_anon_bytes": self.peak_anon}
 
 
-def upload_log(logpath):
-    """The server's "upload ended" log line of the big upload."""
+def logged(logpath, msg, **match):
+    """The server's first log line `msg` whose fields include `match`."""
     with open(logpath, "rb") as f:
         for line in f:
             rec = json.loads(line) if line.startswith(b"{") else {}
-            if rec.get("msg") == "upload ended" and rec.get("upload") == 2:
+            if rec.get("msg") == msg and all(rec.get(k) == v for k, v in match.items()):
                 return rec
     return {}
 
@@ -144,15 +144,17 @@ def run(args):
     report = json.loads(out)
     got = {k: report[k] for k in expected_counts(args.rows)}
     assert report["state"] == "succeeded" and got == expected_counts(args.rows), (report, expected_counts(args.rows))
-    logged = upload_log(server.logpath)
+    imported_log = logged(server.logpath, "profiles imported")
+    upload_log = logged(server.logpath, "upload ended", upload=2)
     size = os.path.getsize(listing)
     return {
         "profiles": args.profiles, "rows": args.rows, "mixed": bool(args.mixed), "file_bytes": size,
         "generate_s": {"profiles": round(gen_profiles_s, 2), "list": round(gen_list_s, 2)},
-        "import": {"seconds": round(import_s, 2), "profiles_per_s": round(args.profiles / import_s)},
+        "import": {"seconds": round(import_s, 2), "profiles_per_s": round(args.profiles / import_s),
+                   "phases_s": {k[:-2]: imported_log.get(k) for k in ("read_s", "load_s", "wait_s")}},
         "upload": {"seconds": round(upload_s, 2), "rows_per_s": round(args.rows / upload_s),
                    "mb_per_s": round(size / upload_s / 1e6, 1),
-                   "phases_s": {k[:-2]: logged.get(k) for k in ("parse_s", "resolve_s", "wait_s", "fold_s", "commit_s")},
+                   "phases_s": {k[:-2]: upload_log.get(k) for k in ("parse_s", "resolve_s", "wait_s", "fold_s", "commit_s")},
                    "counts": got},
         "data_dir_bytes": {"after_import": data_after_import, "after_upload": data_after_upload},
         "during_upload": during, "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -163,6 +165,8 @@ def table(r):
     u, ph, d = r["upload"], r["upload"]["phases_s"], r["during_upload"]
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     rows = [("profile import", f"{r['import']['seconds']:.1f} s", f"{r['import']['profiles_per_s']:,} profiles/s"),
+            ("server phases: read and parse / load / wait for batches (s)",
+             " / ".join(str(r["import"]["phases_s"][k]) for k in ("read", "load", "wait")), ""),
             ("data directory after the import / the upload", gb(r["data_dir_bytes"]["after_import"]),
              gb(r["data_dir_bytes"]["after_upload"])),
             ("upload, `listseg upload` start to report", f"{u['seconds']:.1f} s",

@@ -217,9 +217,10 @@ class Backend(ABC):
     bulk_load_rows = 0
 
     def profile_rows(self):
-        """An empty holder of a first import's rows for load_profiles: add(fields, ends, bits_of)
-        takes a parsed batch and returns the rows it left out [(row, reason)]; len() counts the rows
-        held; batches(n) gives them back as upsert_profiles arguments, n rows at a time."""
+        """An empty holder of a first import's rows for load_profiles, or None while another import
+        holds one (the memory is the bound's): add(fields, ends, bits_of) takes a parsed batch and
+        returns the rows it left out [(row, reason)]; len() counts the rows held; batches(n) gives
+        them back as upsert_profiles arguments, n rows at a time; close() lets them go."""
         raise NotImplementedError
 
     @abstractmethod

@@ -8,6 +8,7 @@ core/lmdb_profiles.py.
 import fcntl
 import os
 import shutil
+import threading
 from array import array
 from contextlib import contextmanager
 
@@ -204,11 +205,12 @@ class LmdbBackend(Backend):
     max_resolve_rows = 1 << 25
     # A first import sorted and appended builds each table's pages full, once (random-order batches
     # rewrote most of the tables at every commit and left the pages half full: issue 16). Held at ~66
-    # bytes a row plus ~33 while loaded: ~15 GB at this bound with 32-byte guids.
+    # bytes a row plus ~33 while loaded: ~15 GB at this bound with 32-byte guids; one import at a time.
     bulk_load_rows = 160_000_000
 
     def __init__(self, path, map_size=DEFAULT_MAP_SIZE, store_cls=None):
         self.database = Database(path, map_size, store_cls)
+        self._holding = threading.Lock()         # one first import held in memory at a time
         self.lmdb_path = path
         self.map_size = map_size                 # never resized while open
 
@@ -236,7 +238,9 @@ class LmdbBackend(Backend):
         return self.database.write(lambda txn: fn(LmdbUnit(txn, self.database.db)))
 
     def profile_rows(self):
-        return lmdb_profiles.ProfileRows(self.database)
+        if not self._holding.acquire(blocking=False):
+            return None
+        return lmdb_profiles.ProfileRows(self.database, self._holding.release)
 
     def stage(self, acct, bm):
         bm.run_optimize()

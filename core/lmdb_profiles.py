@@ -82,10 +82,18 @@ class ProfileRows:
     """An account's first import, held in memory, packed as `load_new_profiles` takes it: (guid,
     identity, bits byte) rows, about 66 bytes a row with 32-byte guids (42 of values, 24 of ends)."""
 
-    def __init__(self, database):
+    def __init__(self, database, release):
         self.database = database               # store.Database: its binding packs the rows
         self.fields = bytearray()
         self.ends = array("Q")
+        self._release = release
+
+    def close(self):
+        """Let the rows go, and another import hold its own."""
+        self.fields, self.ends = bytearray(), array("Q")
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def __len__(self):
         return len(self.ends) // 3

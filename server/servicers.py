@@ -367,6 +367,9 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     @rpc
     def UpsertProfiles(self, account, requests, context):
         report = account.profiles.import_csv(msg.data for msg in requests)
+        seconds = {f"{phase}_s": round(t, 3) for phase, t in report["timings"].items()}
+        log.info("profiles imported", extra={"fields": {"account": account.name, "rows": report["rows"],
+                                                        "upserted": report["upserted"], **seconds}})
         account.profiles.index.warm()           # so that the next upload and checks find it ready
         return pb.UpsertProfilesResponse(
             rows=report["rows"], upserted=report["upserted"], invalid=report["invalid"],

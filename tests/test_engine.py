@@ -78,6 +78,7 @@ def test_profile_import_csv(account):
     assert (report["rows"], report["upserted"], report["invalid"]) == (4, 2, 2)
     assert report["errors"][0] == (4, "empty guid")
     assert account.profiles.find(identity="a@x.com").channels == ("email", "sms")
+    assert set(report["timings"]) == {"read", "load", "wait"} and min(report["timings"].values()) >= 0
 
 
 # -- uploads ------------------------------------------------------------------------------------

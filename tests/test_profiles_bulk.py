@@ -347,6 +347,29 @@ def test_a_profile_written_during_the_first_import_makes_it_upsert_in_order(acco
     check(account, model)
 
 
+def test_one_first_import_is_held_at_a_time(engine):
+    """The held rows are the memory bound's: a second first import meanwhile upserts in batches."""
+    if not engine.backend.bulk_load_rows:
+        pytest.skip("this backend upserts every import in batches")
+    held = engine.backend.profile_rows()
+    assert engine.backend.profile_rows() is None
+    b = engine.account("b")
+    assert b.profiles.import_csv([b"x,ix,email\ny,,sms\n"])["upserted"] == 2
+    assert b.profiles.find(identity="ix").uid == 0 and b.profiles.find(guid="y").uid == 1
+    held.close()
+    again = engine.backend.profile_rows()
+    assert again is not None
+    again.close()
+    with pytest.raises(RuntimeError):                 # an import that fails lets its rows go too
+        engine.account("c").profiles.import_csv(_failing_chunks())
+    engine.backend.profile_rows().close()
+
+
+def _failing_chunks():
+    yield b"p,ip,email\n"
+    raise RuntimeError("the client went away")
+
+
 def test_a_failing_first_import_writes_nothing(account, monkeypatch):
     if not account.backend.bulk_load_rows:
         pytest.skip("this backend upserts every import in batches")
