@@ -24,9 +24,12 @@ from listseg.core.errors import StoreError, MapFullError
 cdef enum:
     AHEAD = 16                                      # rows to prefetch ahead in resolve
     RUN_SMALL = 32                                  # runs of equal sort keys this short: insertion sort
-    ROW_FIRST = 1                                   # load_new_profiles' marks of a row: its guid's first,
-    ROW_LAST = 2                                    # its guid's last, and the row whose identity is kept
-    ROW_KEPT = 4
+    ROW_REPEAT = 1                                  # load_new_profiles' marks of a row: its guid came before,
+    ROW_SUPERSEDED = 2                              # comes again later, its identity is not its profile's
+    ROW_IDENT_DROPPED = 4
+    VALUE_LEN = 0x7FFF                              # sort_values' refs: (offset << 16) | length, and
+    SAME_AS_BEFORE = 0x8000                         # a bit: the value equals the one before it
+    GATHER_ROWS = 4096                              # values copied into key order at a time
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 # the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
@@ -651,7 +654,7 @@ cdef class Txn:
         Returns (adds, next_uid, profiles): adds[b] the new uids with channel bit b, ascending, native
         uint32 bytes, for b in 0..7; the next free uid; the profiles written."""
         cdef size_t n = <size_t>ends.shape[0] // 3, plen = len(prefix), r, k, e, i, j, start, glen, ilen
-        cdef size_t m = 0, nd = 0, max_key = <size_t>self.store.max_key_size
+        cdef size_t m = 0, nd = 0, repeats = 0, max_key = <size_t>self.store.max_key_size
         cdef uint32_t uid = 0
         cdef uint8_t bits
         cdef int rc = 0
@@ -678,10 +681,13 @@ cdef class Txn:
         cdef uint32_t *uid_of_row = <uint32_t *>malloc(n * sizeof(uint32_t))
         cdef uint32_t *last_of_uid = <uint32_t *>malloc(n * sizeof(uint32_t))
         cdef uint8_t *marks = <uint8_t *>calloc(n, 1)
+        cdef uint8_t *chunk = <uint8_t *>malloc(GATHER_ROWS * <size_t>max_key)
+        cdef size_t chunk_at[GATHER_ROWS]
         cdef uint8_t *bits_of_uid = <uint8_t *>keys      # free once both key tables are written
         memcpy(keybuf, pp, plen)
         try:
-            if keys == NULL or rows == NULL or uid_of_row == NULL or last_of_uid == NULL or marks == NULL:
+            if keys == NULL or rows == NULL or uid_of_row == NULL or last_of_uid == NULL or marks == NULL \
+                    or chunk == NULL:
                 raise MemoryError()
             with nogil:
                 for r in range(n):
@@ -692,44 +698,45 @@ cdef class Txn:
                         rc = -3
                         break
                     rows[r] = <uint32_t>r
-                # guids: in key order, mark each one's first and last row
+                # guids in key order: the rows whose guid came before (repeats) or comes again
+                # later (superseded) are marked, so that without repeats, the common case, no later
+                # loop reads a row's marks or uid at random: row r's uid is next_uid + r
                 if rc == 0:
                     rc = sort_values(fp, ep, 0, keys, rows, n)
                 if rc == 0:
-                    j = 0
-                    while j < n:
-                        e = j + 1
-                        while e < n and same_value(fp, keys, e - 1, e, n):
-                            e += 1
-                        marks[rows[j]] |= ROW_FIRST
-                        marks[rows[e - 1]] |= ROW_LAST
-                        j = e
-                    # uids in row order of the first rows
-                    for r in range(n):
-                        if marks[r] & ROW_FIRST:
-                            if next_uid + nd >= LAYOUT_UNKNOWN:
-                                rc = -4
-                                break
-                            uid_of_row[r] = <uint32_t>(next_uid + nd)
-                            nd += 1
+                    for k in range(1, n):
+                        if same_value(fp, keys, k - 1, k, n):
+                            keys[k] |= SAME_AS_BEFORE
+                            marks[rows[k - 1]] |= ROW_SUPERSEDED
+                            marks[rows[k]] |= ROW_REPEAT
+                            repeats += 1
+                    nd = n - repeats
+                    if <uint64_t>next_uid + nd > LAYOUT_UNKNOWN:
+                        rc = -4
+                if rc == 0 and repeats:
+                    k = 0
+                    for r in range(n):                  # uids in row order of the guids' first rows
+                        if not marks[r] & ROW_REPEAT:
+                            uid_of_row[r] = <uint32_t>(next_uid + k)
+                            k += 1
                 if rc == 0:
                     rc = mdb_cursor_open(self.txn, guid_dbi, &cur)
                 if rc == 0:
                     put_flags = MDB_APPEND
                     for k in range(n):
-                        if k + AHEAD < n:
-                            prefetch(&marks[rows[k + AHEAD]])
+                        if k % GATHER_ROWS == 0:
+                            gather_values(fp, keys, k, n, chunk, chunk_at)
+                        if repeats and k + AHEAD < n:
                             prefetch(&uid_of_row[rows[k + AHEAD]])
-                            prefetch(&fp[keys[k + AHEAD] >> 16])
                         r = rows[k]
-                        if marks[r] & ROW_FIRST:
-                            uid = uid_of_row[r]
-                            glen = keys[k] & 0xFFFF
-                            memcpy(keybuf + plen, fp + (keys[k] >> 16), glen)
+                        if not keys[k] & SAME_AS_BEFORE:        # the guid's first row
+                            uid = uid_of_row[r] if repeats else <uint32_t>(next_uid + r)
+                            glen = keys[k] & VALUE_LEN
+                            memcpy(keybuf + plen, chunk + chunk_at[k % GATHER_ROWS], glen)
                             rc = put_uid_key(cur, keybuf, plen + glen, uid, &put_flags)
                             if rc:
                                 break
-                        if marks[r] & ROW_LAST:
+                        if repeats and (k + 1 == n or not keys[k + 1] & SAME_AS_BEFORE):    # its last
                             uid_of_row[r] = uid
                             last_of_uid[uid - next_uid] = <uint32_t>r
                     mdb_cursor_close(cur)
@@ -741,40 +748,45 @@ cdef class Txn:
                             m += 1
                     rc = sort_values(fp, ep, 1, keys, rows, m)
                 if rc == 0:
+                    for k in range(1, m):
+                        if same_value(fp, keys, k - 1, k, m):
+                            keys[k] |= SAME_AS_BEFORE
                     rc = mdb_cursor_open(self.txn, ident_dbi, &cur)
                 if rc == 0:
                     put_flags = MDB_APPEND
                     for k in range(m):
-                        if k + AHEAD < m:
+                        if k % GATHER_ROWS == 0:
+                            gather_values(fp, keys, k, m, chunk, chunk_at)
+                        if repeats and k + AHEAD < m:
                             prefetch(&marks[rows[k + AHEAD]])
-                        if k + 1 < m and same_value(fp, keys, k, k + 1, m):
-                            continue                        # not the last row naming it
                         r = rows[k]
-                        if marks[r] & ROW_LAST:
-                            marks[r] |= ROW_KEPT
-                            ilen = keys[k] & 0xFFFF
-                            memcpy(keybuf + plen, fp + (keys[k] >> 16), ilen)
-                            rc = put_uid_key(cur, keybuf, plen + ilen, uid_of_row[r], &put_flags)
-                            if rc:
-                                break
+                        if (k + 1 < m and keys[k + 1] & SAME_AS_BEFORE) or (repeats and marks[r] & ROW_SUPERSEDED):
+                            marks[r] |= ROW_IDENT_DROPPED       # a later row names it, or moves the guid on
+                            continue
+                        ilen = keys[k] & VALUE_LEN
+                        memcpy(keybuf + plen, chunk + chunk_at[k % GATHER_ROWS], ilen)
+                        rc = put_uid_key(cur, keybuf, plen + ilen,
+                                         uid_of_row[r] if repeats else <uint32_t>(next_uid + r), &put_flags)
+                        if rc:
+                            break
                     mdb_cursor_close(cur)
-                # profile records in uid order
+                # profile records in uid order, each its guid's last row
                 if rc == 0:
                     rc = mdb_cursor_open(self.txn, profile_dbi, &cur)
                 if rc == 0:
                     put_flags = MDB_APPEND | MDB_RESERVE
                     for k in range(nd):
-                        if k + 2 * AHEAD < nd:
+                        if repeats and k + 2 * AHEAD < nd:
                             i = 3 * <size_t>last_of_uid[k + 2 * AHEAD]
                             prefetch(&ep[i - 1] if i else &ep[0])
-                        if k + AHEAD < nd:
+                        if repeats and k + AHEAD < nd:
                             i = 3 * <size_t>last_of_uid[k + AHEAD]
                             prefetch(&fp[ep[i - 1] if i else 0])
                             prefetch(&marks[last_of_uid[k + AHEAD]])
-                        r = last_of_uid[k]
+                        r = last_of_uid[k] if repeats else k
                         start = ep[3 * r - 1] if r else 0
                         glen = ep[3 * r] - start
-                        ilen = ep[3 * r + 1] - ep[3 * r] if marks[r] & ROW_KEPT else 0
+                        ilen = 0 if marks[r] & ROW_IDENT_DROPPED else ep[3 * r + 1] - ep[3 * r]
                         bits = fp[ep[3 * r + 1]]
                         bits_of_uid[k] = bits
                         rc = put_profile(cur, pp, plen, <uint32_t>(next_uid + k), bits, fp + start, glen,
@@ -811,6 +823,7 @@ cdef class Txn:
             free(uid_of_row)
             free(last_of_uid)
             free(marks)
+            free(chunk)
 
 
 cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
@@ -878,8 +891,24 @@ cdef inline bint same_value(const uint8_t *fp, const uint64_t *refs, size_t a, s
     """Whether refs[a] and refs[b] ((offset << 16) | length, from sort_values) are equal values."""
     if b + AHEAD < n:
         prefetch(&fp[refs[b + AHEAD] >> 16])
-    return (refs[a] & 0xFFFF) == (refs[b] & 0xFFFF) and \
-        memcmp(fp + (refs[a] >> 16), fp + (refs[b] >> 16), refs[a] & 0xFFFF) == 0
+    return (refs[a] & VALUE_LEN) == (refs[b] & VALUE_LEN) and \
+        memcmp(fp + (refs[a] >> 16), fp + (refs[b] >> 16), refs[a] & VALUE_LEN) == 0
+
+
+cdef void gather_values(const uint8_t *fp, const uint64_t *refs, size_t k0, size_t n, uint8_t *out,
+                        size_t *at) noexcept nogil:
+    """Copy the values of refs[k0:k0 + GATHER_ROWS] (sort_values' refs) one after another into out, at[j]
+    where value k0 + j starts. Their bytes are scattered over the batch: fetched here, in a loop that
+    does nothing else, many misses overlap; fetched between LMDB puts, each stalled its put loop (84%
+    of load_new_profiles' own time went to one prefetch at 40M rows)."""
+    cdef size_t k, j = 0, pos = 0, end = k0 + GATHER_ROWS if k0 + GATHER_ROWS < n else n
+    for k in range(k0, end):
+        if k + AHEAD < end:
+            prefetch(&fp[refs[k + AHEAD] >> 16])
+        at[j] = pos
+        memcpy(out + pos, fp + (refs[k] >> 16), refs[k] & VALUE_LEN)
+        pos += refs[k] & VALUE_LEN
+        j += 1
 
 
 cdef int sort_run(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *keys, uint32_t *rows,
