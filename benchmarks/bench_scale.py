@@ -60,17 +60,37 @@ def anon_rss(pid):
     return 0
 
 
+class PeakAnon:
+    """The server's anonymous RSS every 0.2 s until finish(), which returns its peak."""
+
+    def __init__(self, server_pid):
+        self.pid, self.peak = server_pid, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, anon_rss(self.pid))
+            time.sleep(0.2)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
 class DuringUpload:
     """While the upload runs: IsMember of the probe segment through the front, one call at a time,
-    each call's latency kept; and the server's anonymous RSS every 0.2 s, its peak kept."""
+    each call's latency kept; and the server's peak anonymous RSS (PeakAnon)."""
 
     def __init__(self, membership, server_pid, probe_guids):
-        self.membership, self.pid, self.guids = membership, server_pid, probe_guids
-        self.latencies, self.errors, self.peak_anon = [], 0, 0
+        self.membership, self.guids = membership, probe_guids
+        self.latencies, self.errors = [], 0
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._ask, daemon=True), threading.Thread(target=self._sample, daemon=True)]
-        for t in self.threads:
-            t.start()
+        self.anon = PeakAnon(server_pid)
+        self.thread = threading.Thread(target=self._ask, daemon=True)
+        self.thread.start()
 
     def _ask(self):
         from listseg import CallError, Client
@@ -85,20 +105,15 @@ class DuringUpload:
                     self.errors += 1
                 k += 1
 
-    def _sample(self):
-        while not self.stop.is_set():
-            self.peak_anon = max(self.peak_anon, anon_rss(self.pid))
-            time.sleep(0.2)
-
     def finish(self):
         self.stop.set()
-        for t in self.threads:
-            t.join()
+        self.thread.join()
+        peak_anon = self.anon.finish()
         lat = sorted(self.latencies)
         return {"is_member_calls": len(lat), "is_member_errors": self.errors,
                 "is_member_p50_ms": round(bench.pct(lat, 50), 3) if lat else None,
                 "is_member_p99_ms": round(bench.pct(lat, 99), 3) if lat else None,
-                "server_peak_anon_bytes": self.peak_anon}
+                "server_peak_anon_bytes": peak_anon}
 
 
 def logged(logpath, msg, **match):
@@ -125,9 +140,9 @@ def run(args):
     from listseg import Client
     try:
         with Client(server.target, timeout=24 * 3600) as c:
-            started = time.perf_counter()
+            started, anon = time.perf_counter(), PeakAnon(server.proc.pid)
             imported = c.import_profiles(profiles)
-            import_s = time.perf_counter() - started
+            import_s, import_anon = time.perf_counter() - started, anon.finish()
             assert imported.upserted == args.profiles, imported
             data_after_import = dir_bytes(datadir)
             with open(profiles, "rb") as f:
@@ -151,7 +166,8 @@ def run(args):
         "profiles": args.profiles, "rows": args.rows, "mixed": bool(args.mixed), "file_bytes": size,
         "generate_s": {"profiles": round(gen_profiles_s, 2), "list": round(gen_list_s, 2)},
         "import": {"seconds": round(import_s, 2), "profiles_per_s": round(args.profiles / import_s),
-                   "phases_s": {k[:-2]: imported_log.get(k) for k in ("read_s", "load_s", "wait_s")}},
+                   "phases_s": {k[:-2]: imported_log.get(k) for k in ("read_s", "load_s", "wait_s")},
+                   "server_peak_anon_bytes": import_anon},
         "upload": {"seconds": round(upload_s, 2), "rows_per_s": round(args.rows / upload_s),
                    "mb_per_s": round(size / upload_s / 1e6, 1),
                    "phases_s": {k[:-2]: upload_log.get(k) for k in ("parse_s", "resolve_s", "wait_s", "fold_s", "commit_s")},
@@ -173,7 +189,8 @@ def table(r):
              f"{u['rows_per_s']:,} rows/s, {u['mb_per_s']} MB/s"),
             ("server phases: parse / resolve (beside parsing) / wait / fold / commit (s)",
              " / ".join(str(ph[k]) for k in ("parse", "resolve", "wait", "fold", "commit")), ""),
-            ("server peak anonymous RSS during the upload", gb(d["server_peak_anon_bytes"]), ""),
+            ("server peak anonymous RSS during the import / the upload", gb(r["import"]["server_peak_anon_bytes"]),
+             gb(d["server_peak_anon_bytes"])),
             ("IsMember through the front during the upload, p50 / p99", f"{d['is_member_p50_ms']} / "
              f"{d['is_member_p99_ms']} ms", f"{d['is_member_calls']:,} calls, {d['is_member_errors']} errors")]
     head = (f"{r['profiles']:,} profiles, {r['rows']:,} rows ({'g and i' if r['mixed'] else 'g'}), "

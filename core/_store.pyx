@@ -256,6 +256,9 @@ cdef class Txn:
         cdef char keybuf[1024]
         cdef MDB_cursor *curs[2]
         cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
+        cdef uint8_t *chunk = NULL
+        cdef size_t chunk_at[GATHER_ROWS]
+        cdef uint32_t found[GATHER_ROWS]
         if col >= nvals or <size_t>ends.shape[0] != n * nvals:
             raise ValueError("ends must hold nvals values per kind, col < nvals")
         self._live()
@@ -275,9 +278,11 @@ cdef class Txn:
             check(rc)
         keys = <uint64_t *>malloc(n * sizeof(uint64_t))
         rows = <uint32_t *>malloc(n * sizeof(uint32_t))
-        if keys == NULL or rows == NULL:
+        chunk = <uint8_t *>malloc((n if n < GATHER_ROWS else GATHER_ROWS) * <size_t>max_key)
+        if keys == NULL or rows == NULL or chunk == NULL:
             free(keys)
             free(rows)
+            free(chunk)
             mdb_cursor_close(curs[0])
             mdb_cursor_close(curs[1])
             raise MemoryError()
@@ -294,10 +299,10 @@ cdef class Txn:
             if rc == 0:
                 # In key order the rows' offsets, kinds and bytes are scattered over the batch. A first
                 # pass gathers each one's (start, kind, length) into keys, loads that do not wait on
-                # each other (the kind is the sort key's top bit);
-                # then the look-up loop fetches ahead the key bytes from an address it reads in order
-                # (fetching ahead through `ends` made each key wait on a miss: 37% of the resolver's
-                # samples at 32M-row batches). A length past 0xFFFF is past any key: it is skipped.
+                # each other (fetching ahead through `ends` in the look-up loop made each key wait on a
+                # miss: 37% of the resolver's samples at 32M-row batches); then each GATHER_ROWS keys'
+                # bytes are copied into key order (gather_values) before their look-ups, and their
+                # uids scattered back after. A key past VALUE_LEN bytes is past any key: it is skipped.
                 for j in range(n):
                     if j + AHEAD < n:
                         i = rows[j + AHEAD] * nvals + col
@@ -305,26 +310,27 @@ cdef class Txn:
                     i = rows[j] * nvals + col
                     start = ends[i - 1] if i else 0
                     flen = ends[i] - start
-                    keys[j] = (start << 17) | (keys[j] >> 63 << 16) | (flen if flen < 0xFFFF else 0xFFFF)
+                    keys[j] = (start << 16) | (keys[j] >> 63 << 15) | (flen if flen < VALUE_LEN else VALUE_LEN)
                 for j in range(n):
-                    if j + AHEAD < n:
-                        prefetch(&fields[keys[j + AHEAD] >> 17])
-                        prefetch(&uids[rows[j + AHEAD]])
-                    r = rows[j]
-                    start = keys[j] >> 17
-                    flen = keys[j] & 0xFFFF
-                    uids[r] = LAYOUT_UNKNOWN
+                    if j % GATHER_ROWS == 0:
+                        scatter_uids(uids, rows, j, found)
+                        gather_values(fp, keys, j, n, max_key - plen, chunk, chunk_at)
+                    flen = keys[j] & VALUE_LEN
+                    found[j % GATHER_ROWS] = LAYOUT_UNKNOWN
                     if plen + flen > <size_t>max_key or flen == 0:
                         continue
-                    memcpy(keybuf + plen, &fields[start], flen)
+                    memcpy(keybuf + plen, chunk + chunk_at[j % GATHER_ROWS], flen)
                     k.mv_size = plen + flen
                     k.mv_data = keybuf
-                    rc = mdb_cursor_get(curs[(keys[j] >> 16) & 1], &k, &v, MDB_SET_KEY)
+                    rc = mdb_cursor_get(curs[(keys[j] >> 15) & 1], &k, &v, MDB_SET_KEY)
                     if rc == 0 and v.mv_size == LAYOUT_UID_WIDTH:
-                        uids[r] = get_uid(<const uint8_t *>v.mv_data)
+                        found[j % GATHER_ROWS] = get_uid(<const uint8_t *>v.mv_data)
                     elif rc != 0 and rc != MDB_NOTFOUND:
                         break
                     rc = 0
+                if rc == 0:
+                    scatter_uids(uids, rows, n, found)
+        free(chunk)
         free(keys)
         free(rows)
         mdb_cursor_close(curs[0])
@@ -725,7 +731,7 @@ cdef class Txn:
                     put_flags = MDB_APPEND
                     for k in range(n):
                         if k % GATHER_ROWS == 0:
-                            gather_values(fp, keys, k, n, chunk, chunk_at)
+                            gather_values(fp, keys, k, n, max_key, chunk, chunk_at)
                         if repeats and k + AHEAD < n:
                             prefetch(&uid_of_row[rows[k + AHEAD]])
                         r = rows[k]
@@ -756,7 +762,7 @@ cdef class Txn:
                     put_flags = MDB_APPEND
                     for k in range(m):
                         if k % GATHER_ROWS == 0:
-                            gather_values(fp, keys, k, m, chunk, chunk_at)
+                            gather_values(fp, keys, k, m, max_key, chunk, chunk_at)
                         if repeats and k + AHEAD < m:
                             prefetch(&marks[rows[k + AHEAD]])
                         r = rows[k]
@@ -895,20 +901,31 @@ cdef inline bint same_value(const uint8_t *fp, const uint64_t *refs, size_t a, s
         memcmp(fp + (refs[a] >> 16), fp + (refs[b] >> 16), refs[a] & VALUE_LEN) == 0
 
 
-cdef void gather_values(const uint8_t *fp, const uint64_t *refs, size_t k0, size_t n, uint8_t *out,
-                        size_t *at) noexcept nogil:
-    """Copy the values of refs[k0:k0 + GATHER_ROWS] (sort_values' refs) one after another into out, at[j]
-    where value k0 + j starts. Their bytes are scattered over the batch: fetched here, in a loop that
-    does nothing else, many misses overlap; fetched between LMDB puts, each stalled its put loop (84%
-    of load_new_profiles' own time went to one prefetch at 40M rows)."""
-    cdef size_t k, j = 0, pos = 0, end = k0 + GATHER_ROWS if k0 + GATHER_ROWS < n else n
+cdef void gather_values(const uint8_t *fp, const uint64_t *refs, size_t k0, size_t n, size_t max_len,
+                        uint8_t *out, size_t *at) noexcept nogil:
+    """Copy the values of refs[k0:k0 + GATHER_ROWS] ((offset << 16) | length, VALUE_LEN bits) one after
+    another into out, at[j] where value k0 + j starts (one past max_len bytes: not copied). Their bytes
+    are scattered over the batch: fetched here, in a loop that does nothing else, many misses overlap;
+    fetched between LMDB calls, each stalled its loop (84% of load_new_profiles' own time went to one
+    prefetch at 40M rows)."""
+    cdef size_t k, j = 0, pos = 0, vlen, end = k0 + GATHER_ROWS if k0 + GATHER_ROWS < n else n
     for k in range(k0, end):
         if k + AHEAD < end:
             prefetch(&fp[refs[k + AHEAD] >> 16])
         at[j] = pos
-        memcpy(out + pos, fp + (refs[k] >> 16), refs[k] & VALUE_LEN)
-        pos += refs[k] & VALUE_LEN
+        vlen = refs[k] & VALUE_LEN
+        if vlen <= max_len:
+            memcpy(out + pos, fp + (refs[k] >> 16), vlen)
+            pos += vlen
         j += 1
+
+
+cdef void scatter_uids(uint32_t *uids, const uint32_t *rows, size_t k, const uint32_t *found) noexcept nogil:
+    """uids[rows[j]] = found[j % GATHER_ROWS] for the GATHER_ROWS (or fewer) positions j before k that
+    found holds: the look-ups' results, in key order, back into row order."""
+    cdef size_t j, k0 = (k - 1) // GATHER_ROWS * GATHER_ROWS if k else 0
+    for j in range(k0, k):
+        uids[rows[j]] = found[j - k0]
 
 
 cdef int sort_run(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *keys, uint32_t *rows,

@@ -138,6 +138,6 @@ def test_bench_scale_writes_every_key(tmp_path):
                                           "duplicates": 1000, "size": 18000}
     for step in ("import", "upload"):
         assert all(isinstance(v, float) for v in result[step]["phases_s"].values()), result[step]["phases_s"]
-    assert result["during_upload"]["server_peak_anon_bytes"] > 0
+    assert result["during_upload"]["server_peak_anon_bytes"] > 0 and result["import"]["server_peak_anon_bytes"] > 0
     assert "| upload, `listseg upload` start to report |" in stdout
     assert not (tmp_path / "work").exists()
