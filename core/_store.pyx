@@ -29,7 +29,8 @@ cdef enum:
     ROW_IDENT_DROPPED = 4
     VALUE_LEN = 0x7FFF                              # sort_values' refs: (offset << 16) | length, and
     SAME_AS_BEFORE = 0x8000                         # a bit: the value equals the one before it
-    GATHER_ROWS = 4096                              # values copied into key order at a time
+    GATHER_ROWS = 4096                              # values copied into key order at a time,
+    GATHER_AHEAD = 64                               # fetched this many ahead (a short loop)
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 # the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
@@ -910,8 +911,8 @@ cdef void gather_values(const uint8_t *fp, const uint64_t *refs, size_t k0, size
     prefetch at 40M rows)."""
     cdef size_t k, j = 0, pos = 0, vlen, end = k0 + GATHER_ROWS if k0 + GATHER_ROWS < n else n
     for k in range(k0, end):
-        if k + AHEAD < end:
-            prefetch(&fp[refs[k + AHEAD] >> 16])
+        if k + GATHER_AHEAD < end:
+            prefetch(&fp[refs[k + GATHER_AHEAD] >> 16])
         at[j] = pos
         vlen = refs[k] & VALUE_LEN
         if vlen <= max_len:
