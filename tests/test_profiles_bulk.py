@@ -161,19 +161,23 @@ def test_upsert_rejects_out_of_range_bits(account):
     assert account.profiles.find(guid="a").channels == ("email", "push")
 
 
-def test_a_failing_batch_writes_nothing(account, monkeypatch):
-    if not account.backend.atomic_bulk_writes:
-        pytest.skip("this backend's profile batch is not one unit (core/redis_backend.py says what it keeps)")
-    account.profiles.upsert([("a", "ia", ["email"])])
-
+def fail_every_unit(account, monkeypatch):
+    """From now on each unit of the account's backend fails after it has written all it would."""
     write = account.backend.write
 
-    def failing(fn):                        # each unit fails after it has written all it would
+    def failing(fn):
         def run(unit):
             fn(unit)
             raise RuntimeError("disk on fire")
         return write(run)
     monkeypatch.setattr(account.backend, "write", failing)
+
+
+def test_a_failing_batch_writes_nothing(account, monkeypatch):
+    if not account.backend.atomic_bulk_writes:
+        pytest.skip("this backend's profile batch is not one unit (core/redis_backend.py says what it keeps)")
+    account.profiles.upsert([("a", "ia", ["email"])])
+    fail_every_unit(account, monkeypatch)
     with pytest.raises(RuntimeError):
         account.profiles.import_csv([b"a,ib,sms\nb,ia,push\nc,ic,email\n"])
     monkeypatch.undo()
@@ -373,14 +377,7 @@ def _failing_chunks():
 def test_a_failing_first_import_writes_nothing(account, monkeypatch):
     if not account.backend.bulk_load_rows:
         pytest.skip("this backend upserts every import in batches")
-    write = account.backend.write
-
-    def failing(fn):
-        def run(unit):
-            fn(unit)
-            raise RuntimeError("disk on fire")
-        return write(run)
-    monkeypatch.setattr(account.backend, "write", failing)
+    fail_every_unit(account, monkeypatch)
     with pytest.raises(RuntimeError):
         account.profiles.import_csv([csv_of(_fresh_rows(1000))], batch_rows=300)
     monkeypatch.undo()
