@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """LMDB through liblmdb, owned here and nowhere else in the process (LMDB forbids opening one
 environment twice in a process). The hot loops are `Txn.resolve`: a batch of keys, radix-sorted by an
-8-byte prefix and looked up in key order with the GIL released; and `Txn.put_new_profiles`, which
-writes a profile batch's brand-new rows the same way. Everything else is a thin wrapper. The liblmdb
-declarations are includes/lmdb.pxd; the buffer, sort and grouping table the loops share are _batch.pxd.
+8-byte prefix and looked up in key order with the GIL released; `Txn.put_new_profiles`, which
+writes a profile batch's brand-new rows the same way; and `Txn.load_new_profiles`, which writes an
+account's first import with each table sorted exactly and written once. Everything else is a thin
+wrapper. The liblmdb declarations are includes/lmdb.pxd; the buffer, sort and grouping table the
+loops share are _batch.pxd.
 
 `_store_py.py` is the pure-Python twin over py-lmdb with the same API and the same file format.
 """
@@ -673,8 +675,8 @@ cdef class Txn:
         cdef uint8_t keybuf[520]
         cdef size_t counts[8]
         cdef uint32_t *fill
-        if <size_t>ends.shape[0] != 3 * n:
-            raise ValueError("ends must hold 3 values per row")
+        if <size_t>ends.shape[0] != 3 * n or n >= LAYOUT_UNKNOWN:
+            raise ValueError("ends must hold 3 values per row, fewer than 2**32 - 1 rows")
         self._live()
         if not self.write:
             raise StoreError("load_new_profiles needs a write transaction")

@@ -215,8 +215,8 @@ class Txn:
 
     def load_new_profiles(self, guid_dbi, ident_dbi, profile_dbi, prefix, fields, ends, next_uid):
         n = len(ends) // 3
-        if len(ends) != 3 * n:
-            raise ValueError("ends must hold 3 values per row")
+        if len(ends) != 3 * n or n >= UNKNOWN:
+            raise ValueError("ends must hold 3 values per row, fewer than 2**32 - 1 rows")
         txn = self._live()
         if not self.write:
             raise StoreError("load_new_profiles needs a write transaction")
