@@ -714,8 +714,7 @@ cdef class Txn:
                     rc = sort_values(fp, ep, 0, keys, rows, n)
                 if rc == 0:
                     for k in range(1, n):
-                        if same_value(fp, keys, k - 1, k, n):
-                            keys[k] |= SAME_AS_BEFORE
+                        if keys[k] & SAME_AS_BEFORE:
                             marks[rows[k - 1]] |= ROW_SUPERSEDED
                             marks[rows[k]] |= ROW_REPEAT
                             repeats += 1
@@ -757,9 +756,6 @@ cdef class Txn:
                             m += 1
                     rc = sort_values(fp, ep, 1, keys, rows, m)
                 if rc == 0:
-                    for k in range(1, m):
-                        if same_value(fp, keys, k - 1, k, m):
-                            keys[k] |= SAME_AS_BEFORE
                     rc = mdb_cursor_open(self.txn, ident_dbi, &cur)
                 if rc == 0:
                     put_flags = MDB_APPEND
@@ -838,8 +834,8 @@ cdef class Txn:
 cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
                      const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
                      unsigned int *flags) noexcept nogil:
-    """prefix + uid -> layout.py's profile record: bits, guid length, guid, identity (layout.PROFILE_KEY).
-    MDB_APPEND in flags until a key is not past the last stored one (another account's keys follow)."""
+    """prefix + uid -> layout.py's profile record: bits, guid length, guid, identity (layout.PROFILE_KEY),
+    appending while it can (put_appending)."""
     cdef uint8_t keybuf[520]
     cdef uint8_t *rec
     cdef MDB_val kv, dv
@@ -851,11 +847,7 @@ cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32
     kv.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
     kv.mv_data = keybuf
     dv.mv_size = LAYOUT_PROFILE_HEAD + glen + ilen
-    rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
-    if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
-        flags[0] &= ~MDB_APPEND
-        dv.mv_size = LAYOUT_PROFILE_HEAD + glen + ilen
-        rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
+    rc = put_appending(cur, &kv, &dv, flags)
     if rc:
         return rc
     rec = <uint8_t *>dv.mv_data
@@ -867,22 +859,29 @@ cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32
     return 0
 
 
+cdef int put_appending(MDB_cursor *cur, MDB_val *kv, MDB_val *dv, unsigned int *flags) noexcept nogil:
+    """mdb_cursor_put with flags, MDB_APPEND among them until a key is not past the last stored one
+    (another account's keys follow): then without it, for this put and the next."""
+    cdef size_t size = dv.mv_size                   # a refused put may have changed it
+    cdef int rc = mdb_cursor_put(cur, kv, dv, flags[0])
+    if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
+        flags[0] &= ~MDB_APPEND
+        dv.mv_size = size
+        rc = mdb_cursor_put(cur, kv, dv, flags[0])
+    return rc
+
+
 cdef int put_uid_key(MDB_cursor *cur, uint8_t *key, size_t klen, uint32_t uid,
                      unsigned int *flags) noexcept nogil:
-    """key -> uid (layout.UID); MDB_APPEND in flags until a key is not past the last stored one."""
+    """key -> uid (layout.UID), appending while it can (put_appending)."""
     cdef uint8_t val[LAYOUT_UID_WIDTH]
     cdef MDB_val kv, dv
-    cdef int rc
     put_uid(val, uid)
     kv.mv_size = klen
     kv.mv_data = key
     dv.mv_size = LAYOUT_UID_WIDTH
     dv.mv_data = val
-    rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
-    if rc == MDB_KEYEXIST and flags[0] & MDB_APPEND:
-        flags[0] &= ~MDB_APPEND
-        rc = mdb_cursor_put(cur, &kv, &dv, flags[0])
-    return rc
+    return put_appending(cur, &kv, &dv, flags)
 
 
 cdef inline int value_cmp(const uint8_t *fp, const uint64_t *ep, size_t a, size_t b) noexcept nogil:
@@ -977,7 +976,8 @@ cdef int sort_run(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *k
 cdef int sort_values(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t *keys, uint32_t *rows,
                      size_t m) noexcept nogil:
     """rows[:m] into LMDB's order of their values in col (of 3 per row), stably (equal values keep
-    row order); then keys[k] = (offset << 16) | length of rows[k]'s value. -1 when out of memory."""
+    row order); then keys[k] = (offset << 16) | length of rows[k]'s value, with SAME_AS_BEFORE where
+    it equals the value before. -1 when out of memory."""
     cdef size_t k, j
     cdef int rc = sort_run(fp, ep, col, keys, rows, m, 0)
     if rc:
@@ -989,6 +989,9 @@ cdef int sort_values(const uint8_t *fp, const uint64_t *ep, size_t col, uint64_t
             prefetch(&ep[j - 1] if j else &ep[0])
         j = 3 * <size_t>rows[k] + col
         keys[k] = ((ep[j - 1] if j else 0) << 16) | (ep[j] - (ep[j - 1] if j else 0))
+    for k in range(1, m):
+        if same_value(fp, keys, k - 1, k, m):
+            keys[k] |= SAME_AS_BEFORE
     return 0
 
 
