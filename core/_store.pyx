@@ -33,7 +33,10 @@ cdef enum:
     SAME_AS_BEFORE = 0x8000                         # a bit: the value equals the one before it
     GATHER_ROWS = 4096                              # values copied into key order at a time,
     GATHER_AHEAD = 64                               # fetched this many ahead (a short loop)
+    WALK_MAX_GAP = 16                               # seek steps on where keys are this close or closer
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
+
+cdef uint64_t ALL_KEYS = ~(<uint64_t>0)             # resolve's default hi: every sort key
 
 # the grouping table's hash seed, random per process: crafted guids cannot make one long probe run
 cdef uint64_t GROUP_SEED = int.from_bytes(os.urandom(8), "little")
@@ -244,61 +247,86 @@ cdef class Txn:
 
     def resolve(self, MDB_dbi guid_dbi, MDB_dbi ident_dbi, bytes prefix,
                 const uint8_t[::1] kinds, const uint8_t[::1] fields, const uint64_t[::1] ends,
-                size_t nvals=1, size_t col=0):
+                size_t nvals=1, size_t col=0, uint64_t lo=0, uint64_t hi=ALL_KEYS, uint32_t[::1] out=None):
         """uids (native uint32 bytes, UNKNOWN where absent) of rows (kinds[r], value col of row r)
-        under prefix; a batch has nvals values per row (ends holds n * nvals end offsets)."""
-        cdef size_t n = kinds.shape[0], r, j, i, start, flen
+        under prefix; a batch has nvals values per row (ends holds n * nvals end offsets). Only the
+        rows whose sort key (keyorder.sort_key) is in [lo, hi] are looked up: into `out` (n uids)
+        if given, the others left as they are, so that threads can resolve a batch's key ranges
+        side by side (lmdb_backend.py); else into new bytes, the others UNKNOWN."""
+        cdef size_t n = kinds.shape[0], r, j, i, start, flen, m = 0
         cdef size_t plen = len(prefix)
         cdef int max_key = self.store.max_key_size
         cdef int rc = 0
         cdef uint64_t sk
-        cdef MDB_val k, v
+        cdef Seek *sp
         cdef uint64_t *keys
         cdef uint32_t *rows
         cdef uint32_t *uids
-        cdef char keybuf[1024]
-        cdef MDB_cursor *curs[2]
+        cdef uint8_t keybuf[1024]
+        cdef Seek seeks[2]
+        cdef size_t of_kind[2]
+        cdef MDB_stat stat
         cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
+        cdef const uint8_t *kp = &kinds[0] if n else NULL
+        cdef const uint64_t *ep = &ends[0] if ends.shape[0] else NULL
         cdef uint8_t *chunk = NULL
         cdef size_t chunk_at[GATHER_ROWS]
         cdef uint32_t found[GATHER_ROWS]
         if col >= nvals or <size_t>ends.shape[0] != n * nvals:
             raise ValueError("ends must hold nvals values per kind, col < nvals")
+        if out is not None and <size_t>out.shape[0] != n:
+            raise ValueError("out must hold a uid per kind")
         self._live()
-        out = PyBytes_FromStringAndSize(NULL, n * 4)
-        uids = <uint32_t *>PyBytes_AS_STRING(out)
-        if n == 0:
-            return out
+        if out is None:
+            result = PyBytes_FromStringAndSize(NULL, n * 4)
+            uids = <uint32_t *>PyBytes_AS_STRING(result)
+            memset(uids, 0xFF, n * 4)                   # LAYOUT_UNKNOWN, for rows out of range
+        else:
+            result = None
+            uids = &out[0] if n else NULL
         if plen + 4 > <size_t>max_key:
             raise ValueError("prefix too long")
+        of_kind[0] = of_kind[1] = 0
+        with nogil:
+            for r in range(n):
+                sk = row_sort_key(kp, fp, ep, nvals, col, r)
+                if lo <= sk <= hi:
+                    of_kind[sk >> 63] += 1
+        m = of_kind[0] + of_kind[1]
+        if m == 0:
+            return result
         memcpy(keybuf, PyBytes_AS_STRING(prefix), plen)
         # cursors, not mdb_get: a positioned cursor skips the root-to-leaf walk when the next key
-        # falls in the page it is on, which sorted batches make the common case
-        check(mdb_cursor_open(self.txn, guid_dbi, &curs[0]))
-        rc = mdb_cursor_open(self.txn, ident_dbi, &curs[1])
+        # falls in the page it is on, which sorted batches make the common case; where the batch is
+        # dense (a key every few table entries), stepping on (MDB_NEXT) beats each search (seek)
+        memset(seeks, 0, sizeof(seeks))
+        check(mdb_cursor_open(self.txn, guid_dbi, &seeks[0].cur))
+        rc = mdb_cursor_open(self.txn, ident_dbi, &seeks[1].cur)
         if rc:
-            mdb_cursor_close(curs[0])
+            mdb_cursor_close(seeks[0].cur)
             check(rc)
-        keys = <uint64_t *>malloc(n * sizeof(uint64_t))
-        rows = <uint32_t *>malloc(n * sizeof(uint32_t))
-        chunk = <uint8_t *>malloc((n if n < GATHER_ROWS else GATHER_ROWS) * <size_t>max_key)
+        for i in range(2):
+            if of_kind[i] and mdb_stat(self.txn, ident_dbi if i else guid_dbi, &stat) == 0:
+                seeks[i].walk = walk_steps(stat.ms_entries, of_kind[i])
+        keys = <uint64_t *>malloc(m * sizeof(uint64_t))
+        rows = <uint32_t *>malloc(m * sizeof(uint32_t))
+        chunk = <uint8_t *>malloc((m if m < GATHER_ROWS else GATHER_ROWS) * <size_t>max_key)
         if keys == NULL or rows == NULL or chunk == NULL:
             free(keys)
             free(rows)
             free(chunk)
-            mdb_cursor_close(curs[0])
-            mdb_cursor_close(curs[1])
+            mdb_cursor_close(seeks[0].cur)
+            mdb_cursor_close(seeks[1].cur)
             raise MemoryError()
         with nogil:
-            # sort key: the kind in the top bit, then the key's first bytes, big-endian
+            j = 0
             for r in range(n):
-                i = r * nvals + col
-                start = ends[i - 1] if i else 0
-                flen = ends[i] - start
-                sk = (sort_key(fp + start, flen) >> 1) | ((<uint64_t>(kinds[r] == 105)) << 63)
-                keys[r] = sk
-                rows[r] = <uint32_t>r
-            rc = radix_sort(keys, rows, n)
+                sk = row_sort_key(kp, fp, ep, nvals, col, r)
+                if lo <= sk <= hi:
+                    keys[j] = sk
+                    rows[j] = <uint32_t>r
+                    j += 1
+            rc = radix_sort(keys, rows, m)
             if rc == 0:
                 # In key order the rows' offsets, kinds and bytes are scattered over the batch. A first
                 # pass gathers each one's (start, kind, length) into keys, loads that do not wait on
@@ -306,42 +334,40 @@ cdef class Txn:
                 # miss: 37% of the resolver's samples at 32M-row batches); then each GATHER_ROWS keys'
                 # bytes are copied into key order (gather_values) before their look-ups, and their
                 # uids scattered back after. A key past VALUE_LEN bytes is past any key: it is skipped.
-                for j in range(n):
-                    if j + AHEAD < n:
+                for j in range(m):
+                    if j + AHEAD < m:
                         i = rows[j + AHEAD] * nvals + col
                         prefetch(&ends[i - 1] if i else &ends[0])
                     i = rows[j] * nvals + col
                     start = ends[i - 1] if i else 0
                     flen = ends[i] - start
                     keys[j] = (start << 16) | (keys[j] >> 63 << 15) | (flen if flen < VALUE_LEN else VALUE_LEN)
-                for j in range(n):
+                for j in range(m):
                     if j % GATHER_ROWS == 0:
                         scatter_uids(uids, rows, j, found)
-                        gather_values(fp, keys, j, n, max_key - plen, chunk, chunk_at)
+                        gather_values(fp, keys, j, m, max_key - plen, chunk, chunk_at)
                     flen = keys[j] & VALUE_LEN
                     found[j % GATHER_ROWS] = LAYOUT_UNKNOWN
                     if plen + flen > <size_t>max_key or flen == 0:
                         continue
                     memcpy(keybuf + plen, chunk + chunk_at[j % GATHER_ROWS], flen)
-                    k.mv_size = plen + flen
-                    k.mv_data = keybuf
-                    rc = mdb_cursor_get(curs[(keys[j] >> 15) & 1], &k, &v, MDB_SET_KEY)
-                    if rc == 0 and v.mv_size == LAYOUT_UID_WIDTH:
-                        found[j % GATHER_ROWS] = get_uid(<const uint8_t *>v.mv_data)
-                    elif rc != 0 and rc != MDB_NOTFOUND:
+                    sp = &seeks[(keys[j] >> 15) & 1]
+                    rc = seek(sp, keybuf, plen + flen, fp + (keys[j] >> 16), flen)
+                    if rc:
                         break
-                    rc = 0
+                    if sp.hit and sp.val.mv_size == LAYOUT_UID_WIDTH:
+                        found[j % GATHER_ROWS] = get_uid(<const uint8_t *>sp.val.mv_data)
                 if rc == 0:
-                    scatter_uids(uids, rows, n, found)
+                    scatter_uids(uids, rows, m, found)
         free(chunk)
         free(keys)
         free(rows)
-        mdb_cursor_close(curs[0])
-        mdb_cursor_close(curs[1])
+        mdb_cursor_close(seeks[0].cur)
+        mdb_cursor_close(seeks[1].cur)
         if rc == -1:
             raise MemoryError()
         check(rc)
-        return out
+        return result
 
 
     def member_guids(self, MDB_dbi profile_dbi, bytes prefix, const uint32_t[::1] uids, bint identities=False):
@@ -884,15 +910,82 @@ cdef int put_uid_key(MDB_cursor *cur, uint8_t *key, size_t klen, uint32_t uid,
     return put_appending(cur, &kv, &dv, flags)
 
 
-cdef inline int value_cmp(const uint8_t *fp, const uint64_t *ep, size_t a, size_t b) noexcept nogil:
-    """LMDB's default order of values a and b (indexes into ends): their bytes, then their lengths."""
-    cdef size_t sa = ep[a - 1] if a else 0
-    cdef size_t sb = ep[b - 1] if b else 0
-    cdef size_t la = ep[a] - sa, lb = ep[b] - sb
-    cdef int c = memcmp(fp + sa, fp + sb, la if la < lb else lb)
+cdef inline uint64_t row_sort_key(const uint8_t *kinds, const uint8_t *fp, const uint64_t *ep, size_t nvals,
+                                  size_t col, size_t r) noexcept nogil:
+    """resolve's sort key of row r (keyorder.sort_key): the kind in the top bit (identities after
+    guids), then the value's first bytes, big-endian."""
+    cdef size_t i = r * nvals + col
+    cdef size_t start = ep[i - 1] if i else 0
+    return (sort_key(fp + start, ep[i] - start) >> 1) | ((<uint64_t>(kinds[r] == 105)) << 63)
+
+
+cdef inline int bytes_cmp(const uint8_t *a, size_t la, const uint8_t *b, size_t lb) noexcept nogil:
+    """LMDB's default order of keys: their bytes, then their lengths."""
+    cdef int c = memcmp(a, b, la if la < lb else lb)
     if c:
         return c
     return <int>(la > lb) - <int>(la < lb)
+
+
+cdef inline int value_cmp(const uint8_t *fp, const uint64_t *ep, size_t a, size_t b) noexcept nogil:
+    """LMDB's order of values a and b (indexes into ends)."""
+    cdef size_t sa = ep[a - 1] if a else 0
+    cdef size_t sb = ep[b - 1] if b else 0
+    return bytes_cmp(fp + sa, ep[a] - sa, fp + sb, ep[b] - sb)
+
+
+cdef struct Seek:
+    MDB_cursor *cur
+    MDB_val key, val                                # the cursor's entry: the least key >= the last target
+    const uint8_t *last                             # the last target's value (the prefix is the same for all)
+    size_t last_len
+    bint placed                                     # key, val and last hold
+    bint at_end                                     # no key >= the last target
+    bint hit                                        # the cursor is on the last target itself
+    size_t walk                                     # MDB_NEXT steps to try before a search
+
+
+cdef size_t walk_steps(size_t entries, size_t targets) noexcept nogil:
+    """How far seek steps on before it searches, for `targets` sorted keys among `entries`: twice the
+    mean gap, where that is short (an LMDB search costs ~8 key compares in a leaf, more in branches);
+    none where the keys are sparse (an upload's first, small batches)."""
+    cdef size_t gap = entries // targets if targets else entries
+    return 2 * gap + 2 if gap <= WALK_MAX_GAP else 0
+
+
+cdef int seek(Seek *s, const uint8_t *key, size_t klen, const uint8_t *value, size_t vlen) noexcept nogil:
+    """Put s.cur on the least key >= key (value: its bytes past the prefix, where they stay put while
+    s is used): from where it is, by MDB_NEXT, when key is at or past the last target and within
+    s.walk entries; else by an LMDB search. s.hit: whether it is key itself. 0 or an LMDB error (no
+    key >= key is no error)."""
+    cdef size_t steps = 0
+    cdef int rc, c
+    s.hit = 0
+    if s.placed and bytes_cmp(value, vlen, s.last, s.last_len) >= 0:
+        s.last, s.last_len = value, vlen
+        if s.at_end:
+            return 0
+        c = bytes_cmp(<const uint8_t *>s.key.mv_data, s.key.mv_size, key, klen)
+        while c < 0 and steps < s.walk:
+            rc = mdb_cursor_get(s.cur, &s.key, &s.val, MDB_NEXT)
+            if rc:
+                s.placed = s.at_end = rc == MDB_NOTFOUND
+                return 0 if s.at_end else rc
+            c = bytes_cmp(<const uint8_t *>s.key.mv_data, s.key.mv_size, key, klen)
+            steps += 1
+        if c >= 0:
+            s.hit = c == 0
+            return 0
+    s.last, s.last_len = value, vlen
+    s.key.mv_data = <void *>key
+    s.key.mv_size = klen
+    rc = mdb_cursor_get(s.cur, &s.key, &s.val, MDB_SET_RANGE)
+    s.placed = rc == 0 or rc == MDB_NOTFOUND
+    s.at_end = rc == MDB_NOTFOUND
+    if rc:
+        return 0 if s.at_end else rc
+    s.hit = bytes_cmp(<const uint8_t *>s.key.mv_data, s.key.mv_size, key, klen) == 0
+    return 0
 
 
 cdef inline bint same_value(const uint8_t *fp, const uint64_t *refs, size_t a, size_t b, size_t n) noexcept nogil:

@@ -8,6 +8,7 @@ from collections import Counter
 import lmdb
 
 from listseg.core.errors import MapFullError, StoreError
+from listseg.core.keyorder import ALL_KEYS, sort_key
 from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_KEY, PROFILE_UID, UID, UNKNOWN, decode_uid,
                                  encode_profile, encode_uid, frame_keys)
 
@@ -104,25 +105,31 @@ class Txn:
                 out.append((key, value))
         return out
 
-    def resolve(self, guid_dbi, ident_dbi, prefix, kinds, fields, ends, nvals=1, col=0):
+    def resolve(self, guid_dbi, ident_dbi, prefix, kinds, fields, ends, nvals=1, col=0, lo=0, hi=ALL_KEYS,
+                out=None):
         if col >= nvals or len(ends) != len(kinds) * nvals:
             raise ValueError("ends must hold nvals values per kind, col < nvals")
+        if out is not None and len(out) != len(kinds):
+            raise ValueError("out must hold a uid per kind")
         txn = self._live()
         fields = bytes(fields)
-        uids = array("I", [UNKNOWN]) * len(kinds)
+        uids = array("I", [UNKNOWN]) * len(kinds) if out is None else out
         wanted = []
         for r in range(len(kinds)):
-            wanted.append((kinds[r] == 105, _value(fields, ends, r * nvals + col), r))
+            key = _value(fields, ends, r * nvals + col)
+            if lo <= sort_key(kinds[r], key) <= hi:
+                wanted.append((kinds[r] == 105, key, r))
         wanted.sort()                                 # key order, as the compiled loop does
         max_key = self.store.max_key_size
         for is_ident, key, r in wanted:
+            uids[r] = UNKNOWN
             if not key or len(prefix) + len(key) > max_key:
                 continue
             shape, dbi = (IDENT_KEY, ident_dbi) if is_ident else (GUID_KEY, guid_dbi)
             value = txn.get(shape.pack(prefix, key), db=dbi)
             if value is not None and len(value) == UID.width:
                 uids[r] = decode_uid(value)
-        return uids.tobytes()
+        return uids.tobytes() if out is None else None
 
     def member_guids(self, profile_dbi, prefix, uids, identities=False):
         txn = self._live()

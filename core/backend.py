@@ -53,9 +53,12 @@ class Snapshot(ABC):
         """The profiles generation: it moves with every write of the account's profiles."""
 
     @abstractmethod
-    def resolve(self, acct: int, kinds, fields, ends, nvals: int = 1, col: int = 0) -> bytes:
+    def resolve(self, acct: int, kinds, fields, ends, nvals: int = 1, col: int = 0, parts: int = 1) -> bytes:
         """uids (uint32 LE, UNKNOWN for none) of column `col` of rows of `nvals` packed values, each
-        looked up as a guid or identity by its kind (b"g" or b"i", one byte a row), in row order."""
+        looked up as a guid or identity by its kind (b"g" or b"i", one byte a row), in row order.
+        With parts > 1 a backend may look up that many key ranges side by side, each in a snapshot
+        taken when it starts: for an upload, whose batches see different snapshots anyway; never
+        where the answer must be one snapshot's (a membership check)."""
 
     @abstractmethod
     def member_keys(self, acct: int, uids, identities: bool = False) -> tuple[bytes, bytes]:

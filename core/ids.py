@@ -95,14 +95,15 @@ class Profiles:
         return profile_import.import_csv(self, chunks, batch_rows)
 
     # -- reads -----------------------------------------------------------------------------
-    def resolve(self, snap, batch):
+    def resolve(self, snap, batch, parts=1):
         """uids (array('I'), UNKNOWN where there is no profile) of a parsed upload batch's rows: from
-        the profile index when it is current for snap, else from the backend."""
+        the profile index when it is current for snap, else from the backend (in `parts` key ranges
+        side by side: Snapshot.resolve)."""
         pair = self.index.get(snap, build=False)
         if pair is not None:
             raw = resolve_rows(*pair, batch.kinds, batch.fields, batch.ends)
         else:
-            raw = snap.resolve(self.number, batch.kinds, batch.fields, batch.ends)
+            raw = snap.resolve(self.number, batch.kinds, batch.fields, batch.ends, parts=parts)
         uids = array("I")
         uids.frombytes(raw)
         return uids

@@ -126,7 +126,8 @@ class RedisSnapshot(Snapshot):
     def _buckets(self, acct):
         return self.b.buckets(acct)
 
-    def resolve(self, acct, kinds, fields, ends, nvals=1, col=0):
+    def resolve(self, acct, kinds, fields, ends, nvals=1, col=0, parts=1):
+        # parts: one pipeline of HMGETs already keeps the nodes busy; the batch goes in one part
         n = len(ends) // nvals
         kinds = bytes(kinds)
         buckets = self._buckets(acct)

@@ -459,7 +459,8 @@ def test_resolve_batches_grow_to_the_backends_bound(account, monkeypatch):
     account.profiles.upsert((f"{k:032x}", None, []) for k in range(100_000))
     bound, sizes, resolve = 600_000, [], account.profiles.resolve
     monkeypatch.setattr(account.backend, "max_resolve_rows", bound)
-    monkeypatch.setattr(account.profiles, "resolve", lambda snap, batch: sizes.append(batch.valid) or resolve(snap, batch))
+    monkeypatch.setattr(account.profiles, "resolve",
+                        lambda snap, batch, parts: sizes.append(batch.valid) or resolve(snap, batch, parts))
     rows = b"".join(b"g,%032x\n" % (k % 150_000) for k in range(2_000_000))
     r = upload(account, b"Type,Identity\n" + rows, name="big", chunk=1 << 20)["report"]
     assert (r["rows"], r["qualified"], r["unknown"], r["duplicates"]) == (2_000_000, 100_000, 650_000, 1_250_000)

@@ -113,10 +113,12 @@ INLINE = {
 }
 INLINE[".pxd"] = INLINE[".pyx"]          # the Cython declarations the extensions share
 # Files that may: the layout itself and what it generates; page tokens are the API's wire format,
-# not storage (server/convert.py PageToken defines them once); a hash seed is no stored integer.
+# not storage (server/convert.py PageToken defines them once); a hash seed and resolve's sort key
+# (the order of a batch in memory) are no stored integers.
 ALLOWED = {"core/layout.py", "core/_layout.pxi", "server/native/layout.h"}
 ALLOWED_LINES = {("server/convert.py", "self.layout = struct.Struct("),
-                 ("core/_keyindex.pyx", 'self.t.seed = int.from_bytes(os.urandom(8), "little")')}
+                 ("core/_keyindex.pyx", 'self.t.seed = int.from_bytes(os.urandom(8), "little")'),
+                 ("core/keyorder.py", 'int.from_bytes(bytes(value[:8]).ljust(8, b"\\0"), "big") >> 1')}
 
 
 def inline_layout(root):

@@ -4,7 +4,7 @@ from array import array
 
 import pytest
 
-from listseg.core import _store_py, store
+from listseg.core import _store_py, keyorder, store
 from listseg.core.parser import parse_all
 from listseg.core.store import UNKNOWN, Database, next_key
 
@@ -54,6 +54,79 @@ def test_resolve_in_any_order(tmp_path, store_cls):
         uids = array("I")
         uids.frombytes(t.resolve(db.db.guid, db.db.ident, pre, batch.kinds, batch.fields, batch.ends))
     assert list(uids) == list(range(2999, -1, -1)) + [5, UNKNOWN, UNKNOWN, UNKNOWN]
+    db.close()
+
+
+def _ranged_batch(db, pre):
+    """A store and an upload batch for the key-range tests: guids of every length around the sort
+    key's 8 bytes, keys that share their first 8 bytes, non-ASCII keys, identities, repeats, unknowns."""
+    guids = [os.urandom(16).hex().encode() for _ in range(2000)] + [b"k" * n for n in range(1, 12)] + \
+        [b"samefirst8-%d" % i for i in range(50)] + ["é%d" % i for i in range(50)]
+    guids = [g.encode() if isinstance(g, str) else g for g in guids]
+    idents = [b"c%d" % i for i in range(300)]
+
+    def fill(t):
+        for uid, g in enumerate(guids):
+            t.put(db.db.guid, pre + g, uid.to_bytes(4, "little"))
+        for uid, i in enumerate(idents):
+            t.put(db.db.ident, pre + i, (10_000 + uid).to_bytes(4, "little"))
+    db.write(fill)
+    rows = [(b"g", g) for g in guids[::-1]] + [(b"i", i) for i in idents] + [(b"g", g) for g in guids[:99]] + \
+        [(b"g", b"unknown-%d" % i) for i in range(40)] + [(b"i", b"c1"), (b"g", b"c1")]
+    uid = {(b"g", g): u for u, g in enumerate(guids)} | {(b"i", i): 10_000 + u for u, i in enumerate(idents)}
+    return parse_all(b"\n".join(k + b"," + v for k, v in rows))[1], array("I", [uid.get(r, UNKNOWN) for r in rows])
+
+
+def test_resolve_by_key_range_covers_each_row_once(tmp_path, store_cls):
+    """An upload's batch resolved in parts: key_ranges splits it into ranges of about equal size,
+    each row's sort key (the compiled loop's and the twin's alike) in exactly one; a range looks up
+    its rows into `out` and leaves every other row as it was; the parts together are the whole."""
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    pre = b"\x00\x00\x00\x07"
+    batch, expected = _ranged_batch(db, pre)
+    n, args = batch.valid, (db.db.guid, db.db.ident, pre, batch.kinds, batch.fields, batch.ends, 1, 0)
+    keys = [keyorder.sort_key(batch.kinds[r], batch.value(r)) for r in range(n)]
+    ranges = keyorder.key_ranges(batch.kinds, batch.fields, batch.ends, 1, 0, 3)
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == keyorder.ALL_KEYS
+    assert all(hi + 1 == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
+    with db.read() as t:
+        whole = array("I")
+        whole.frombytes(t.resolve(*args))
+        untouched = 7_777_777
+        out, done = array("I", [untouched]) * n, set()
+        for lo, hi in ranges:
+            mine = {r for r in range(n) if lo <= keys[r] <= hi}
+            assert n / 3 * 0.8 < len(mine) < n / 3 * 1.2
+            assert t.resolve(*args, lo, hi, out) is None
+            done |= mine
+            assert {r for r in range(n) if out[r] != untouched} == done
+        alone = array("I")
+        alone.frombytes(t.resolve(*args, *ranges[1]))
+        lo, hi = ranges[1]
+        assert all(alone[r] == (whole[r] if lo <= keys[r] <= hi else UNKNOWN) for r in range(n))
+    assert out == whole == expected
+    db.close()
+
+
+def test_a_snapshot_resolves_in_parts_as_in_one(tmp_path, store_cls, monkeypatch):
+    """Snapshot.resolve(parts=N) (an upload's batches): the same uids as one part; a unit (no
+    database to read beside it) resolves in one; a part that fails fails the whole call rather than
+    leave its rows with uids they do not have."""
+    from listseg.core import lmdb_backend
+    from listseg.core.errors import StoreError
+    monkeypatch.setattr(lmdb_backend, "SPLIT_RESOLVE_ROWS", 1)
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    batch, expected = _ranged_batch(db, b"\x00\x00\x00\x07")
+    rows = (7, batch.kinds, batch.fields, batch.ends)
+    with db.read() as t:
+        one = lmdb_backend.LmdbSnapshot(t, db.db).resolve(*rows, parts=3)
+        assert lmdb_backend.LmdbSnapshot(t, db.db, db).resolve(*rows, parts=3) == one == expected.tobytes()
+
+        def unreadable():
+            raise StoreError("no reader slot")
+        monkeypatch.setattr(db, "read", unreadable)
+        with pytest.raises(StoreError, match="no reader slot"):
+            lmdb_backend.LmdbSnapshot(t, db.db, db).resolve(*rows, parts=3)
     db.close()
 
 

@@ -15,6 +15,7 @@ cdef extern from "lmdb.h" nogil:
         size_t ms_branch_pages
         size_t ms_leaf_pages
         size_t ms_overflow_pages
+        size_t ms_entries
     ctypedef struct MDB_envinfo:
         size_t me_last_pgno
     ctypedef enum MDB_cursor_op:
