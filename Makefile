@@ -128,11 +128,14 @@ bench-resume: install
 # The seed's headline at full size (issue 16): generated profiles and list (benchmarks/gen/gen_scale.c),
 # imported and uploaded through a real server; writes benchmarks/results/scale.json. The issue's size:
 # make bench-scale PROFILES=150000000 ROWS=150000000 (about 40 GB of disk for data and files).
+# MIXED=1: half the known rows by identity; PROBE_RATE=N: IsMember calls a second during the upload
+# (0: one call after another).
 PROFILES ?= 2000000
 ROWS ?= 2000000
 .PHONY: bench-scale
 bench-scale: install
-	$(BIN)/python benchmarks/bench_scale.py --profiles $(PROFILES) --rows $(ROWS) $(if $(filter 1,$(MIXED)),--mixed)
+	$(BIN)/python benchmarks/bench_scale.py --profiles $(PROFILES) --rows $(ROWS) $(if $(filter 1,$(MIXED)),--mixed) \
+		$(if $(PROBE_RATE),--probe-rate $(PROBE_RATE))
 
 # listseg on a local Redis Cluster (tests/cluster.py, stopped at the end) beside plain Redis sets on the
 # same cluster; writes benchmarks/results/cluster.json. SCALE defaults to 1000000 here.
