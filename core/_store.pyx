@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 include "_layout.pxi"      # the storage layout (generated from layout.py): widths, byte orders, the profile record
 
 from includes.lmdb cimport *
-from _batch cimport Buf, buf_put, buf_bytes, prefetch, sort_key, radix_sort, group_rows
+from _batch cimport Buf, buf_put, buf_bytes, huge_pages, prefetch, sort_key, radix_sort, group_rows
 
 import os
 
@@ -280,6 +280,7 @@ cdef class Txn:
         if out is None:
             result = PyBytes_FromStringAndSize(NULL, n * 4)
             uids = <uint32_t *>PyBytes_AS_STRING(result)
+            huge_pages(uids, n * 4)                     # written in row order: at random
             memset(uids, 0xFF, n * 4)                   # LAYOUT_UNKNOWN, for rows out of range
         else:
             result = None

@@ -34,9 +34,10 @@ REJECTS_KEPT = 100_000          # invalid rows kept with the upload (ListUploadE
 # starts while the rest still parses: a 1M-row upload took 0.29 s in one batch and 0.21 s with a
 # first batch of 256k rows.
 FIRST_BATCH_ROWS = 1 << 18
-# A batch is looked up in this many key ranges side by side (a core each): the last batch, up to
+# A batch is looked up in this many key ranges side by side (a core each, up to 4: each holds one of
+# LMDB's 126 reader slots while it runs, and one parser feeds them): the last batch, up to
 # max_resolve_rows, is resolved after the stream ends, with nothing else to do.
-RESOLVE_PARTS = os.cpu_count() or 1
+RESOLVE_PARTS = min(4, os.cpu_count() or 1)
 # The resolver (and the threads of its parts) runs this much nicer than the server: on a busy
 # machine, membership checks (the front, IsMember) take a core from it at once.
 RESOLVE_NICE = 10
