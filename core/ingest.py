@@ -38,8 +38,8 @@ FIRST_BATCH_ROWS = 1 << 18
 # LMDB's 126 reader slots while it runs, and one parser feeds them): the last batch, up to
 # max_resolve_rows, is resolved after the stream ends, with nothing else to do.
 RESOLVE_PARTS = min(4, os.cpu_count() or 1)
-# The resolver (and the threads of its parts) runs this much nicer than the server: on a busy
-# machine, membership checks (the front, IsMember) take a core from it at once.
+# The parser and the resolver (and the threads of its parts) run this much nicer than the server: on
+# a busy machine, membership checks (the front, IsMember) take a core from them at once.
 RESOLVE_NICE = 10
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
@@ -73,13 +73,15 @@ class Upload:
         self.state = "receiving"
         self._lock = threading.RLock()  # feed, finish and abort may come from different threads
         self._resolver = None           # a thread, started with the first full batch
+        self._parsing = None            # a thread, started with the first chunk (_parse)
         self._in_flight = None          # (batch, future of its uids)
         self._rows_taken = 0            # rows of the batches submitted so far
         self.id = None                  # _start's, once it has one
         self.stream = 0                 # the number of the stream feeding it; each resume takes the next
-        # seconds in each phase (the server logs them when the upload ends): parse (the parser, on the
-        # receiving thread), resolve (look-ups, on the resolver thread, beside parsing), wait (the
-        # receiving thread waiting for the resolver), fold (counting uids into the bitmap), commit
+        # seconds in each phase (the server logs them when the upload ends): parse (the parser, on its
+        # thread, while the receiving thread waits), resolve (look-ups, on the resolver thread, beside
+        # parsing), wait (the receiving thread waiting for the resolver), fold (counting uids into the
+        # bitmap), commit
         self.timings = dict.fromkeys(PHASES, 0.0)
         self.resume_by = None           # while paused: until when (epoch s) it waits for a resume
         try:
@@ -140,14 +142,11 @@ class Upload:
             self.abort(f"file too large: over {self.max_bytes} bytes")
             raise TooLarge(f"upload is over the {self.max_bytes}-byte limit", limit=self.max_bytes)
         try:
-            with self._timed("parse"):
-                self.parser.feed(chunk)
+            self._parse(self.parser.feed, chunk)
         except parser.BadHeader:
             return                      # reported by finish(); the rest of the stream is ignored
         if self.parser.pending_rows >= self._batch_rows():
-            with self._timed("parse"):
-                batch = self.parser.take()
-            self._submit(batch)
+            self._submit(self._parse(self.parser.take))
 
     def _batch_rows(self):
         return min(max(FIRST_BATCH_ROWS, self._rows_taken), self.backend.max_resolve_rows)
@@ -190,10 +189,20 @@ class Upload:
         with self._timed("fold"):
             self._fold(batch, uids)
 
-    def _stop_resolver(self):
-        if self._resolver is not None:
-            self._resolver.shutdown(wait=True)
-            self._resolver = None
+    def _parse(self, fn, *args):
+        """fn(*args) of the parser on the upload's parsing thread, waited for: parsing is bulk work, as
+        nice as the resolver (yield_cpu), where the receiving thread is the server's, shared with the
+        calls that must answer at once."""
+        if self._parsing is None:
+            self._parsing = ThreadPoolExecutor(1, thread_name_prefix=f"parse-{self.id}", initializer=yield_cpu)
+        with self._timed("parse"):
+            return self._parsing.submit(fn, *args).result()
+
+    def _stop_threads(self):
+        for pool in (self._parsing, self._resolver):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._parsing = self._resolver = None
 
     def _fold(self, batch, uids):
         before, unknown = len(self.members), 0
@@ -228,15 +237,13 @@ class Upload:
             raise InvalidArgument(f"upload {self.id} is {self.state}")
         self.state = "processing"
         try:
-            with self._timed("parse"):
-                self.parser.finish()
-                batch = self.parser.take()
-            self._submit(batch)
+            self._parse(self.parser.finish)
+            self._submit(self._parse(self.parser.take))
             self._collect()
         except parser.BadHeader:
             return self._fail("bad header: the first row must name the columns Type,Identity")
         finally:
-            self._stop_resolver()
+            self._stop_threads()
         if self.strict and self.counts["invalid"]:
             line, reason = self.rejects[0]
             return self._fail(f"strict: {self.counts['invalid']} invalid rows, the first at line {line}: {reason}")
@@ -356,7 +363,7 @@ class Upload:
 
     def _fail(self, reason):
         self._in_flight = None
-        self._stop_resolver()
+        self._stop_threads()
         def run(unit):
             upload = self._current(unit)
             if upload["state"] == "succeeded":

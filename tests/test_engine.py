@@ -471,6 +471,32 @@ def test_resolve_batches_grow_to_the_backends_bound(account, monkeypatch):
     assert sizes[2] > 2 * FIRST_BATCH_ROWS and max(sizes) < bound + chunk_rows, sizes
 
 
+def test_an_uploads_bulk_work_runs_nicer_than_the_caller(account, monkeypatch):
+    """Parsing and look-ups run on threads RESOLVE_NICE nicer than the thread that feeds the upload
+    (a server thread, which membership checks share; the look-ups' key-range threads inherit it), and
+    none of that work runs on the feeding thread, whose priority stays as it was."""
+    from listseg.core import ingest, parser
+    account.profiles.upsert((f"{k:032x}", None, []) for k in range(2000))
+    seen, feeder = {}, threading.get_native_id()
+
+    def watched(name, fn):
+        def run(*args, **kwargs):
+            tid = threading.get_native_id()
+            seen.setdefault(name, set()).add((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+            return fn(*args, **kwargs)
+        return run
+    monkeypatch.setattr(parser.Parser, "feed", watched("parse", parser.Parser.feed))
+    monkeypatch.setattr(account.profiles, "resolve", watched("resolve", account.profiles.resolve))
+    base = os.getpriority(os.PRIO_PROCESS, feeder)
+    rows = b"".join(b"g,%032x\n" % k for k in range(3000))
+    assert upload(account, b"Type,Identity\n" + rows, name="nice")["report"]["qualified"] == 2000
+    assert os.getpriority(os.PRIO_PROCESS, feeder) == base
+    assert set(seen) == {"parse", "resolve"}
+    for name, threads in seen.items():
+        assert feeder not in {tid for tid, _ in threads}, name
+        assert {nice for _, nice in threads} == {min(19, base + ingest.RESOLVE_NICE)}, name
+
+
 def test_only_this_hosts_dead_uploads_are_judged_dead():
     """Servers on several machines share a Redis store: recover() must not fail another host's
     uploads because no process here has their pid."""
