@@ -40,7 +40,7 @@ FIRST_BATCH_ROWS = 1 << 18
 RESOLVE_PARTS = min(4, os.cpu_count() or 1)
 # The parser and the resolver (and the threads of its parts) run this much nicer than the server: on
 # a busy machine, membership checks (the front, IsMember) take a core from them at once.
-RESOLVE_NICE = 10
+BULK_NICE = 10
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
 # How long a failed upload whose record the store could not take (a failover) keeps trying to write
@@ -473,11 +473,11 @@ def recover(account):
 
 
 def yield_cpu():
-    """Make the calling thread RESOLVE_NICE nicer (Linux nices threads one by one); threads it starts
+    """Make the calling thread BULK_NICE nicer (Linux nices threads one by one); threads it starts
     inherit it. Where the system refuses, the thread keeps its priority."""
     tid = threading.get_native_id()
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + RESOLVE_NICE))
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BULK_NICE))
 
 
 def process_token(pid):

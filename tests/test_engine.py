@@ -472,7 +472,7 @@ def test_resolve_batches_grow_to_the_backends_bound(account, monkeypatch):
 
 
 def test_an_uploads_bulk_work_runs_nicer_than_the_caller(account, monkeypatch):
-    """Parsing and look-ups run on threads RESOLVE_NICE nicer than the thread that feeds the upload
+    """Parsing and look-ups run on threads BULK_NICE nicer than the thread that feeds the upload
     (a server thread, which membership checks share; the look-ups' key-range threads inherit it), and
     none of that work runs on the feeding thread, whose priority stays as it was."""
     from listseg.core import ingest, parser
@@ -494,7 +494,7 @@ def test_an_uploads_bulk_work_runs_nicer_than_the_caller(account, monkeypatch):
     assert set(seen) == {"parse", "resolve"}
     for name, threads in seen.items():
         assert feeder not in {tid for tid, _ in threads}, name
-        assert {nice for _, nice in threads} == {min(19, base + ingest.RESOLVE_NICE)}, name
+        assert {nice for _, nice in threads} == {min(19, base + ingest.BULK_NICE)}, name
 
 
 def test_only_this_hosts_dead_uploads_are_judged_dead():
