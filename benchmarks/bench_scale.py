@@ -1,4 +1,5 @@
-"""make bench-scale [PROFILES=N] [ROWS=M] [MIXED=1]: the seed's headline at full size (issue 16).
+"""make bench-scale [PROFILES=N] [ROWS=M] [MIXED=1] [PROBE_RATE=N]: the seed's headline at full size
+(issue 16).
 
 Generates the data with a C helper (benchmarks/gen/gen_scale.c, built here with gcc): N profiles
 (random-order 32-hex guids, identities "c<k>", five channel mixes) and an M-row Type,Identity list,
@@ -7,10 +8,9 @@ identity). Starts `listseg serve` with the membership front (LMDB in the work fo
 profiles through the server (`Client.import_profiles`), then runs `listseg upload FILE --name big
 --json` as a process, timed from its start to its report, while this process asks IsMember of a small
 segment through the front (PROBE_RATE calls a second; --probe-rate) and samples the server's
-anonymous RSS. Reports each phase (the
-server logs the upload's parse, resolve, wait, fold and commit seconds), rows/s and MB/s, the peak
-anonymous RSS, the data directory's size after the import and after the upload, IsMember's p50/p99
-during the upload, and checks the counts are exact. Writes benchmarks/results/scale.json and prints
+anonymous RSS. Reports each phase (the server logs the upload's parse, resolve, wait, fold and commit
+seconds), rows/s and MB/s, the peak anonymous RSS, the data directory's size after the import and
+after the upload, IsMember's p50/p99 during the upload, and checks the counts are exact. Writes benchmarks/results/scale.json and prints
 a table. The defaults fit in a few minutes; the issue's size is PROFILES=150000000 ROWS=150000000.
 """
 import json

@@ -136,6 +136,9 @@ def test_bench_scale_writes_every_key(tmp_path):
                            "data_dir_bytes", "during_upload", "cpu", "cores"}
     assert result["upload"]["counts"] == {"rows": 20000, "qualified": 18000, "unknown": 1000, "invalid": 0,
                                           "duplicates": 1000, "size": 18000}
+    assert set(result["during_upload"]) == {"is_member_rate", "is_member_calls", "is_member_errors", "is_member_p50_ms",
+                                            "is_member_p99_ms", "is_member_late_p99_ms", "server_peak_anon_bytes"}
+    assert result["during_upload"]["is_member_rate"] == 200 and result["during_upload"]["is_member_errors"] == 0
     for step in ("import", "upload"):
         assert all(isinstance(v, float) for v in result[step]["phases_s"].values()), result[step]["phases_s"]
     assert result["during_upload"]["server_peak_anon_bytes"] > 0 and result["import"]["server_peak_anon_bytes"] > 0
