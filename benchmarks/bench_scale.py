@@ -11,7 +11,8 @@ segment through the front (PROBE_RATE calls a second; --probe-rate) and samples 
 anonymous RSS. Reports each phase (the server logs the upload's parse, resolve, wait, fold and commit
 seconds), rows/s and MB/s, the peak anonymous RSS, the data directory's size after the import and
 after the upload, IsMember's p50/p99 during the upload, and checks the counts are exact. Writes
-benchmarks/results/scale.json and prints a table. The defaults fit in a few minutes; the issue's size is PROFILES=150000000 ROWS=150000000.
+benchmarks/results/scale.json and prints a table. The defaults fit in a few minutes; the issue's size
+is PROFILES=150000000 ROWS=150000000.
 """
 import json
 import os
