@@ -58,8 +58,9 @@ def test_resolve_in_any_order(tmp_path, store_cls):
 
 
 def _ranged_batch(db, pre):
-    """A store and an upload batch for the key-range tests: guids of every length around the sort
-    key's 8 bytes, keys that share their first 8 bytes, non-ASCII keys, identities, repeats, unknowns."""
+    """Fill db for the key-range tests; return an upload batch and the uids it resolves to: guids of
+    every length around the sort key's 8 bytes, keys that share their first 8 bytes, non-ASCII keys,
+    identities, repeats, unknowns."""
     guids = [os.urandom(16).hex().encode() for _ in range(2000)] + [b"k" * n for n in range(1, 12)] + \
         [b"samefirst8-%d" % i for i in range(50)] + ["é%d" % i for i in range(50)]
     guids = [g.encode() if isinstance(g, str) else g for g in guids]
