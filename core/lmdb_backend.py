@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from pyroaring import FrozenBitMap
@@ -19,8 +20,8 @@ from listseg.core.backend import Backend, Snapshot, Unit
 from listseg.core.errors import HeadMoved
 from listseg.core.layout import (ACCOUNT, ACCOUNT_KEY, ACCOUNT_NAME_KEY, CHANNEL_KEY, COUNTER_KEY,
                                  CREDENTIALS_KEY, DELETED, FLAG, GENERATION, GENERATION_KEY, HEAD_KEY, HISTORY_KEY,
-                                 REJECT_KEY, REJECT_ROW, SEGMENT_ID, SEGMENT_KEY, SEGMENT_NAME_KEY, UPLOAD_KEY,
-                                 VERSION, VERSION_KEY, account_prefix, decode_reject, dumps,
+                                 REJECT_KEY, REJECT_ROW, SEGMENT_ID, SEGMENT_KEY, SEGMENT_NAME_KEY, UNKNOWN,
+                                 UPLOAD_KEY, VERSION, VERSION_KEY, account_prefix, decode_reject, dumps,
                                  encode_reject, loads)
 from listseg.core.keyorder import key_ranges
 from listseg.core.store import DEFAULT_MAP_SIZE, Database
@@ -68,27 +69,19 @@ class LmdbSnapshot(Snapshot):
         if parts < 2 or self.database is None or len(kinds) < SPLIT_RESOLVE_ROWS:
             return self.txn.resolve(*args)
         # Each key range on a thread of its own, in a read transaction of its own (LMDB's are one
-        # thread's), and this one here; the C loop releases the GIL.
-        out = array("I", [0]) * len(kinds)
+        # thread's), and this one here; the C loop releases the GIL. The threads start from this one,
+        # so they inherit its priority (ingest.yield_cpu).
+        out = array("I", [UNKNOWN]) * len(kinds)
         ranges = key_ranges(kinds, fields, ends, nvals, col, parts)
-        errors = []
 
         def part(lo, hi):
-            try:
-                with self.database.read() as txn:
-                    txn.resolve(*args, lo, hi, out)
-            except BaseException as e:      # raised again on the caller's thread
-                errors.append(e)
-        threads = [threading.Thread(target=part, args=r, name="resolve-part") for r in ranges[1:]]
-        for t in threads:
-            t.start()
-        try:
+            with self.database.read() as txn:
+                txn.resolve(*args, lo, hi, out)
+        with ThreadPoolExecutor(len(ranges) - 1 or 1, thread_name_prefix="resolve-part") as pool:
+            others = [pool.submit(part, lo, hi) for lo, hi in ranges[1:]]
             self.txn.resolve(*args, *ranges[0], out)
-        finally:
-            for t in threads:
-                t.join()
-        if errors:
-            raise errors[0]
+            for f in others:
+                f.result()          # a part's error is the call's
         return out.tobytes()
 
     def member_keys(self, acct, uids, identities=False):
