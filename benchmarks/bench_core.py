@@ -78,13 +78,17 @@ def work_ingest(datadir, workdir, name, limit_rows=None):
 
 def work_python(datadir, workdir, filename="upload.csv"):
     """What a user would write instead: csv + one py-lmdb get per row (in the guid or the identity
-    table, by the row's type) + a Python set. bench.py runs it on its list too."""
+    table, by the row's type) + a Python set. bench.py runs it on its list too. Its one listseg
+    import: the keys as stored (a guid of 32 hex digits is stored as 16 bytes: core/layout.py)."""
     import csv
 
     import lmdb
+
+    from listseg.core.layout import GUID_KEY, IDENT_KEY
     env = lmdb.open(datadir, max_dbs=16, readonly=True, lock=True)
-    tables = {"g": env.open_db(b"guid", create=False), "i": env.open_db(b"ident", create=False)}
-    prefix = (0).to_bytes(4, "big")          # the default account's (a plain script: no listseg imports)
+    tables = {"g": (env.open_db(b"guid", create=False), GUID_KEY.pack),
+              "i": (env.open_db(b"ident", create=False), IDENT_KEY.pack)}
+    prefix = (0).to_bytes(4, "big")          # the default account's
     t = time.perf_counter()
     members, rows = set(), 0
     with env.begin() as txn, open(os.path.join(workdir, filename), newline="") as f:
@@ -92,7 +96,8 @@ def work_python(datadir, workdir, filename="upload.csv"):
         next(reader)
         for kind, identity in reader:
             rows += 1
-            uid = txn.get(prefix + identity.strip().encode(), db=tables[kind.strip().lower()])
+            table, key = tables[kind.strip().lower()]
+            uid = txn.get(key(prefix, identity.strip().encode()), db=table)
             if uid is not None:
                 members.add(uid)
     seconds = time.perf_counter() - t

@@ -7,6 +7,9 @@ cdef enum:
     LAYOUT_PROFILE_HEAD = 3                 # bits, guid length; then guid, identity
     LAYOUT_PROFILE_BITS_AT = 0
     LAYOUT_PROFILE_GUID_LEN_AT = 1
+    LAYOUT_PROFILE_HEX_GUID = 0x80            # ...or bits | this, the guid's 16 bytes, identity
+    LAYOUT_PROFILE_HEX_HEAD = 17
+    LAYOUT_HEX_GUID_DIGITS = 32
     LAYOUT_ACCOUNT_WIDTH = 4
     LAYOUT_PROFILE_UID_WIDTH = 4
     LAYOUT_SEGMENT_ID_WIDTH = 4
@@ -18,6 +21,46 @@ cdef enum:
     LAYOUT_REJECT_LINE_WIDTH = 8
     LAYOUT_PROFILE_BITS_WIDTH = 1
     LAYOUT_PROFILE_GUID_LEN_WIDTH = 2
+    LAYOUT_LAYOUT_VERSION_WIDTH = 4
+
+# guids: the stored form (layout.py's GUID_C)
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <string.h>
+    #define LISTSEG_HEX_GUID_DIGITS 32
+    #define LISTSEG_PACKED_GUID_MARK 0
+    #define LISTSEG_ESCAPED_GUID_MARK 1
+    /* layout.py's pack_guid: writes guid's stored form at dst (up to n + 1 bytes), returns its length */
+    static inline int listseg_hex_digit(uint8_t c) {
+      if ((uint8_t)(c - '0') < 10) return c - '0';
+      if ((uint8_t)(c - 'a') < 6) return c - 'a' + 10;
+      return -1;
+    }
+    static inline size_t listseg_pack_guid(uint8_t *dst, const uint8_t *guid, size_t n) {
+      size_t i;
+      if (n == LISTSEG_HEX_GUID_DIGITS) {
+        for (i = 0; i < n; i += 2) {
+          int hi = listseg_hex_digit(guid[i]), lo = listseg_hex_digit(guid[i + 1]);
+          if (hi < 0 || lo < 0) break;
+          dst[1 + i / 2] = (uint8_t)(hi << 4 | lo);
+        }
+        if (i == n) { dst[0] = LISTSEG_PACKED_GUID_MARK; return 1 + n / 2; }
+      }
+      if (n && guid[0] <= LISTSEG_ESCAPED_GUID_MARK) { dst[0] = LISTSEG_ESCAPED_GUID_MARK; memcpy(dst + 1, guid, n); return n + 1; }
+      memcpy(dst, guid, n);
+      return n;
+    }
+    /* the 32 hex digits of a packed guid's 16 bytes, at dst */
+    static inline void listseg_unpack_hex_guid(uint8_t *dst, const uint8_t *packed) {
+      static const char digits[] = "0123456789abcdef";
+      size_t i;
+      for (i = 0; i < LISTSEG_HEX_GUID_DIGITS / 2; i++) { dst[2 * i] = digits[packed[i] >> 4]; dst[2 * i + 1] = digits[packed[i] & 15]; }
+    }
+    """
+    size_t pack_guid "listseg_pack_guid"(uint8_t *dst, const uint8_t *guid, size_t n) noexcept nogil
+    void unpack_hex_guid "listseg_unpack_hex_guid"(uint8_t *dst, const uint8_t *packed) noexcept nogil
 
 cdef inline void put_account(uint8_t *dst, uint32_t v) noexcept nogil:
     """account number: the first 4 bytes of every account's key (4 bytes, big-endian)"""
@@ -135,3 +178,13 @@ cdef inline void put_profile_guid_len(uint8_t *dst, uint16_t v) noexcept nogil:
 
 cdef inline uint16_t get_profile_guid_len(const uint8_t *src) noexcept nogil:
     return (<uint16_t>src[0] << 0) | (<uint16_t>src[1] << 8)
+
+cdef inline void put_layout_version(uint8_t *dst, uint32_t v) noexcept nogil:
+    """the layout a data directory is written in (LAYOUT) (4 bytes, big-endian)"""
+    dst[0] = <uint8_t>(v >> 24)
+    dst[1] = <uint8_t>(v >> 16)
+    dst[2] = <uint8_t>(v >> 8)
+    dst[3] = <uint8_t>(v >> 0)
+
+cdef inline uint32_t get_layout_version(const uint8_t *src) noexcept nogil:
+    return (<uint32_t>src[0] << 24) | (<uint32_t>src[1] << 16) | (<uint32_t>src[2] << 8) | (<uint32_t>src[3] << 0)

@@ -34,6 +34,7 @@ cdef enum:
     GATHER_ROWS = 4096                              # values copied into key order at a time,
     GATHER_AHEAD = 64                               # fetched this many ahead (a short loop)
     WALK_MAX_GAP = 16                               # seek steps on where keys are this close or closer
+    KEY_ROOM = 1024                                 # bytes for a key: LMDB's longest (511 by default) and more
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 cdef uint64_t ALL_KEYS = ~(<uint64_t>0)             # resolve's default hi: every sort key
@@ -253,7 +254,7 @@ cdef class Txn:
         rows whose sort key (keyorder.sort_key) is in [lo, hi] are looked up: into `out` (n uids)
         if given, the others left as they are, so that threads can resolve a batch's key ranges
         side by side (lmdb_backend.py); else into new bytes, the others UNKNOWN."""
-        cdef size_t n = kinds.shape[0], r, j, i, start, flen, m = 0
+        cdef size_t n = kinds.shape[0], r, j, i, start, flen, kind, m = 0
         cdef size_t plen = len(prefix)
         cdef int max_key = self.store.max_key_size
         cdef int rc = 0
@@ -262,7 +263,7 @@ cdef class Txn:
         cdef uint64_t *keys
         cdef uint32_t *rows
         cdef uint32_t *uids
-        cdef uint8_t keybuf[1024]
+        cdef uint8_t keybuf[KEY_ROOM]
         cdef Seek seeks[2]
         cdef size_t of_kind[2]
         cdef MDB_stat stat
@@ -285,7 +286,7 @@ cdef class Txn:
         else:
             result = None
             uids = &out[0] if n else NULL
-        if plen + 4 > <size_t>max_key:
+        if plen + 4 > <size_t>max_key or max_key + 1 > KEY_ROOM:
             raise ValueError("prefix too long")
         of_kind[0] = of_kind[1] = 0
         with nogil:
@@ -351,9 +352,15 @@ cdef class Txn:
                     found[j % GATHER_ROWS] = LAYOUT_UNKNOWN
                     if plen + flen > <size_t>max_key or flen == 0:
                         continue
-                    memcpy(keybuf + plen, chunk + chunk_at[j % GATHER_ROWS], flen)
-                    sp = &seeks[(keys[j] >> 15) & 1]
-                    rc = seek(sp, keybuf, plen + flen, fp + (keys[j] >> 16), flen)
+                    kind = (keys[j] >> 15) & 1
+                    if kind:
+                        memcpy(keybuf + plen, chunk + chunk_at[j % GATHER_ROWS], flen)
+                    else:
+                        flen = pack_guid(keybuf + plen, chunk + chunk_at[j % GATHER_ROWS], flen)
+                        if plen + flen > <size_t>max_key:
+                            continue
+                    sp = &seeks[kind]
+                    rc = seek(sp, keybuf, plen + flen)
                     if rc:
                         break
                     if sp.hit and sp.val.mv_size == LAYOUT_UID_WIDTH:
@@ -375,11 +382,14 @@ cdef class Txn:
         """(guids, found) for uids in ascending order: each existing profile's guid followed by a
         newline, and the uids that still have a profile (packed uint32); with identities true, each
         one's identity instead, and only profiles with one. Reads layout.py's profile record (bits,
-        guid length uint16 LE, guid, identity). This is ListMembers', the export's and the profile
-        index's loop: a Python loop per member ran ~1M/s."""
-        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen, start, flen
+        guid length uint16 LE, guid, identity; or bits | PROFILE_HEX_GUID, 16 bytes, identity). This
+        is ListMembers', the export's and the profile index's loop: a Python loop per member ran ~1M/s."""
+        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen = 0, start, flen, head
         cdef uint8_t keybuf[16]
+        cdef uint8_t hexbuf[LAYOUT_HEX_GUID_DIGITS]
+        cdef bint hex_guid
         cdef const uint8_t *rec
+        cdef const uint8_t *src
         cdef uint32_t uid
         cdef MDB_cursor *cur
         cdef MDB_val k, v
@@ -407,16 +417,25 @@ cdef class Txn:
                     if rc:
                         break
                     rec = <const uint8_t *>v.mv_data
-                    glen = get_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT)
-                    if v.mv_size < LAYOUT_PROFILE_HEAD + glen:
+                    hex_guid = v.mv_size > 0 and get_profile_bits(rec + LAYOUT_PROFILE_BITS_AT) & LAYOUT_PROFILE_HEX_GUID
+                    if hex_guid:
+                        head = LAYOUT_PROFILE_HEX_HEAD
+                    else:
+                        glen = get_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT) if v.mv_size >= LAYOUT_PROFILE_HEAD else 0
+                        head = LAYOUT_PROFILE_HEAD + glen
+                    if v.mv_size < head:
                         continue                        # not a profile record: skip, never read past it
+                    src = rec
                     if identities:
-                        start, flen = LAYOUT_PROFILE_HEAD + glen, v.mv_size - LAYOUT_PROFILE_HEAD - glen
+                        start, flen = head, v.mv_size - head
                         if flen == 0:
                             continue
+                    elif hex_guid:
+                        start, flen, src = 0, LAYOUT_HEX_GUID_DIGITS, hexbuf
+                        unpack_hex_guid(hexbuf, rec + LAYOUT_PROFILE_BITS_WIDTH)
                     else:
                         start, flen = LAYOUT_PROFILE_HEAD, glen
-                    if buf_put(&guids, <const char *>rec + start, flen) or buf_put(&guids, &nl, 1) \
+                    if buf_put(&guids, <const char *>src + start, flen) or buf_put(&guids, &nl, 1) \
                             or buf_put(&found, <const char *>&uid, 4):
                         rc = -1
                         break
@@ -600,10 +619,10 @@ cdef class Txn:
                                 break
                         mdb_cursor_close(cur)
                 if rc == 0 and nfast:
-                    rc = put_uids_sorted(self.txn, guid_dbi, pp, plen, fp, ep, nvals, 0,
+                    rc = put_uids_sorted(self.txn, guid_dbi, pp, plen, fp, ep, nvals, 0, True,
                                          fast_rows, fast_uids, nfast, keys, order)
                 if rc == 0 and nident:
-                    rc = put_uids_sorted(self.txn, ident_dbi, pp, plen, fp, ep, nvals, 1,
+                    rc = put_uids_sorted(self.txn, ident_dbi, pp, plen, fp, ep, nvals, 1, False,
                                          id_rows, id_uids, nident, keys, order)
             if rc == -1:
                 raise MemoryError()
@@ -766,8 +785,7 @@ cdef class Txn:
                         r = rows[k]
                         if not keys[k] & SAME_AS_BEFORE:        # the guid's first row
                             uid = uid_of_row[r] if repeats else <uint32_t>(next_uid + r)
-                            glen = keys[k] & VALUE_LEN
-                            memcpy(keybuf + plen, chunk + chunk_at[k % GATHER_ROWS], glen)
+                            glen = pack_guid(keybuf + plen, chunk + chunk_at[k % GATHER_ROWS], keys[k] & VALUE_LEN)
                             rc = put_uid_key(cur, keybuf, plen + glen, uid, &put_flags)
                             if rc:
                                 break
@@ -861,28 +879,38 @@ cdef class Txn:
 cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
                      const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
                      unsigned int *flags) noexcept nogil:
-    """prefix + uid -> layout.py's profile record: bits, guid length, guid, identity (layout.PROFILE_KEY),
-    appending while it can (put_appending)."""
+    """prefix + uid -> layout.py's profile record (layout.PROFILE_KEY), appending while it can
+    (put_appending): bits, guid length, guid, identity; or, for a guid of 32 hex digits, bits |
+    PROFILE_HEX_GUID, the guid's 16 bytes (as the guid key stores them, after their mark), identity."""
     cdef uint8_t keybuf[520]
+    cdef uint8_t packed[LAYOUT_HEX_GUID_DIGITS + 1]    # pack_guid's output: the mark, then 16 bytes
     cdef uint8_t *rec
+    cdef size_t head = LAYOUT_PROFILE_HEAD + glen
     cdef MDB_val kv, dv
     cdef int rc
+    cdef bint hex_guid = glen == LAYOUT_HEX_GUID_DIGITS and pack_guid(packed, guid, glen) < glen
     if glen >> (8 * LAYOUT_PROFILE_GUID_LEN_WIDTH):
         return -3
+    if hex_guid:
+        head = LAYOUT_PROFILE_HEX_HEAD
     memcpy(keybuf, prefix, plen)
     put_profile_uid(keybuf + plen, uid)
     kv.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
     kv.mv_data = keybuf
-    dv.mv_size = LAYOUT_PROFILE_HEAD + glen + ilen
+    dv.mv_size = head + ilen
     rc = put_appending(cur, &kv, &dv, flags)
     if rc:
         return rc
     rec = <uint8_t *>dv.mv_data
-    put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits)
-    put_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT, <uint16_t>glen)
-    memcpy(rec + LAYOUT_PROFILE_HEAD, guid, glen)
+    if hex_guid:
+        put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits | LAYOUT_PROFILE_HEX_GUID)
+        memcpy(rec + LAYOUT_PROFILE_BITS_WIDTH, packed + 1, LAYOUT_PROFILE_HEX_HEAD - LAYOUT_PROFILE_BITS_WIDTH)
+    else:
+        put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits)
+        put_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT, <uint16_t>glen)
+        memcpy(rec + LAYOUT_PROFILE_HEAD, guid, glen)
     if ilen:
-        memcpy(rec + LAYOUT_PROFILE_HEAD + glen, ident, ilen)
+        memcpy(rec + head, ident, ilen)
     return 0
 
 
@@ -938,7 +966,7 @@ cdef inline int value_cmp(const uint8_t *fp, const uint64_t *ep, size_t a, size_
 cdef struct Seek:
     MDB_cursor *cur
     MDB_val key, val                                # the cursor's entry: the least key >= the last target
-    const uint8_t *last                             # the last target's value (the prefix is the same for all)
+    uint8_t last[KEY_ROOM]                          # the last target
     size_t last_len
     bint placed                                     # key, val and last hold
     bint at_end                                     # no key >= the last target
@@ -954,16 +982,17 @@ cdef size_t walk_steps(size_t entries, size_t targets) noexcept nogil:
     return 2 * gap + 2 if gap <= WALK_MAX_GAP else 0
 
 
-cdef int seek(Seek *s, const uint8_t *key, size_t klen, const uint8_t *value, size_t vlen) noexcept nogil:
-    """Put s.cur on the least key >= key (value: its bytes past the prefix, where they stay put while
-    s is used): from where it is, by MDB_NEXT, when key is at or past the last target and within
-    s.walk entries; else by an LMDB search. s.hit: whether it is key itself. 0 or an LMDB error (no
-    key >= key is no error)."""
+cdef int seek(Seek *s, const uint8_t *key, size_t klen) noexcept nogil:
+    """Put s.cur on the least key >= key (klen <= KEY_ROOM): from where it is, by MDB_NEXT, when key
+    is at or past the last target and within s.walk entries; else by an LMDB search. s.hit: whether
+    it is key itself. 0 or an LMDB error (no key >= key is no error)."""
     cdef size_t steps = 0
     cdef int rc, c
+    cdef bint onward = s.placed and bytes_cmp(key, klen, s.last, s.last_len) >= 0
     s.hit = 0
-    if s.placed and bytes_cmp(value, vlen, s.last, s.last_len) >= 0:
-        s.last, s.last_len = value, vlen
+    memcpy(s.last, key, klen)       # compared as stored: a batch's order is its values', not always the keys'
+    s.last_len = klen
+    if onward:
         if s.at_end:
             return 0
         c = bytes_cmp(<const uint8_t *>s.key.mv_data, s.key.mv_size, key, klen)
@@ -977,7 +1006,6 @@ cdef int seek(Seek *s, const uint8_t *key, size_t klen, const uint8_t *value, si
         if c >= 0:
             s.hit = c == 0
             return 0
-    s.last, s.last_len = value, vlen
     s.key.mv_data = <void *>key
     s.key.mv_size = klen
     rc = mdb_cursor_get(s.cur, &s.key, &s.val, MDB_SET_RANGE)
@@ -1096,11 +1124,12 @@ cdef struct KeyRef:
 
 
 cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_t plen,
-                         const uint8_t *fields, const uint64_t *ends, size_t nvals, size_t col,
+                         const uint8_t *fields, const uint64_t *ends, size_t nvals, size_t col, bint guids,
                          const uint32_t *rows, const uint32_t *uids, size_t m,
                          uint64_t *keys, uint32_t *order) noexcept nogil:
     """prefix + value col of rows[k] -> uids[k] (layout.UID), for k < m, in key order: sorted puts
-    find the next key's page under the cursor instead of walking down from the root."""
+    find the next key's page under the cursor instead of walking down from the root. guids: the
+    values are guids, stored as layout.pack_guid makes them."""
     cdef uint8_t keybuf[520]
     cdef uint8_t val[LAYOUT_UID_WIDTH]
     cdef size_t k, j, i, start, flen
@@ -1138,7 +1167,10 @@ cdef int put_uids_sorted(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_
             prefetch(&fields[refs[order[j + AHEAD]].start])
         k = order[j]
         flen = refs[k].size
-        memcpy(keybuf + plen, fields + refs[k].start, flen)
+        if guids:
+            flen = pack_guid(keybuf + plen, fields + refs[k].start, flen)
+        else:
+            memcpy(keybuf + plen, fields + refs[k].start, flen)
         kv.mv_size = plen + flen
         uid = refs[k].uid
         put_uid(val, uid)

@@ -13,6 +13,7 @@ The compiled code reads the same table through generated files, committed and ch
 `--c-header` writes server/native/layout.h (the membership front), `--markdown` prints the table
 that docs/design.md holds.
 """
+import binascii
 import json
 import struct
 from array import array
@@ -53,9 +54,15 @@ UID = Int("uid", 4, "little", "uid as the value of guid -> uid and identity -> u
 REJECT_LINE = Int("reject_line", 8, "big", "line number of a rejected row")
 PROFILE_BITS = Int("profile_bits", 1, "little", "channel bits of a profile record")
 PROFILE_GUID_LEN = Int("profile_guid_len", 2, "little", "guid length of a profile record")
+LAYOUT_VERSION = Int("layout_version", 4, "big", "the layout a data directory is written in (LAYOUT)")
 
 INTS = (ACCOUNT, PROFILE_UID, SEGMENT_ID, VERSION, UPLOAD_ID, REJECT_ROW, GENERATION, UID, REJECT_LINE,
-        PROFILE_BITS, PROFILE_GUID_LEN)
+        PROFILE_BITS, PROFILE_GUID_LEN, LAYOUT_VERSION)
+
+#: The layout this code writes. 1 (no LAYOUT_KEY): guids stored as given. 2: guids of 32 lowercase
+#: hex digits stored as 16 bytes (pack_guid), in the guid table's keys and the profile records.
+#: core/lmdb_migrate.py brings a data directory of an older layout up to this one when it opens.
+LAYOUT = 2
 
 #: No uid: what a look-up answers for a key without a profile. uids are below it, so it is never a member.
 UNKNOWN = (1 << 8 * UID.width) - 1
@@ -75,38 +82,128 @@ def channel_names(bits):
     return tuple(name for name in CHANNELS if bits & CHANNEL_BIT[name])
 
 
-# The profile record: bits (1 byte), guid length (uint16 LE), guid, identity (the rest; may be empty).
+# == guids: 32 lowercase hex digits in 16 bytes ===================================================
+# Most guids are 32 hex digits (a UUID's or an MD5's); stored as their 16 bytes, a profile costs 32
+# bytes less (issue 16: 150M profiles in 15 GB). Every other guid is stored as given, unless its first
+# byte is a mark, which gets an escape mark in front, so the stored forms of two guids never collide.
+#: The guids stored packed: this many lowercase hex digits, nothing else.
+HEX_GUID_DIGITS = 32
+#: First byte of a packed guid (then its 16 bytes).
+PACKED_GUID_MARK = 0
+#: First byte of a guid stored as given but for this byte, put in front because the guid starts with
+#: one of the marks.
+ESCAPED_GUID_MARK = 1
+_PACKED, _ESCAPED = bytes((PACKED_GUID_MARK,)), bytes((ESCAPED_GUID_MARK,))
+
+
+def _hex_bytes(guid):
+    """guid's 16 bytes if it is 32 lowercase hex digits, else None (unhexlify takes capitals too)."""
+    if len(guid) != HEX_GUID_DIGITS or guid != guid.lower():
+        return None
+    try:
+        return binascii.unhexlify(guid)
+    except binascii.Error:
+        return None
+
+
+def is_hex_guid(guid):
+    return _hex_bytes(guid) is not None
+
+
+def pack_guid(guid):
+    """The stored form of a guid (bytes) in a key: see the section's head."""
+    packed = _hex_bytes(guid)
+    if packed is not None:
+        return _PACKED + packed
+    if guid[:1] and guid[0] <= ESCAPED_GUID_MARK:
+        return _ESCAPED + guid
+    return guid
+
+
+def unpack_guid(stored):
+    if stored[:1] == _PACKED and len(stored) == 1 + HEX_GUID_DIGITS // 2:
+        return stored[1:].hex().encode()
+    return stored[1:] if stored[:1] == _ESCAPED else stored
+
+
+# The same rule in C, for the Cython store (_layout.pxi) and the front (layout.h). tests/test_store.py
+# checks that both bindings store the same keys.
+GUID_C = """\
+/* layout.py's pack_guid: writes guid's stored form at dst (up to n + 1 bytes), returns its length */
+static inline int listseg_hex_digit(uint8_t c) {
+  if ((uint8_t)(c - '0') < 10) return c - '0';
+  if ((uint8_t)(c - 'a') < 6) return c - 'a' + 10;
+  return -1;
+}
+static inline size_t listseg_pack_guid(uint8_t *dst, const uint8_t *guid, size_t n) {
+  size_t i;
+  if (n == LISTSEG_HEX_GUID_DIGITS) {
+    for (i = 0; i < n; i += 2) {
+      int hi = listseg_hex_digit(guid[i]), lo = listseg_hex_digit(guid[i + 1]);
+      if (hi < 0 || lo < 0) break;
+      dst[1 + i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    if (i == n) { dst[0] = LISTSEG_PACKED_GUID_MARK; return 1 + n / 2; }
+  }
+  if (n && guid[0] <= LISTSEG_ESCAPED_GUID_MARK) { dst[0] = LISTSEG_ESCAPED_GUID_MARK; memcpy(dst + 1, guid, n); return n + 1; }
+  memcpy(dst, guid, n);
+  return n;
+}
+/* the 32 hex digits of a packed guid's 16 bytes, at dst */
+static inline void listseg_unpack_hex_guid(uint8_t *dst, const uint8_t *packed) {
+  static const char digits[] = "0123456789abcdef";
+  size_t i;
+  for (i = 0; i < LISTSEG_HEX_GUID_DIGITS / 2; i++) { dst[2 * i] = digits[packed[i] >> 4]; dst[2 * i + 1] = digits[packed[i] & 15]; }
+}
+"""
+
+
+# The profile record: bits (1 byte), guid length (uint16 LE), guid, identity (the rest; may be empty);
+# or, where the guid is 32 hex digits (is_hex_guid), bits | PROFILE_HEX_GUID, its 16 bytes, identity.
 _PROFILE_HEAD = struct.Struct("<" + PROFILE_BITS.code + PROFILE_GUID_LEN.code)
 PROFILE_HEAD = _PROFILE_HEAD.size
 PROFILE_FIELDS = ((PROFILE_BITS, 0), (PROFILE_GUID_LEN, PROFILE_BITS.width))   # (field, offset)
 assert PROFILE_HEAD == PROFILE_BITS.width + PROFILE_GUID_LEN.width
+#: The bit of a profile record's bits byte that says its guid is packed: above every channel's.
+PROFILE_HEX_GUID = 0x80
+#: A packed-guid record's head: the bits byte and the guid's 16 bytes.
+PROFILE_HEX_HEAD = PROFILE_BITS.width + HEX_GUID_DIGITS // 2
+assert all(bit < PROFILE_HEX_GUID for bit in CHANNEL_BIT.values())
 
 
 def encode_profile(bits, guid, identity):
+    packed = _hex_bytes(guid)
+    if packed is not None:
+        return bytes((bits | PROFILE_HEX_GUID,)) + packed + (identity or b"")
     return _PROFILE_HEAD.pack(bits, len(guid)) + guid + (identity or b"")
 
 
 def decode_profile(raw):
     """(bits, guid, identity) of a profile record, guid and identity as bytes (identity b"" if none)."""
+    if raw[0] & PROFILE_HEX_GUID:
+        return raw[0] & ~PROFILE_HEX_GUID, raw[1:PROFILE_HEX_HEAD].hex().encode(), raw[PROFILE_HEX_HEAD:]
     bits, glen = _PROFILE_HEAD.unpack_from(raw)
     return bits, raw[PROFILE_HEAD:PROFILE_HEAD + glen], raw[PROFILE_HEAD + glen:]
 
 
 def profile_bits(raw):
-    return _PROFILE_HEAD.unpack_from(raw)[0]
+    return raw[0] & ~PROFILE_HEX_GUID
 
 
-def profile_guid_len(raw):
-    return _PROFILE_HEAD.unpack_from(raw)[1]
+def is_profile(raw):
+    """Whether raw is long enough for the profile record its head describes."""
+    if raw[:1] and raw[0] & PROFILE_HEX_GUID:
+        return len(raw) >= PROFILE_HEX_HEAD
+    return len(raw) >= PROFILE_HEAD and len(raw) >= PROFILE_HEAD + _PROFILE_HEAD.unpack_from(raw)[1]
 
 
 def frame_keys(records, identities=False):
     """(keys, found) of [(uid, profile record or None)]: each guid (or identity, skipping profiles
     with none) followed by a newline, and the uids that have one (uint32 LE). What a backend's
-    member_keys answers; a record shorter than its guid length says is no profile."""
+    member_keys answers; a record shorter than its head says is no profile."""
     keys, found = bytearray(), array("I")
     for uid, rec in records:
-        if rec is None or len(rec) < PROFILE_HEAD + profile_guid_len(rec):
+        if rec is None or not is_profile(rec):
             continue
         _, guid, identity = decode_profile(rec)
         key = identity if identities else guid
@@ -149,7 +246,8 @@ def loads(raw):
 
 #: Every record codec, for the docs and the generated headers: name -> description.
 RECORDS = {
-    "profile": "bits (u8: channel i is bit i of CHANNELS), guid length (u16 LE), guid, identity (the rest)",
+    "profile": "bits (u8: channel i is bit i of CHANNELS), guid length (u16 LE), guid, identity (the rest); "
+               "where the guid is 32 lowercase hex digits: bits | 0x80, the guid's 16 bytes, identity (the rest)",
     "uid": "uid, u32 LE",
     "json": "JSON, compact, UTF-8",
     "bitmap": "Roaring bitmap, portable serialization (pyroaring serialize, CRoaring portable)",
@@ -160,9 +258,11 @@ RECORDS = {
 
 # == LMDB: databases and keys ====================================================================
 class Tail(NamedTuple):
-    """The variable last part of a key: raw bytes to the end."""
+    """The variable last part of a key: bytes to the end, stored as `pack` makes them (if given)."""
     name: str
     doc: str
+    pack: object = None         # value -> stored bytes, and back:
+    unpack: object = None
 
 
 class Key:
@@ -190,7 +290,8 @@ class Key:
         if account and not tag and not tail:
             return lambda prefix, *values: prefix + ints(*values)
         if account and not tag and n_ints == 0:
-            return lambda prefix, rest: prefix + rest
+            stored = self.parts[-1].pack
+            return (lambda prefix, rest: prefix + stored(rest)) if stored else (lambda prefix, rest: prefix + rest)
         if account and n_ints == 0 and not tail:
             return lambda prefix: tag + prefix
         if not account and n_ints == 0 and tail:
@@ -201,8 +302,10 @@ class Key:
         """The key of the leading parts given (all of them: the whole key), for range scans."""
         out = [self.tag]
         for part, value in zip(self.parts, values):
-            if part is ACCOUNT or isinstance(part, Tail):
-                assert part is not ACCOUNT or len(value) == ACCOUNT.width
+            if isinstance(part, Tail):
+                out.append(part.pack(value) if part.pack else value)
+            elif part is ACCOUNT:
+                assert len(value) == ACCOUNT.width
                 out.append(value)
             else:
                 out.append(part.pack(value))
@@ -213,7 +316,7 @@ class Key:
         at, out = len(self.tag), []
         for part in self.parts:
             if isinstance(part, Tail):
-                out.append(key[at:])
+                out.append(part.unpack(key[at:]) if part.unpack else key[at:])
                 continue
             raw = key[at:at + part.width]
             out.append(raw if part is ACCOUNT else part.unpack(raw))
@@ -231,7 +334,9 @@ GENERATION_KEY = Key("generation", "accounts", [ACCOUNT], GENERATION,
 COUNTER_KEY = Key("account_counter", "accounts", [], "json", "{next}: the next account number", tag=b"#")
 CREDENTIALS_KEY = Key("credentials", "accounts", [], "flag", "present once any account has a passcode",
                       tag=b"#credentials")
-GUID_KEY = Key("guid", "guid", [ACCOUNT, Tail("guid", "guid, UTF-8")], UID, "guid -> uid")
+LAYOUT_KEY = Key("layout", "accounts", [], LAYOUT_VERSION, "the data directory's layout (absent: 1)", tag=b"#layout")
+GUID_KEY = Key("guid", "guid", [ACCOUNT, Tail("guid", "guid, UTF-8, stored as pack_guid makes it", pack_guid,
+                                              unpack_guid)], UID, "guid -> uid")
 IDENT_KEY = Key("ident", "ident", [ACCOUNT, Tail("identity", "identity, UTF-8")], UID, "identity -> uid")
 PROFILE_KEY = Key("profile", "profile", [ACCOUNT, PROFILE_UID], "profile", "uid -> profile record")
 CHANNEL_KEY = Key("channel", "channels", [ACCOUNT, Tail("channel", f"channel name, or {DELETED!r}")], "bitmap",
@@ -246,7 +351,7 @@ HISTORY_KEY = Key("history", "history", [ACCOUNT, SEGMENT_ID, VERSION], "json", 
 UPLOAD_KEY = Key("upload", "uploads", [ACCOUNT, UPLOAD_ID], "json", "upload record")
 REJECT_KEY = Key("reject", "rejects", [ACCOUNT, UPLOAD_ID, REJECT_ROW], "reject", "a rejected row of an upload")
 
-KEYS = (ACCOUNT_NAME_KEY, ACCOUNT_KEY, GENERATION_KEY, COUNTER_KEY, CREDENTIALS_KEY, GUID_KEY, IDENT_KEY,
+KEYS = (ACCOUNT_NAME_KEY, ACCOUNT_KEY, GENERATION_KEY, COUNTER_KEY, CREDENTIALS_KEY, LAYOUT_KEY, GUID_KEY, IDENT_KEY,
         PROFILE_KEY, CHANNEL_KEY, SEGMENT_KEY, SEGMENT_NAME_KEY, HEAD_KEY, VERSION_KEY, HISTORY_KEY, UPLOAD_KEY,
         REJECT_KEY)
 
@@ -378,6 +483,9 @@ def c_header():
             "/* the profile record: bits, guid length, guid, identity */",
             f"#define LISTSEG_PROFILE_HEAD {PROFILE_HEAD}"]
     out += [f"#define LISTSEG_{_c_name(f.name)}_AT {at}" for f, at in PROFILE_FIELDS]
+    out += [f"#define LISTSEG_PROFILE_HEX_GUID 0x{PROFILE_HEX_GUID:02x}u  /* ...or bits | this, the guid's 16 bytes, identity */",
+            f"#define LISTSEG_PROFILE_HEX_HEAD {PROFILE_HEX_HEAD}", f"#define LISTSEG_LAYOUT {LAYOUT}  /* the layout written */",
+            "", "/* guids: the stored form */", *_guid_c().splitlines()]
     out += ["", "/* integers: listseg_put_X writes X at dst, listseg_get_X reads it (LISTSEG_X_WIDTH bytes) */"]
     for f in INTS:
         t = ctype[f.width]
@@ -401,6 +509,17 @@ def c_header():
     return "\n".join(out)
 
 
+def _guid_c():
+    """GUID_C with the constants it reads: one block, for layout.h and _layout.pxi."""
+    return "\n".join([f"#define LISTSEG_HEX_GUID_DIGITS {HEX_GUID_DIGITS}",
+                      f"#define LISTSEG_PACKED_GUID_MARK {PACKED_GUID_MARK}",
+                      f"#define LISTSEG_ESCAPED_GUID_MARK {ESCAPED_GUID_MARK}", GUID_C])
+
+
+#: The C function of each Tail packer: (name, bytes it may add to the value's length).
+_C_PACKERS = {pack_guid: ("listseg_pack_guid", 1)}
+
+
 def _c_key_builder(k, ctype):
     args, body, fixed = ["uint8_t *dst"], [], len(k.tag)
     if k.tag:
@@ -409,8 +528,14 @@ def _c_key_builder(k, ctype):
     for p in k.parts:
         if isinstance(p, Tail):
             args += [f"const void *{p.name}", f"size_t {p.name}_len"]
-            body.append(f"memcpy(dst + {at}, {p.name}, {p.name}_len);")
-            at = f"{at} + {p.name}_len"
+            if p.pack:
+                packer, extra = _C_PACKERS[p.pack]
+                fixed += extra          # room for the longest stored form
+                body.append(f"size_t stored = {packer}(dst + {at}, (const uint8_t *){p.name}, {p.name}_len);")
+                at = f"{at} + stored"
+            else:
+                body.append(f"memcpy(dst + {at}, {p.name}, {p.name}_len);")
+                at = f"{at} + {p.name}_len"
             continue
         if p is ACCOUNT:
             args.append("const uint8_t *account")
@@ -434,7 +559,15 @@ def pxi():
            "cdef enum:",
            f"    LAYOUT_PROFILE_HEAD = {PROFILE_HEAD}                 # bits, guid length; then guid, identity"]
     out += [f"    LAYOUT_{_c_name(f.name)}_AT = {at}" for f, at in PROFILE_FIELDS]
+    out += [f"    LAYOUT_PROFILE_HEX_GUID = 0x{PROFILE_HEX_GUID:02X}            # ...or bits | this, the guid's 16 bytes, identity",
+            f"    LAYOUT_PROFILE_HEX_HEAD = {PROFILE_HEX_HEAD}",
+            f"    LAYOUT_HEX_GUID_DIGITS = {HEX_GUID_DIGITS}"]
     out += [f"    LAYOUT_{_c_name(f.name)}_WIDTH = {f.width}" for f in INTS]
+    out += ["", "# guids: the stored form (layout.py's GUID_C)", "cdef extern from *:", '    """',
+            "    #include <stddef.h>", "    #include <stdint.h>", "    #include <string.h>",
+            *("    " + line if line else "" for line in _guid_c().splitlines()), '    """',
+            "    size_t pack_guid \"listseg_pack_guid\"(uint8_t *dst, const uint8_t *guid, size_t n) noexcept nogil",
+            "    void unpack_hex_guid \"listseg_unpack_hex_guid\"(uint8_t *dst, const uint8_t *packed) noexcept nogil"]
     for f in INTS:
         t = ctype[f.width]
         out += ["", f"cdef inline void put_{f.name}(uint8_t *dst, {t} v) noexcept nogil:",

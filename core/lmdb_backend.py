@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from pyroaring import FrozenBitMap
 
-from listseg.core import lmdb_profiles
+from listseg.core import lmdb_migrate, lmdb_profiles
 from listseg.core.backend import Backend, Snapshot, Unit
 from listseg.core.errors import HeadMoved
 from listseg.core.layout import (ACCOUNT, ACCOUNT_KEY, ACCOUNT_NAME_KEY, CHANNEL_KEY, COUNTER_KEY,
@@ -235,6 +235,11 @@ class LmdbBackend(Backend):
 
     def __init__(self, path, map_size=DEFAULT_MAP_SIZE, store_cls=None):
         self.database = Database(path, map_size, store_cls)
+        try:
+            lmdb_migrate.upgrade(self.database)
+        except BaseException:
+            self.database.close()
+            raise
         self._holding = threading.Lock()         # one first import held in memory at a time
         self.lmdb_path = path
         self.map_size = map_size                 # never resized while open

@@ -7,6 +7,11 @@
 - A data directory written by the code at c1ff166 (tests/fixtures/layout_c1ff166, see its build.py)
   opens unchanged and answers the same, through the engine and through the front; building it again
   with this code gives the same bytes.
+- Layout 2 (issue 16): a guid of 32 hex digits is stored as its 16 bytes, every other one as given
+  (escaped if it starts with a mark byte), and no two collide. A directory of layout 1 whose guids
+  layout 2 stores otherwise (tests/fixtures/layout1_hex, written at 139a3c0) is upgraded when it
+  opens, in one transaction, and answers the same through the engine and the front; the front
+  refuses it before.
 """
 import json
 import os
@@ -16,10 +21,13 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listseg.core import layout
-from listseg.core.layout import (ACCOUNT, CHANNEL_BIT, KEYS, PROFILE_KEY, Tail, account_prefix, decode_profile,
-                                 decode_reject, encode_profile, encode_reject)
+from listseg.core.layout import (ACCOUNT, CHANNEL_BIT, GUID_KEY, KEYS, PROFILE_KEY, Tail, account_prefix,
+                                 decode_profile, decode_reject, encode_profile, encode_reject, pack_guid,
+                                 unpack_guid)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "layout_c1ff166")
@@ -213,11 +221,18 @@ def strip_origins(value):
     return [strip_origins(v) for v in value] if isinstance(value, list) else value
 
 
+#: What the accounts table has gained since c1ff166: the layout's number (layout 2: issue 16).
+LAYOUT_ROW = [layout.LAYOUT_KEY.pack().hex(), layout.LAYOUT_VERSION.pack(layout.LAYOUT).hex()]
+
+
 def test_this_code_writes_the_bytes_c1ff166_wrote(tmp_path):
-    """Byte for byte, but for the origins history rows have since gained."""
+    """Byte for byte (its guids are none that layout 2 stores otherwise), but for the origins history
+    rows have since gained and the layout's number."""
     run_build(tmp_path)
     written, fixture = read_json(tmp_path / "dump.json"), read_json(os.path.join(FIXTURE, "dump.json"))
     assert all("upload" in json.loads(bytes.fromhex(v)) for _, v in written["history"])    # each has its origin
+    assert LAYOUT_ROW in written["accounts"]
+    written["accounts"].remove(LAYOUT_ROW)
     assert without_origins(written) == without_origins(fixture)
     assert strip_origins(read_json(tmp_path / "answers.json")) == read_json(os.path.join(FIXTURE, "answers.json"))
 
@@ -241,5 +256,131 @@ def test_the_front_answers_from_a_data_directory_of_c1ff166(tmp_path):
             got = [pair.fronted.IsMember(is_member(ref, key, kind), metadata=md, timeout=10) for kind, key in checks]
             assert [r.member for r in got] == [False, True, True, False, True], ref
             assert {r.version for r in got} == {want["segments"][0]["version"]}
+    finally:
+        pair.close()
+
+
+# -- layout 2: guids of 32 hex digits stored as 16 bytes, and the upgrade from layout 1 ---------------
+HEX_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "layout1_hex")
+HEX_A = b"4142434445464748494a4b4c4d4e4f50"          # packs to the bytes of "\x00ABCDEFGHIJKLMNOP"
+
+
+def test_a_guid_is_stored_packed_escaped_or_as_given():
+    p = account_prefix(7)
+    assert pack_guid(HEX_A) == b"\x00ABCDEFGHIJKLMNOP" and GUID_KEY.pack(p, HEX_A) == p + b"\x00ABCDEFGHIJKLMNOP"
+    assert GUID_KEY.parse(p + b"\x00ABCDEFGHIJKLMNOP") == (p, HEX_A)
+    for as_given in (HEX_A.upper(), HEX_A[:31], HEX_A + b"0", b"4142434445464748494a4b4c4d4e4f5g", b"plain", b"\x02x"):
+        assert pack_guid(as_given) == as_given
+    assert pack_guid(b"\x00ABCDEFGHIJKLMNOP") == b"\x01\x00ABCDEFGHIJKLMNOP" and pack_guid(b"\x01") == b"\x01\x01"
+    assert encode_profile(0b101, HEX_A, b"a@b") == b"\x85ABCDEFGHIJKLMNOPa@b"
+    assert decode_profile(b"\x85ABCDEFGHIJKLMNOPa@b") == (5, HEX_A, b"a@b")
+    assert decode_profile(encode_profile(0, HEX_A.upper(), None)) == (0, HEX_A.upper(), b"")
+    assert layout.frame_keys([(3, b"\x81ABCDEFGHIJKLMNOP"), (4, b"\x81ABC"), (5, b"\x01\x05\x00abc")]) == \
+        (HEX_A + b"\n", (3).to_bytes(4, "little"))            # a record shorter than its head is none
+
+
+GUIDS = st.one_of(st.binary(max_size=40), st.binary(min_size=16, max_size=16).map(lambda b: b.hex().encode()),
+                  st.builds(lambda mark, rest: bytes([mark]) + rest, st.sampled_from([0, 1, 2]), st.binary(max_size=33)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(GUIDS, max_size=30))
+def test_no_two_guids_are_stored_alike(guids):
+    stored = {g: pack_guid(g) for g in guids}
+    assert len(set(stored.values())) == len(stored)
+    assert all(unpack_guid(s) == g and decode_profile(encode_profile(3, g, b"i"))[1:] == (g, b"i")
+               for g, s in stored.items())
+
+
+def hex_data(tmp_path):
+    data = tmp_path / "data"
+    os.makedirs(data)
+    shutil.copy(os.path.join(HEX_FIXTURE, "data", "data.mdb"), data / "data.mdb")
+    return data
+
+
+def tables(data):
+    """{database: [(key, value)]} of a data directory, read-only, in key order."""
+    import lmdb
+    env = lmdb.open(str(data), max_dbs=32, readonly=True, lock=False)
+    with env.begin() as txn:
+        out = {name: list(txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False)))
+               for name in layout.DATABASES}
+    env.close()
+    return out
+
+
+@pytest.mark.parametrize("binding", ["compiled", "twin"])
+def test_a_layout_1_directory_is_upgraded_when_it_opens_and_answers_the_same(tmp_path, binding):
+    data = hex_data(tmp_path)
+    before = tables(data)
+    assert layout.LAYOUT_KEY.pack() not in dict(before["accounts"])
+    env = {k: v for k, v in os.environ.items() if k != "LISTSEG_NO_EXTENSIONS"}
+    if binding == "twin":
+        env["LISTSEG_NO_EXTENSIONS"] = "1"
+    subprocess.run([sys.executable, os.path.join(HEX_FIXTURE, "build.py"), "--read", data, tmp_path], check=True,
+                   cwd=ROOT, env=env)
+    assert read_json(tmp_path / "answers.json") == read_json(os.path.join(HEX_FIXTURE, "answers.json"))
+    after = tables(data)
+    assert dict(after["accounts"])[layout.LAYOUT_KEY.pack()] == layout.LAYOUT_VERSION.pack(layout.LAYOUT)
+    width = ACCOUNT.width
+    assert after["guid"] == sorted((GUID_KEY.pack(k[:width], k[width:]), v) for k, v in before["guid"])
+    assert sum(len(k) == width + 17 and k[width] == 0 for k, _ in after["guid"]) > 10      # packed ones
+    assert len(after["guid"]) == len(before["guid"])                                      # none collided
+    assert {k: v for k, v in after.items() if k not in ("guid", "accounts")} == \
+        {k: v for k, v in before.items() if k not in ("guid", "accounts")}               # records read as before
+
+
+def test_an_upgrade_cut_short_leaves_layout_1_and_runs_again(tmp_path, monkeypatch):
+    from listseg.core import lmdb_migrate
+    from listseg.core.lmdb_backend import LmdbBackend
+    data = hex_data(tmp_path)
+    before = tables(data)
+    pack_hex = lmdb_migrate._pack_hex
+
+    def cut_short(txn, database):
+        pack_hex(txn, database)              # every key rewritten, then the power goes
+        raise OSError("power cut")
+    monkeypatch.setattr(lmdb_migrate, "_pack_hex", cut_short)
+    with pytest.raises(OSError, match="power cut"):
+        LmdbBackend(str(data), map_size=1 << 26)
+    assert tables(data) == before
+    monkeypatch.undo()
+    LmdbBackend(str(data), map_size=1 << 26).close()
+    assert len(tables(data)["guid"]) == len(before["guid"]) and tables(data)["guid"] != before["guid"]
+    LmdbBackend(str(data), map_size=1 << 26).close()             # once upgraded, opening changes nothing
+    assert tables(data)["guid"] == sorted((GUID_KEY.pack(k[:4], k[4:]), v) for k, v in before["guid"])
+
+
+def test_a_directory_of_a_later_layout_is_refused(tmp_path):
+    from listseg.core.lmdb_backend import LmdbBackend
+    LmdbBackend(str(tmp_path), map_size=1 << 26).close()
+    import lmdb
+    env = lmdb.open(str(tmp_path), max_dbs=32, map_size=1 << 26)
+    with env.begin(write=True, db=env.open_db(b"accounts")) as txn:
+        txn.put(layout.LAYOUT_KEY.pack(), layout.LAYOUT_VERSION.pack(layout.LAYOUT + 1))
+    env.close()
+    with pytest.raises(ValueError, match=f"layout {layout.LAYOUT + 1}"):
+        LmdbBackend(str(tmp_path), map_size=1 << 26)
+
+
+def test_the_front_refuses_layout_1_and_answers_once_upgraded(tmp_path):
+    from test_front import GUID, IDENT, Pair, is_member, pytestmark as needs_front
+    from listseg.server import front
+    if needs_front.args[0]:
+        pytest.skip(needs_front.kwargs["reason"])
+    data = hex_data(tmp_path)
+    refused = subprocess.run([front.BINARY, "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9", "--data", data],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "layout 1" in refused.stderr, refused.stderr
+    hexes = json.loads(subprocess.run([sys.executable, "-c", "import build, json; print(json.dumps(build.HEX + build.RAW))"],
+                                      cwd=HEX_FIXTURE, capture_output=True, text=True, check=True).stdout)
+    checks = [(GUID, hexes[k]) for k in (0, 1, 2, 3, 4)] + [(GUID, hexes[12]), (GUID, hexes[13]), (GUID, "plain"),
+                                                            (IDENT, "id3@x.com")]
+    pair = Pair(tmp_path)                    # the server upgrades it, then starts the front
+    try:
+        pair.server.stop(0)                  # from now on, the front alone
+        got = [pair.fronted.IsMember(is_member("hex", key, kind), timeout=10).member for kind, key in checks]
+        assert got == [True, False, True, True, False, True, True, False, True]
     finally:
         pair.close()

@@ -8,7 +8,7 @@ import pytest
 from conftest import TWIN_ONLY, channels_of
 from listseg.core import _store_py, parser
 from listseg.core.errors import InvalidProfile
-from listseg.core.layout import CHANNELS
+from listseg.core.layout import CHANNELS, GUID_KEY
 from listseg.core.store import DATABASES, UNKNOWN
 
 
@@ -249,7 +249,7 @@ def _run(store_cls, path, rows, stored):
     p = b"\x00\x00\x00\x07"
     txn = store.begin(True)
     for k, g in enumerate(stored):
-        txn.put(db["guid"], p + g.encode(), k.to_bytes(4, "little"))
+        txn.put(db["guid"], GUID_KEY.pack(p, g.encode()), k.to_bytes(4, "little"))
         txn.put(db["ident"], p + b"id-" + g.encode(), k.to_bytes(4, "little"))
     batch = _batch(rows)
     n = batch.valid
@@ -272,10 +272,11 @@ def _run(store_cls, path, rows, stored):
 def test_compiled_matches_twin(tmp_path):
     from listseg.core._store import Store
     rng = random.Random(7)
-    stored = [f"g{k}" for k in range(0, 60, 3)]
+    hexes = [f"{rng.getrandbits(128):032x}" for _ in range(40)]       # stored packed; in capitals, as given
+    stored = [f"g{k}" for k in range(0, 60, 3)] + hexes[::2]
     rows = []
     for _ in range(500):
-        g = f"g{rng.randrange(60)}" if rng.random() < 0.5 else f"n{rng.randrange(400)}"
+        g = rng.choice([f"g{rng.randrange(60)}", f"n{rng.randrange(400)}", rng.choice(hexes), rng.choice(hexes).upper()])
         i = rng.choice(["", f"id-g{rng.randrange(60)}", f"i{rng.randrange(300)}"])
         rows.append((g, i, [rng.choice(["email", "sms", "bad", ""])]))
     compiled = _run(Store, tmp_path / "c", rows, stored)
@@ -438,12 +439,14 @@ def _load_run(store_cls, path, rows, stored_after):
 @pytest.mark.parametrize("after", [[], [b"a", b"z"]], ids=["appends", "inserts"])
 def test_load_compiled_matches_twin(tmp_path, after):
     """Keys the 8-byte radix cannot tell apart (a shared 12-byte head, prefixes of each other, NUL
-    bytes, runs long and short), repeats, identities moving: the compiled load writes what the twin
-    writes."""
+    bytes, runs long and short), guids stored packed and escaped (their stored order is not their
+    order as given), repeats, identities moving: the compiled load writes what the twin writes."""
     from listseg.core._store import Store
     rng = random.Random(2)
     pool = ([b"customer-%06d" % rng.randrange(3000) for _ in range(400)] + [b"ab", b"ab\x00", b"ab\x00\x00", b"a",
-            b"ab\x00\x00\x00\x00\x00\x00\x00x"] + [b"%032x" % rng.getrandbits(128) for _ in range(300)])
+            b"ab\x00\x00\x00\x00\x00\x00\x00x"] + [b"%032x" % rng.getrandbits(128) for _ in range(300)] +
+            [b"%032X" % rng.getrandbits(128) for _ in range(20)] + [b"\x00" + b"%016x" % k for k in range(10)] +
+            [b"\x01" + b"%032x" % k for k in range(10)])
     rows = []
     for _ in range(3000):
         g = rng.choice(pool)

@@ -5,6 +5,7 @@ from array import array
 import pytest
 
 from listseg.core import _store_py, keyorder, store
+from listseg.core.layout import GUID_KEY
 from listseg.core.parser import parse_all
 from listseg.core.store import UNKNOWN, Database, next_key
 
@@ -44,9 +45,9 @@ def test_resolve_in_any_order(tmp_path, store_cls):
 
     def fill(t):
         for uid, k in enumerate(keys):
-            t.put(db.db.guid, pre + k, uid.to_bytes(4, "little"))
+            t.put(db.db.guid, GUID_KEY.pack(pre, k), uid.to_bytes(4, "little"))
         t.put(db.db.ident, pre + b"jane", (5).to_bytes(4, "little"))
-        t.put(db.db.guid, b"\x00\x00\x00\x08" + b"other-account", (9).to_bytes(4, "little"))
+        t.put(db.db.guid, GUID_KEY.pack(b"\x00\x00\x00\x08", b"other-account"), (9).to_bytes(4, "little"))
     db.write(fill)
     lines = [b"g," + k for k in reversed(keys)] + [b"i,jane", b"g,jane", b"g,missing", b"g,other-account"]
     _, batch = parse_all(b"\n".join(lines))
@@ -60,15 +61,19 @@ def test_resolve_in_any_order(tmp_path, store_cls):
 def _ranged_batch(db, pre):
     """Fill db for the key-range tests; return an upload batch and the uids it resolves to: guids of
     every length around the sort key's 8 bytes, keys that share their first 8 bytes, non-ASCII keys,
-    identities, repeats, unknowns."""
-    guids = [os.urandom(16).hex().encode() for _ in range(2000)] + [b"k" * n for n in range(1, 12)] + \
+    guids stored packed (32 hex digits) beside ones that are not (capitals, one digit short, a mark
+    byte first: stored escaped), whose stored order is not their order as given, identities,
+    repeats, unknowns."""
+    hexes = [os.urandom(16).hex().encode() for _ in range(2000)]
+    guids = hexes + [h.upper() for h in hexes[:40]] + [h[:31] for h in hexes[40:80]] + \
+        [b"\x01" + h[:16] for h in hexes[80:120]] + [b"k" * n for n in range(1, 12)] + \
         [b"samefirst8-%d" % i for i in range(50)] + ["é%d" % i for i in range(50)]
     guids = [g.encode() if isinstance(g, str) else g for g in guids]
     idents = [b"c%d" % i for i in range(300)]
 
     def fill(t):
         for uid, g in enumerate(guids):
-            t.put(db.db.guid, pre + g, uid.to_bytes(4, "little"))
+            t.put(db.db.guid, GUID_KEY.pack(pre, g), uid.to_bytes(4, "little"))
         for uid, i in enumerate(idents):
             t.put(db.db.ident, pre + i, (10_000 + uid).to_bytes(4, "little"))
     db.write(fill)

@@ -29,6 +29,7 @@
 /*   generation: accounts: 'g' + account -> generation (u64 BE) */
 /*   account_counter: accounts: '#' -> json */
 /*   credentials: accounts: '#credentials' -> flag */
+/*   layout: accounts: '#layout' -> layout_version (u32 BE) */
 /*   guid: guid: account + guid -> uid (u32 LE) */
 /*   ident: ident: account + identity -> uid (u32 LE) */
 /*   profile: profile: account + profile_uid -> profile */
@@ -45,6 +46,7 @@
 #define LISTSEG_KEY_GENERATION_TAG "g"
 #define LISTSEG_KEY_ACCOUNT_COUNTER_TAG "#"
 #define LISTSEG_KEY_CREDENTIALS_TAG "#credentials"
+#define LISTSEG_KEY_LAYOUT_TAG "#layout"
 
 /* names */
 #define LISTSEG_DEFAULT_ACCOUNT "default"
@@ -60,6 +62,40 @@
 #define LISTSEG_PROFILE_HEAD 3
 #define LISTSEG_PROFILE_BITS_AT 0
 #define LISTSEG_PROFILE_GUID_LEN_AT 1
+#define LISTSEG_PROFILE_HEX_GUID 0x80u  /* ...or bits | this, the guid's 16 bytes, identity */
+#define LISTSEG_PROFILE_HEX_HEAD 17
+#define LISTSEG_LAYOUT 2  /* the layout written */
+
+/* guids: the stored form */
+#define LISTSEG_HEX_GUID_DIGITS 32
+#define LISTSEG_PACKED_GUID_MARK 0
+#define LISTSEG_ESCAPED_GUID_MARK 1
+/* layout.py's pack_guid: writes guid's stored form at dst (up to n + 1 bytes), returns its length */
+static inline int listseg_hex_digit(uint8_t c) {
+  if ((uint8_t)(c - '0') < 10) return c - '0';
+  if ((uint8_t)(c - 'a') < 6) return c - 'a' + 10;
+  return -1;
+}
+static inline size_t listseg_pack_guid(uint8_t *dst, const uint8_t *guid, size_t n) {
+  size_t i;
+  if (n == LISTSEG_HEX_GUID_DIGITS) {
+    for (i = 0; i < n; i += 2) {
+      int hi = listseg_hex_digit(guid[i]), lo = listseg_hex_digit(guid[i + 1]);
+      if (hi < 0 || lo < 0) break;
+      dst[1 + i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    if (i == n) { dst[0] = LISTSEG_PACKED_GUID_MARK; return 1 + n / 2; }
+  }
+  if (n && guid[0] <= LISTSEG_ESCAPED_GUID_MARK) { dst[0] = LISTSEG_ESCAPED_GUID_MARK; memcpy(dst + 1, guid, n); return n + 1; }
+  memcpy(dst, guid, n);
+  return n;
+}
+/* the 32 hex digits of a packed guid's 16 bytes, at dst */
+static inline void listseg_unpack_hex_guid(uint8_t *dst, const uint8_t *packed) {
+  static const char digits[] = "0123456789abcdef";
+  size_t i;
+  for (i = 0; i < LISTSEG_HEX_GUID_DIGITS / 2; i++) { dst[2 * i] = digits[packed[i] >> 4]; dst[2 * i + 1] = digits[packed[i] & 15]; }
+}
 
 /* integers: listseg_put_X writes X at dst, listseg_get_X reads it (LISTSEG_X_WIDTH bytes) */
 #define LISTSEG_ACCOUNT_WIDTH 4  /* big-endian: account number: the first 4 bytes of every account's key */
@@ -95,6 +131,9 @@ static inline uint8_t listseg_get_profile_bits(const uint8_t *src) { return (uin
 #define LISTSEG_PROFILE_GUID_LEN_WIDTH 2  /* little-endian: guid length of a profile record */
 static inline void listseg_put_profile_guid_len(uint8_t *dst, uint16_t v) { dst[0] = (uint8_t)(v >> 0); dst[1] = (uint8_t)(v >> 8); }
 static inline uint16_t listseg_get_profile_guid_len(const uint8_t *src) { return (uint16_t)(((uint16_t)src[0] << 0) | ((uint16_t)src[1] << 8)); }
+#define LISTSEG_LAYOUT_VERSION_WIDTH 4  /* big-endian: the layout a data directory is written in (LAYOUT) */
+static inline void listseg_put_layout_version(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
+static inline uint32_t listseg_get_layout_version(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
 
 /* key builders: listseg_key_K writes key K at dst (LISTSEG_KEY_K_FIXED bytes, plus a tail's length)
    and returns its length; the account is the account prefix (LISTSEG_ACCOUNT_WIDTH bytes) */
@@ -126,11 +165,16 @@ static inline size_t listseg_key_credentials(uint8_t *dst) {
   memcpy(dst, "#credentials", 12);
   return 12;
 }
-#define LISTSEG_KEY_GUID_FIXED 4
+#define LISTSEG_KEY_LAYOUT_FIXED 7
+static inline size_t listseg_key_layout(uint8_t *dst) {
+  memcpy(dst, "#layout", 7);
+  return 7;
+}
+#define LISTSEG_KEY_GUID_FIXED 5
 static inline size_t listseg_key_guid(uint8_t *dst, const uint8_t *account, const void *guid, size_t guid_len) {
   memcpy(dst + 0, account, 4);
-  memcpy(dst + 4, guid, guid_len);
-  return 4 + guid_len;
+  size_t stored = listseg_pack_guid(dst + 4, (const uint8_t *)guid, guid_len);
+  return 4 + stored;
 }
 #define LISTSEG_KEY_IDENT_FIXED 4
 static inline size_t listseg_key_ident(uint8_t *dst, const uint8_t *account, const void *identity, size_t identity_len) {

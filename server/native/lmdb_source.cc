@@ -18,11 +18,11 @@ namespace {
 constexpr size_t kMaxKey = 511;  // LMDB's default maximum key size
 
 // Keys and values exactly as the server stores them: layout.h, generated from core/layout.py.
-// A key from one of its listseg_key_* builders, into a string of the key's size.
+// A key from one of its listseg_key_* builders, into a string of room `size`, cut to the key's length.
 template <typename Build, typename... Args>
 std::string make_key(size_t size, Build build, Args... args) {
   std::string key(size, '\0');
-  build(reinterpret_cast<uint8_t*>(&key[0]), args...);
+  key.resize(build(reinterpret_cast<uint8_t*>(&key[0]), args...));
   return key;
 }
 
@@ -60,7 +60,17 @@ class Store {
     segnames_ = open(txn, LISTSEG_DB_SEGNAMES);
     heads_ = open(txn, LISTSEG_DB_HEADS);
     versions_ = open(txn, LISTSEG_DB_VERSIONS);
+    // Keys of another layout would answer "not a member" for every stored guid: refuse them. The
+    // server brings the directory up to its layout when it opens it, before it starts this front.
+    std::string key = make_key(LISTSEG_KEY_LAYOUT_FIXED, listseg_key_layout);
+    MDB_val k{key.size(), &key[0]}, v;
+    uint64_t layout = 1;
+    if (mdb_get(txn, accounts_, &k, &v) == 0 && !read_int(v, LISTSEG_LAYOUT_VERSION_WIDTH, listseg_get_layout_version, &layout))
+      layout = 0;
     check(mdb_txn_commit(txn), "mdb_txn_commit");
+    if (layout != LISTSEG_LAYOUT)
+      throw std::runtime_error(path + " holds data of layout " + std::to_string(layout) + "; this front reads layout " +
+                               std::to_string(LISTSEG_LAYOUT) + ": open it with listseg serve first, which upgrades it");
   }
   ~Store() {
     for (MDB_txn* txn : idle_) mdb_txn_abort(txn);
