@@ -10,8 +10,11 @@ cdef enum:
     LAYOUT_PROFILE_HEX_GUID = 0x80            # ...or bits | this, the guid's 16 bytes, identity
     LAYOUT_PROFILE_HEX_HEAD = 17
     LAYOUT_HEX_GUID_DIGITS = 32
+    LAYOUT_PROFILE_BLOCK_BITS = 4              # a profile block: 16 uids
+    LAYOUT_PROFILE_SLOT_LONG = 255             # a slot's length byte: a u16 LE length follows
     LAYOUT_ACCOUNT_WIDTH = 4
     LAYOUT_PROFILE_UID_WIDTH = 4
+    LAYOUT_PROFILE_BLOCK_WIDTH = 4
     LAYOUT_SEGMENT_ID_WIDTH = 4
     LAYOUT_VERSION_WIDTH = 4
     LAYOUT_UPLOAD_ID_WIDTH = 8
@@ -22,6 +25,7 @@ cdef enum:
     LAYOUT_PROFILE_BITS_WIDTH = 1
     LAYOUT_PROFILE_GUID_LEN_WIDTH = 2
     LAYOUT_LAYOUT_VERSION_WIDTH = 4
+    LAYOUT_PROFILE_SLOT_LEN_WIDTH = 2
 
 # guids: the stored form (layout.py's GUID_C)
 cdef extern from *:
@@ -73,13 +77,23 @@ cdef inline uint32_t get_account(const uint8_t *src) noexcept nogil:
     return (<uint32_t>src[0] << 24) | (<uint32_t>src[1] << 16) | (<uint32_t>src[2] << 8) | (<uint32_t>src[3] << 0)
 
 cdef inline void put_profile_uid(uint8_t *dst, uint32_t v) noexcept nogil:
-    """uid in a profile key: big-endian, so key order is uid order (4 bytes, big-endian)"""
+    """uid in a layout-2 profile key: big-endian, so key order is uid order (4 bytes, big-endian)"""
     dst[0] = <uint8_t>(v >> 24)
     dst[1] = <uint8_t>(v >> 16)
     dst[2] = <uint8_t>(v >> 8)
     dst[3] = <uint8_t>(v >> 0)
 
 cdef inline uint32_t get_profile_uid(const uint8_t *src) noexcept nogil:
+    return (<uint32_t>src[0] << 24) | (<uint32_t>src[1] << 16) | (<uint32_t>src[2] << 8) | (<uint32_t>src[3] << 0)
+
+cdef inline void put_profile_block(uint8_t *dst, uint32_t v) noexcept nogil:
+    """a block of profiles (uid >> PROFILE_BLOCK_BITS): key order is uid order (4 bytes, big-endian)"""
+    dst[0] = <uint8_t>(v >> 24)
+    dst[1] = <uint8_t>(v >> 16)
+    dst[2] = <uint8_t>(v >> 8)
+    dst[3] = <uint8_t>(v >> 0)
+
+cdef inline uint32_t get_profile_block(const uint8_t *src) noexcept nogil:
     return (<uint32_t>src[0] << 24) | (<uint32_t>src[1] << 16) | (<uint32_t>src[2] << 8) | (<uint32_t>src[3] << 0)
 
 cdef inline void put_segment_id(uint8_t *dst, uint32_t v) noexcept nogil:
@@ -188,3 +202,11 @@ cdef inline void put_layout_version(uint8_t *dst, uint32_t v) noexcept nogil:
 
 cdef inline uint32_t get_layout_version(const uint8_t *src) noexcept nogil:
     return (<uint32_t>src[0] << 24) | (<uint32_t>src[1] << 16) | (<uint32_t>src[2] << 8) | (<uint32_t>src[3] << 0)
+
+cdef inline void put_profile_slot_len(uint8_t *dst, uint16_t v) noexcept nogil:
+    """a long profile record's length in its block (2 bytes, little-endian)"""
+    dst[0] = <uint8_t>(v >> 0)
+    dst[1] = <uint8_t>(v >> 8)
+
+cdef inline uint16_t get_profile_slot_len(const uint8_t *src) noexcept nogil:
+    return (<uint16_t>src[0] << 0) | (<uint16_t>src[1] << 8)

@@ -35,6 +35,7 @@ cdef enum:
     GATHER_AHEAD = 64                               # fetched this many ahead (a short loop)
     WALK_MAX_GAP = 16                               # seek steps on where keys are this close or closer
     KEY_ROOM = 1024                                 # bytes for a key: LMDB's longest (511 by default) and more
+    SLOT_BAD = 1 << 20                              # slot_size: a block that ends inside a slot
     MAIN_DBI = 1                                    # LMDB's main database (0 is its free list)
 
 cdef uint64_t ALL_KEYS = ~(<uint64_t>0)             # resolve's default hi: every sort key
@@ -382,9 +383,13 @@ cdef class Txn:
         """(guids, found) for uids in ascending order: each existing profile's guid followed by a
         newline, and the uids that still have a profile (packed uint32); with identities true, each
         one's identity instead, and only profiles with one. Reads layout.py's profile record (bits,
-        guid length uint16 LE, guid, identity; or bits | PROFILE_HEX_GUID, 16 bytes, identity). This
-        is ListMembers', the export's and the profile index's loop: a Python loop per member ran ~1M/s."""
-        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen = 0, start, flen, head
+        guid length uint16 LE, guid, identity; or bits | PROFILE_HEX_GUID, 16 bytes, identity), in its
+        block (layout.PROFILE_KEY): each block is read once, its slots walked in order. This is
+        ListMembers', the export's and the profile index's loop: a Python loop per member ran ~1M/s."""
+        cdef size_t n = uids.shape[0], i, plen = len(prefix), glen = 0, start, flen, head, size = 0
+        cdef size_t at = 0, rsize
+        cdef uint32_t block = LAYOUT_UNKNOWN, slot = 0, want
+        cdef const uint8_t *blk = NULL
         cdef uint8_t keybuf[16]
         cdef uint8_t hexbuf[LAYOUT_HEX_GUID_DIGITS]
         cdef bint hex_guid
@@ -407,27 +412,41 @@ cdef class Txn:
             with nogil:
                 for i in range(n):
                     uid = uids[i]
-                    put_profile_uid(keybuf + plen, uid)     # layout.PROFILE_KEY: account prefix + uid
-                    k.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
-                    k.mv_data = keybuf
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)
-                    if rc == MDB_NOTFOUND:
-                        rc = 0
-                        continue
-                    if rc:
-                        break
-                    rec = <const uint8_t *>v.mv_data
-                    hex_guid = v.mv_size > 0 and get_profile_bits(rec + LAYOUT_PROFILE_BITS_AT) & LAYOUT_PROFILE_HEX_GUID
+                    want = uid & ((1 << LAYOUT_PROFILE_BLOCK_BITS) - 1)
+                    if uid >> LAYOUT_PROFILE_BLOCK_BITS != block or want < slot:
+                        block = uid >> LAYOUT_PROFILE_BLOCK_BITS
+                        put_profile_block(keybuf + plen, block)     # layout.PROFILE_KEY: prefix + block
+                        k.mv_size = plen + LAYOUT_PROFILE_BLOCK_WIDTH
+                        k.mv_data = keybuf
+                        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY)
+                        blk, size, at, slot = NULL, 0, 0, 0
+                        if rc == 0:
+                            blk, size = <const uint8_t *>v.mv_data, v.mv_size
+                        elif rc == MDB_NOTFOUND:
+                            rc = 0
+                        else:
+                            break
+                    rsize = SLOT_BAD
+                    while blk != NULL and slot <= want:         # on to uid's slot
+                        rsize = slot_size(blk, size, &at)
+                        if rsize == SLOT_BAD:
+                            break
+                        rec = blk + at
+                        at += rsize
+                        slot += 1
+                    if rsize == SLOT_BAD or slot != want + 1 or rsize == 0:
+                        continue                        # no profile (or not a block: never read past it)
+                    hex_guid = get_profile_bits(rec + LAYOUT_PROFILE_BITS_AT) & LAYOUT_PROFILE_HEX_GUID
                     if hex_guid:
                         head = LAYOUT_PROFILE_HEX_HEAD
                     else:
-                        glen = get_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT) if v.mv_size >= LAYOUT_PROFILE_HEAD else 0
+                        glen = get_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT) if rsize >= LAYOUT_PROFILE_HEAD else 0
                         head = LAYOUT_PROFILE_HEAD + glen
-                    if v.mv_size < head:
+                    if rsize < head:
                         continue                        # not a profile record: skip, never read past it
                     src = rec
                     if identities:
-                        start, flen = head, v.mv_size - head
+                        start, flen = head, rsize - head
                         if flen == 0:
                             continue
                     elif hex_guid:
@@ -496,11 +515,10 @@ cdef class Txn:
         cdef size_t n = guid_uids.shape[0], plen = len(prefix), ntab = chan_bits.shape[0]
         cdef size_t r, i, k, b, start, flen, ilen, nfast = 0, nslow = 0, nident = 0, ng = 0
         cdef size_t max_key = <size_t>self.store.max_key_size
-        cdef uint32_t g, ig, uid, cg
+        cdef uint32_t g, ig, uid, cg, first_new = next_uid
         cdef uint8_t bits
         cdef int rc = 0
-        cdef unsigned int flags
-        cdef MDB_cursor *cur
+        cdef Blocks blocks
         cdef const uint8_t *fp
         cdef const uint64_t *ep
         cdef const uint8_t *pp = <const uint8_t *>PyBytes_AS_STRING(prefix)
@@ -600,24 +618,21 @@ cdef class Txn:
                         srows[nslow] = <uint32_t>r
                         suids[nslow] = uid
                         nslow += 1
-                # profile records: uids ascend, so append when they come after every stored key
+                # profile records: uids ascend, so blocks append when they come after every stored key
                 if rc == 0 and nfast:
-                    rc = mdb_cursor_open(self.txn, profile_dbi, &cur)
+                    rc = blocks_open(&blocks, self.txn, profile_dbi, pp, plen, first_new)
                     if rc == 0:
-                        flags = MDB_APPEND | MDB_RESERVE
                         for k in range(nfast):
                             r = fast_rows[k]
-                            uid = fast_uids[k]
                             i = r * nvals
                             start = ep[i - 1] if i else 0
                             flen = ep[i] - start
                             ilen = ep[i + 1] - ep[i]
-                            rc = put_profile(cur, pp, plen, uid,
-                                             chan_bits[chan_gids[r]], fp + start, flen, fp + ep[i], ilen,
-                                             &flags)
+                            rc = blocks_add(&blocks, fast_uids[k], chan_bits[chan_gids[r]], fp + start, flen,
+                                            fp + ep[i], ilen)
                             if rc:
                                 break
-                        mdb_cursor_close(cur)
+                        rc = blocks_close(&blocks, rc)
                 if rc == 0 and nfast:
                     rc = put_uids_sorted(self.txn, guid_dbi, pp, plen, fp, ep, nvals, 0, True,
                                          fast_rows, fast_uids, nfast, keys, order)
@@ -632,6 +647,8 @@ cdef class Txn:
                 raise ValueError("empty guid or key too long")
             if rc == -4:
                 raise StoreError("no uids left")
+            if rc == -5:
+                raise StoreError("profile records out of uid order")
             check(rc)
             memset(counts, 0, sizeof(counts))
             for k in range(nfast):
@@ -715,6 +732,8 @@ cdef class Txn:
         cdef int rc = 0
         cdef unsigned int put_flags
         cdef MDB_cursor *cur
+        cdef Blocks blocks
+        cdef bint opened = False
         cdef const uint8_t *fp = &fields[0] if fields.shape[0] else NULL
         cdef const uint64_t *ep
         cdef const uint8_t *pp = <const uint8_t *>PyBytes_AS_STRING(prefix)
@@ -822,9 +841,9 @@ cdef class Txn:
                     mdb_cursor_close(cur)
                 # profile records in uid order, each its guid's last row
                 if rc == 0:
-                    rc = mdb_cursor_open(self.txn, profile_dbi, &cur)
+                    rc = blocks_open(&blocks, self.txn, profile_dbi, pp, plen, next_uid)
+                    opened = rc == 0
                 if rc == 0:
-                    put_flags = MDB_APPEND | MDB_RESERVE
                     for k in range(nd):
                         if repeats and k + 2 * AHEAD < nd:
                             i = 3 * <size_t>last_of_uid[k + 2 * AHEAD]
@@ -839,17 +858,19 @@ cdef class Txn:
                         ilen = 0 if marks[r] & ROW_IDENT_DROPPED else ep[3 * r + 1] - ep[3 * r]
                         bits = fp[ep[3 * r + 1]]
                         bits_of_uid[k] = bits
-                        rc = put_profile(cur, pp, plen, <uint32_t>(next_uid + k), bits, fp + start, glen,
-                                         fp + ep[3 * r], ilen, &put_flags)
+                        rc = blocks_add(&blocks, <uint32_t>(next_uid + k), bits, fp + start, glen, fp + ep[3 * r], ilen)
                         if rc:
                             break
-                    mdb_cursor_close(cur)
+                if opened:
+                    rc = blocks_close(&blocks, rc)
             if rc == -1:
                 raise MemoryError()
             if rc == -3:
                 raise ValueError("empty guid, key too long, or a channels value that is not one bits byte")
             if rc == -4:
                 raise StoreError("no uids left")
+            if rc == -5:
+                raise StoreError("profile records out of uid order")
             check(rc)
             memset(counts, 0, sizeof(counts))
             for k in range(nd):
@@ -876,42 +897,137 @@ cdef class Txn:
             free(chunk)
 
 
-cdef int put_profile(MDB_cursor *cur, const uint8_t *prefix, size_t plen, uint32_t uid, uint8_t bits,
-                     const uint8_t *guid, size_t glen, const uint8_t *ident, size_t ilen,
-                     unsigned int *flags) noexcept nogil:
-    """prefix + uid -> layout.py's profile record (layout.PROFILE_KEY), appending while it can
-    (put_appending): bits, guid length, guid, identity; or, for a guid of 32 hex digits, bits |
-    PROFILE_HEX_GUID, the guid's 16 bytes (as the guid key stores them, after their mark), identity."""
-    cdef uint8_t keybuf[520]
+cdef struct Blocks:
+    # layout.py's profile blocks, written in uid order: the block being built, then put (put_appending)
+    MDB_cursor *cur
+    uint8_t key[16]                                 # the account prefix, then the block number
+    size_t plen
+    uint32_t block                                  # the block in buf (LAYOUT_UNKNOWN: none yet)
+    uint32_t slots                                  # its slots so far
+    uint32_t stored_below                           # blocks with a uid below this may be stored already
+    Buf buf
+    unsigned int flags
+
+
+cdef int blocks_open(Blocks *b, MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_t plen,
+                     uint32_t first_new) noexcept nogil:
+    """Write blocks of new profiles, uids from first_new on: only first_new's block can be stored."""
+    memset(b, 0, sizeof(Blocks))
+    memcpy(b.key, prefix, plen)
+    b.plen = plen
+    b.block = LAYOUT_UNKNOWN
+    b.stored_below = first_new
+    b.flags = MDB_APPEND
+    return mdb_cursor_open(txn, dbi, &b.cur)
+
+
+cdef int blocks_flush(Blocks *b) noexcept nogil:
+    cdef MDB_val kv, dv
+    if b.block == LAYOUT_UNKNOWN:
+        return 0
+    put_profile_block(b.key + b.plen, b.block)
+    kv.mv_size = b.plen + LAYOUT_PROFILE_BLOCK_WIDTH
+    kv.mv_data = b.key
+    dv.mv_size = b.buf.len
+    dv.mv_data = b.buf.data
+    return put_appending(b.cur, &kv, &dv, &b.flags)
+
+
+cdef int blocks_close(Blocks *b, int rc) noexcept nogil:
+    """Put the last block (if rc is 0) and let go; the first error."""
+    if rc == 0:
+        rc = blocks_flush(b)
+    mdb_cursor_close(b.cur)
+    free(b.buf.data)
+    return rc
+
+
+cdef int blocks_add(Blocks *b, uint32_t uid, uint8_t bits, const uint8_t *guid, size_t glen,
+                    const uint8_t *ident, size_t ilen) noexcept nogil:
+    """Add uid's profile record (layout.py: bits, guid length, guid, identity; or for a guid of 32 hex
+    digits, bits | PROFILE_HEX_GUID, its 16 bytes, identity) to its block; uids ascend. 0, -1 (out
+    of memory), -3 (a guid too long), -5 (a uid not past the last one) or an LMDB error."""
     cdef uint8_t packed[LAYOUT_HEX_GUID_DIGITS + 1]    # pack_guid's output: the mark, then 16 bytes
-    cdef uint8_t *rec
-    cdef size_t head = LAYOUT_PROFILE_HEAD + glen
+    cdef uint8_t head[LAYOUT_PROFILE_HEAD + 2]
+    cdef uint32_t block = uid >> LAYOUT_PROFILE_BLOCK_BITS, slot = uid & ((1 << LAYOUT_PROFILE_BLOCK_BITS) - 1)
+    cdef bint hex_guid = glen == LAYOUT_HEX_GUID_DIGITS and pack_guid(packed, guid, glen) < glen
+    cdef size_t size = (LAYOUT_PROFILE_HEX_HEAD if hex_guid else LAYOUT_PROFILE_HEAD + glen) + ilen
     cdef MDB_val kv, dv
     cdef int rc
-    cdef bint hex_guid = glen == LAYOUT_HEX_GUID_DIGITS and pack_guid(packed, guid, glen) < glen
-    if glen >> (8 * LAYOUT_PROFILE_GUID_LEN_WIDTH):
+    if glen >> (8 * LAYOUT_PROFILE_GUID_LEN_WIDTH) or size >> (8 * LAYOUT_PROFILE_SLOT_LEN_WIDTH):
         return -3
-    if hex_guid:
-        head = LAYOUT_PROFILE_HEX_HEAD
-    memcpy(keybuf, prefix, plen)
-    put_profile_uid(keybuf + plen, uid)
-    kv.mv_size = plen + LAYOUT_PROFILE_UID_WIDTH
-    kv.mv_data = keybuf
-    dv.mv_size = head + ilen
-    rc = put_appending(cur, &kv, &dv, flags)
-    if rc:
-        return rc
-    rec = <uint8_t *>dv.mv_data
-    if hex_guid:
-        put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits | LAYOUT_PROFILE_HEX_GUID)
-        memcpy(rec + LAYOUT_PROFILE_BITS_WIDTH, packed + 1, LAYOUT_PROFILE_HEX_HEAD - LAYOUT_PROFILE_BITS_WIDTH)
+    if block != b.block:
+        if b.block != LAYOUT_UNKNOWN and block < b.block:
+            return -5
+        rc = blocks_flush(b)
+        if rc:
+            return rc
+        b.block, b.slots, b.buf.len = block, 0, 0
+        if <uint64_t>block << LAYOUT_PROFILE_BLOCK_BITS < b.stored_below:      # its first slots may be stored
+            put_profile_block(b.key + b.plen, block)
+            kv.mv_size = b.plen + LAYOUT_PROFILE_BLOCK_WIDTH
+            kv.mv_data = b.key
+            rc = mdb_cursor_get(b.cur, &kv, &dv, MDB_SET_KEY)
+            if rc == 0:
+                b.slots = block_slots(<const uint8_t *>dv.mv_data, dv.mv_size)
+                if b.slots == LAYOUT_UNKNOWN or buf_put(&b.buf, <const char *>dv.mv_data, dv.mv_size):
+                    return -1 if b.slots != LAYOUT_UNKNOWN else MDB_CORRUPTED
+            elif rc != MDB_NOTFOUND:
+                return rc
+    if slot < b.slots:
+        return -5
+    while b.slots < slot:                           # no profile there (its row is written later, or never)
+        if buf_put(&b.buf, "\0", 1):
+            return -1
+        b.slots += 1
+    if size < LAYOUT_PROFILE_SLOT_LONG:
+        head[0] = <uint8_t>size
+        rc = buf_put(&b.buf, <const char *>head, 1)
     else:
-        put_profile_bits(rec + LAYOUT_PROFILE_BITS_AT, bits)
-        put_profile_guid_len(rec + LAYOUT_PROFILE_GUID_LEN_AT, <uint16_t>glen)
-        memcpy(rec + LAYOUT_PROFILE_HEAD, guid, glen)
-    if ilen:
-        memcpy(rec + head, ident, ilen)
+        head[0] = LAYOUT_PROFILE_SLOT_LONG
+        put_profile_slot_len(head + 1, <uint16_t>size)
+        rc = buf_put(&b.buf, <const char *>head, 1 + LAYOUT_PROFILE_SLOT_LEN_WIDTH)
+    if hex_guid:
+        put_profile_bits(head + LAYOUT_PROFILE_BITS_AT, bits | LAYOUT_PROFILE_HEX_GUID)
+        rc = rc or buf_put(&b.buf, <const char *>head, LAYOUT_PROFILE_BITS_WIDTH) \
+            or buf_put(&b.buf, <const char *>packed + 1, LAYOUT_PROFILE_HEX_HEAD - LAYOUT_PROFILE_BITS_WIDTH)
+    else:
+        put_profile_bits(head + LAYOUT_PROFILE_BITS_AT, bits)
+        put_profile_guid_len(head + LAYOUT_PROFILE_GUID_LEN_AT, <uint16_t>glen)
+        rc = rc or buf_put(&b.buf, <const char *>head, LAYOUT_PROFILE_HEAD) or buf_put(&b.buf, <const char *>guid, glen)
+    if rc or (ilen and buf_put(&b.buf, <const char *>ident, ilen)):
+        return -1
+    b.slots += 1
     return 0
+
+
+cdef inline size_t slot_size(const uint8_t *blk, size_t size, size_t *at) noexcept nogil:
+    """The length of the slot at blk[at[0]:] of a profile block, at[0] moved past its length byte(s);
+    SLOT_BAD if the block ends before the slot does."""
+    cdef size_t n
+    if at[0] >= size:
+        return SLOT_BAD
+    n = blk[at[0]]
+    at[0] += 1
+    if n == LAYOUT_PROFILE_SLOT_LONG:
+        if at[0] + LAYOUT_PROFILE_SLOT_LEN_WIDTH > size:
+            return SLOT_BAD
+        n = get_profile_slot_len(blk + at[0])
+        at[0] += LAYOUT_PROFILE_SLOT_LEN_WIDTH
+    return n if at[0] + n <= size else SLOT_BAD
+
+
+cdef uint32_t block_slots(const uint8_t *blk, size_t size) noexcept nogil:
+    """How many slots a profile block holds; LAYOUT_UNKNOWN if it is not one."""
+    cdef size_t at = 0, n
+    cdef uint32_t slots = 0
+    while at < size:
+        n = slot_size(blk, size, &at)
+        if n == SLOT_BAD or slots == 1 << LAYOUT_PROFILE_BLOCK_BITS:
+            return LAYOUT_UNKNOWN
+        at += n
+        slots += 1
+    return slots
 
 
 cdef int put_appending(MDB_cursor *cur, MDB_val *kv, MDB_val *dv, unsigned int *flags) noexcept nogil:

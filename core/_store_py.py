@@ -9,8 +9,9 @@ import lmdb
 
 from listseg.core.errors import MapFullError, StoreError
 from listseg.core.keyorder import ALL_KEYS, sort_key
-from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_KEY, PROFILE_UID, UID, UNKNOWN, decode_uid,
-                                 encode_profile, encode_uid, frame_keys)
+from listseg.core.layout import (GUID_KEY, IDENT_KEY, PROFILE_BLOCK, UID, UNKNOWN, decode_uid, encode_profile,
+                                 encode_uid, frame_keys)
+from listseg.core import profile_blocks
 
 
 def _wrap(fn, *args, **kwargs):
@@ -132,9 +133,8 @@ class Txn:
         return uids.tobytes() if out is None else None
 
     def member_guids(self, profile_dbi, prefix, uids, identities=False):
-        txn = self._live()
-        return frame_keys(((uid, txn.get(PROFILE_KEY.pack(prefix, uid), db=profile_dbi)) for uid in uids),
-                          identities)
+        self._live()
+        return frame_keys(zip(uids, profile_blocks.get_records(self, profile_dbi, prefix, uids)), identities)
 
     def groups(self, fields, ends, nvals=1, col=0):
         if nvals == 0 or col >= nvals or len(ends) % nvals:
@@ -158,7 +158,7 @@ class Txn:
         if not self.write:
             raise StoreError("put_new_profiles needs a write transaction")
         max_key = self.store.max_key_size
-        if len(prefix) + PROFILE_UID.width > max_key:
+        if len(prefix) + PROFILE_BLOCK.width > max_key:
             raise ValueError("prefix too long")
         fields = bytes(fields)
         rows = []                                     # (row, guid, identity, bits) of rows to write
@@ -193,8 +193,9 @@ class Txn:
                 slow_rows.append(r)
                 slow_uids.append(uid)
         adds = [array("I") for _ in range(8)]
+        profile_blocks.put_records(self, profile_dbi, prefix,
+                                   [(uid, encode_profile(bits, g, i)) for uid, g, i, bits in fast])
         for uid, g, i, bits in fast:
-            _wrap(txn.put, PROFILE_KEY.pack(prefix, uid), encode_profile(bits, g, i), db=profile_dbi)
             _wrap(txn.put, GUID_KEY.pack(prefix, g), encode_uid(uid), db=guid_dbi)
             if i:
                 _wrap(txn.put, IDENT_KEY.pack(prefix, i), encode_uid(uid), db=ident_dbi)
@@ -228,7 +229,7 @@ class Txn:
         if not self.write:
             raise StoreError("load_new_profiles needs a write transaction")
         max_key = self.store.max_key_size
-        if len(prefix) + PROFILE_UID.width > max_key:
+        if len(prefix) + PROFILE_BLOCK.width > max_key:
             raise ValueError("prefix too long")
         fields = bytes(fields)
         rows = []                                     # (guid, identity, bits)
@@ -253,11 +254,11 @@ class Txn:
             if naming[i] in kept:
                 _wrap(txn.put, IDENT_KEY.pack(prefix, i), encode_uid(uid[rows[naming[i]][0]]), db=ident_dbi)
         adds = [array("I") for _ in range(8)]
+        profile_blocks.put_records(self, profile_dbi, prefix, [
+            (uid[g], encode_profile(rows[last[g]][2], g, rows[last[g]][1] if last[g] in kept else b""))
+            for g in sorted(first, key=first.get)])
         for g in sorted(first, key=first.get):
-            r = last[g]
-            _, i, bits = rows[r]
-            _wrap(txn.put, PROFILE_KEY.pack(prefix, uid[g]), encode_profile(bits, g, i if r in kept else b""),
-                  db=profile_dbi)
+            bits = rows[last[g]][2]
             for b in range(8):
                 if bits >> b & 1:
                     adds[b].append(uid[g])

@@ -43,7 +43,8 @@ class Int(NamedTuple):
 
 # Big-endian where an integer is (part of) a key, so key order is numeric order.
 ACCOUNT = Int("account", 4, "big", "account number: the first 4 bytes of every account's key")
-PROFILE_UID = Int("profile_uid", 4, "big", "uid in a profile key: big-endian, so key order is uid order")
+PROFILE_UID = Int("profile_uid", 4, "big", "uid in a layout-2 profile key: big-endian, so key order is uid order")
+PROFILE_BLOCK = Int("profile_block", 4, "big", "a block of profiles (uid >> PROFILE_BLOCK_BITS): key order is uid order")
 SEGMENT_ID = Int("segment_id", 4, "big", "segment id")
 VERSION = Int("version", 4, "big", "segment version; 0 = none yet")
 UPLOAD_ID = Int("upload_id", 8, "big", "upload id")
@@ -55,14 +56,16 @@ REJECT_LINE = Int("reject_line", 8, "big", "line number of a rejected row")
 PROFILE_BITS = Int("profile_bits", 1, "little", "channel bits of a profile record")
 PROFILE_GUID_LEN = Int("profile_guid_len", 2, "little", "guid length of a profile record")
 LAYOUT_VERSION = Int("layout_version", 4, "big", "the layout a data directory is written in (LAYOUT)")
+PROFILE_SLOT_LEN = Int("profile_slot_len", 2, "little", "a long profile record's length in its block")
 
-INTS = (ACCOUNT, PROFILE_UID, SEGMENT_ID, VERSION, UPLOAD_ID, REJECT_ROW, GENERATION, UID, REJECT_LINE,
-        PROFILE_BITS, PROFILE_GUID_LEN, LAYOUT_VERSION)
+INTS = (ACCOUNT, PROFILE_UID, PROFILE_BLOCK, SEGMENT_ID, VERSION, UPLOAD_ID, REJECT_ROW, GENERATION, UID, REJECT_LINE,
+        PROFILE_BITS, PROFILE_GUID_LEN, LAYOUT_VERSION, PROFILE_SLOT_LEN)
 
 #: The layout this code writes. 1 (no LAYOUT_KEY): guids stored as given. 2: guids of 32 lowercase
 #: hex digits stored as 16 bytes (pack_guid), in the guid table's keys and the profile records.
+#: 3: profile records stored by blocks of uids (PROFILE_KEY, encode_block), not one key each.
 #: core/lmdb_migrate.py brings a data directory of an older layout up to this one when it opens.
-LAYOUT = 2
+LAYOUT = 3
 
 #: No uid: what a look-up answers for a key without a profile. uids are below it, so it is never a member.
 UNKNOWN = (1 << 8 * UID.width) - 1
@@ -197,6 +200,49 @@ def is_profile(raw):
     return len(raw) >= PROFILE_HEAD and len(raw) >= PROFILE_HEAD + _PROFILE_HEAD.unpack_from(raw)[1]
 
 
+# The profile block (LMDB's profile table; layout 3): the records of PROFILES_PER_BLOCK consecutive
+# uids under one key. A key costs LMDB ~18 bytes beside its value: one a profile was a fifth of
+# the table (issue 16). Each slot, in uid order: the record's length, then the record. The length is
+# a byte: 0 for no profile, PROFILE_SLOT_LONG and then PROFILE_SLOT_LEN for a record that long or
+# longer, else the length itself. Slots after the last profile are left out.
+PROFILE_BLOCK_BITS = 4
+PROFILES_PER_BLOCK = 1 << PROFILE_BLOCK_BITS
+PROFILE_SLOT_LONG = 0xFF
+
+
+def profile_block(uid):
+    """(the block of uid, its slot there)."""
+    return uid >> PROFILE_BLOCK_BITS, uid & (PROFILES_PER_BLOCK - 1)
+
+
+def encode_block(records):
+    """The block of [record or None] (at most PROFILES_PER_BLOCK, slot order)."""
+    records = list(records)
+    while records and records[-1] is None:
+        records.pop()
+    assert len(records) <= PROFILES_PER_BLOCK
+    out = bytearray()
+    for rec in records:
+        n = len(rec) if rec else 0
+        out += bytes((n,)) if n < PROFILE_SLOT_LONG else bytes((PROFILE_SLOT_LONG,)) + PROFILE_SLOT_LEN.pack(n)
+        out += rec or b""
+    return bytes(out)
+
+
+def decode_block(raw):
+    """[record or None] of each slot of a block (PROFILES_PER_BLOCK of them); ValueError if raw is not one."""
+    out, at = [], 0
+    while at < len(raw):
+        n, at = raw[at], at + 1
+        if n == PROFILE_SLOT_LONG:
+            n, at = PROFILE_SLOT_LEN.unpack(raw[at:at + PROFILE_SLOT_LEN.width]), at + PROFILE_SLOT_LEN.width
+        if at + n > len(raw) or len(out) == PROFILES_PER_BLOCK:
+            raise ValueError("not a profile block")
+        out.append(raw[at:at + n] or None)
+        at += n
+    return out + [None] * (PROFILES_PER_BLOCK - len(out))
+
+
 def frame_keys(records, identities=False):
     """(keys, found) of [(uid, profile record or None)]: each guid (or identity, skipping profiles
     with none) followed by a newline, and the uids that have one (uint32 LE). What a backend's
@@ -248,6 +294,8 @@ def loads(raw):
 RECORDS = {
     "profile": "bits (u8: channel i is bit i of CHANNELS), guid length (u16 LE), guid, identity (the rest); "
                "where the guid is 32 lowercase hex digits: bits | 0x80, the guid's 16 bytes, identity (the rest)",
+    "profile block": f"for each of {PROFILES_PER_BLOCK} uids in order, up to the last profile: its record's length (u8: 0 "
+                     f"no profile, 255: a u16 LE length follows), then its profile record",
     "uid": "uid, u32 LE",
     "json": "JSON, compact, UTF-8",
     "bitmap": "Roaring bitmap, portable serialization (pyroaring serialize, CRoaring portable)",
@@ -338,7 +386,10 @@ LAYOUT_KEY = Key("layout", "accounts", [], LAYOUT_VERSION, "the data directory's
 GUID_KEY = Key("guid", "guid", [ACCOUNT, Tail("guid", "guid, UTF-8, stored as pack_guid makes it", pack_guid,
                                               unpack_guid)], UID, "guid -> uid")
 IDENT_KEY = Key("ident", "ident", [ACCOUNT, Tail("identity", "identity, UTF-8")], UID, "identity -> uid")
-PROFILE_KEY = Key("profile", "profile", [ACCOUNT, PROFILE_UID], "profile", "uid -> profile record")
+PROFILE_KEY = Key("profile", "profile", [ACCOUNT, PROFILE_BLOCK], "profile block",
+                  f"uid >> {PROFILE_BLOCK_BITS} -> the profile records of its {PROFILES_PER_BLOCK} uids")
+#: Layouts 1 and 2's profile key, one a uid: what the upgrade reads (not in KEYS: no longer written).
+UID_PROFILE_KEY = Key("uid_profile", "profile", [ACCOUNT, PROFILE_UID], "profile", "layouts 1-2: uid -> profile record")
 CHANNEL_KEY = Key("channel", "channels", [ACCOUNT, Tail("channel", f"channel name, or {DELETED!r}")], "bitmap",
                   f"a channel's reachable uids; under {DELETED!r}, every deleted profile's uid")
 SEGMENT_KEY = Key("segment", "segments", [ACCOUNT, SEGMENT_ID], "json",
@@ -484,6 +535,8 @@ def c_header():
             f"#define LISTSEG_PROFILE_HEAD {PROFILE_HEAD}"]
     out += [f"#define LISTSEG_{_c_name(f.name)}_AT {at}" for f, at in PROFILE_FIELDS]
     out += [f"#define LISTSEG_PROFILE_HEX_GUID 0x{PROFILE_HEX_GUID:02x}u  /* ...or bits | this, the guid's 16 bytes, identity */",
+            f"#define LISTSEG_PROFILE_BLOCK_BITS {PROFILE_BLOCK_BITS}  /* a profile block: {PROFILES_PER_BLOCK} uids */",
+            f"#define LISTSEG_PROFILE_SLOT_LONG {PROFILE_SLOT_LONG}  /* a slot's length byte: a u16 LE length follows */",
             f"#define LISTSEG_PROFILE_HEX_HEAD {PROFILE_HEX_HEAD}", f"#define LISTSEG_LAYOUT {LAYOUT}  /* the layout written */",
             "", "/* guids: the stored form */", *_guid_c().splitlines()]
     out += ["", "/* integers: listseg_put_X writes X at dst, listseg_get_X reads it (LISTSEG_X_WIDTH bytes) */"]
@@ -561,7 +614,9 @@ def pxi():
     out += [f"    LAYOUT_{_c_name(f.name)}_AT = {at}" for f, at in PROFILE_FIELDS]
     out += [f"    LAYOUT_PROFILE_HEX_GUID = 0x{PROFILE_HEX_GUID:02X}            # ...or bits | this, the guid's 16 bytes, identity",
             f"    LAYOUT_PROFILE_HEX_HEAD = {PROFILE_HEX_HEAD}",
-            f"    LAYOUT_HEX_GUID_DIGITS = {HEX_GUID_DIGITS}"]
+            f"    LAYOUT_HEX_GUID_DIGITS = {HEX_GUID_DIGITS}",
+            f"    LAYOUT_PROFILE_BLOCK_BITS = {PROFILE_BLOCK_BITS}              # a profile block: {PROFILES_PER_BLOCK} uids",
+            f"    LAYOUT_PROFILE_SLOT_LONG = {PROFILE_SLOT_LONG}             # a slot's length byte: a u16 LE length follows"]
     out += [f"    LAYOUT_{_c_name(f.name)}_WIDTH = {f.width}" for f in INTS]
     out += ["", "# guids: the stored form (layout.py's GUID_C)", "cdef extern from *:", '    """',
             "    #include <stddef.h>", "    #include <stdint.h>", "    #include <string.h>",

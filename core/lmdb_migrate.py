@@ -1,17 +1,19 @@
 """Bring an LMDB data directory of an older layout up to layout.LAYOUT, when it opens.
 
 Layout 1 -> 2: each guid key is rewritten in its stored form (layout.pack_guid: 32 hex digits as 16
-bytes, a guid that starts with a mark byte escaped). Profile records need nothing: a record without
-PROFILE_HEX_GUID reads as before, and records written from then on are packed. It is one write
-transaction, LAYOUT_KEY with it: a crash leaves layout 1 as it was, and the next open starts again.
-(Chunks would not do: a packed key and a layout-1 guid of 17 bytes that starts with a mark are the
-same bytes, so a run cut short could not tell which keys it had done.) The membership front refuses
-a directory of another layout (server/native/lmdb_source.cc).
+bytes, a guid that starts with a mark byte escaped). Layout 2 -> 3: the profile table's records, a
+key each, are rewritten by blocks of uids (layout.PROFILE_KEY), each record re-encoded (a guid of 32
+hex digits packed). It is one write transaction, LAYOUT_KEY with it: a crash leaves the old layout
+as it was, and the next open starts again. (Chunks would not do: a packed key and a layout-1 guid
+of 17 bytes that starts with a mark are the same bytes, and so are a block's key and a uid's, so a
+run cut short could not tell which keys it had done.) The membership front refuses a directory of
+another layout (server/native/lmdb_source.cc).
 """
 import logging
 
 from listseg.core.layout import (ACCOUNT, ESCAPED_GUID_MARK, GUID_KEY, LAYOUT, LAYOUT_KEY, LAYOUT_VERSION,
-                                 PACKED_GUID_MARK, is_hex_guid)
+                                 PACKED_GUID_MARK, PROFILE_KEY, PROFILES_PER_BLOCK, UID_PROFILE_KEY, decode_profile, encode_block,
+                                 encode_profile, is_hex_guid, is_profile, profile_block)
 from listseg.core.store import next_key
 
 log = logging.getLogger("listseg.store")
@@ -37,16 +39,19 @@ def upgrade(database):
                          "and older: upgrade listseg")
 
     def run(txn):
-        moved = _escape_marked(txn, database) + _pack_hex(txn, database)
+        moved = _escape_marked(txn, database) + _pack_hex(txn, database) if found < 2 else 0
+        blocked = _block_profiles(txn, database) if found < 3 else 0
         txn.put(database.db.accounts, LAYOUT_KEY.pack(), LAYOUT_VERSION.pack(LAYOUT))
-        return moved
-    moved = database.write(run)
-    if moved:
-        log.info("upgraded %s from layout %d to %d: %d guid keys rewritten", database.path, found, LAYOUT,
-                 moved)
+        return moved, blocked
+    moved, blocked = database.write(run)
+    if moved or blocked:
+        log.info("upgraded %s from layout %d to %d: %d guid keys rewritten, %d profiles put in blocks",
+                 database.path, found, LAYOUT, moved, blocked)
 
 
 def _scan(txn, dbi, lo, hi):
+    """Every (key, value) from lo to hi, a page read before any of it is handed out: the caller may
+    write behind the last key it was given."""
     while True:
         items = txn.scan(dbi, lo, hi, PAGE)
         yield from items
@@ -81,3 +86,26 @@ def _pack_hex(txn, database):
             txn.put(dbi, GUID_KEY.pack(key[:width], key[width:]), value)
             moved += 1
     return moved
+
+
+def _block_profiles(txn, database):
+    """Each uid's profile record moved into its block. The scan goes up the uid keys, and a block's
+    key (its first uid >> PROFILE_BLOCK_BITS, or 0) is never past the uid just read: the scan never
+    meets a key it wrote, and a block is put only once every uid key it could overwrite is read."""
+    dbi, moved, at, slots = database.db.profile, 0, None, None
+    for key, raw in _scan(txn, dbi, b"", b"\xff" * database.max_key_size):
+        p, uid = UID_PROFILE_KEY.parse(key)
+        block, slot = profile_block(uid)
+        if (p, block) != at:
+            _put_block(txn, dbi, at, slots)
+            at, slots = (p, block), [None] * PROFILES_PER_BLOCK
+        slots[slot] = encode_profile(*decode_profile(raw)) if is_profile(raw) else raw
+        txn.delete(dbi, key)
+        moved += 1
+    _put_block(txn, dbi, at, slots)
+    return moved
+
+
+def _put_block(txn, dbi, at, slots):
+    if at is not None:
+        txn.put(dbi, PROFILE_KEY.pack(*at), encode_block(slots))

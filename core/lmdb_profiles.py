@@ -13,17 +13,14 @@ from listseg.core.errors import InvalidProfile
 from listseg.core.profile import bits_byte
 from listseg.core.parser import value_at
 from listseg.core.layout import (CHANNEL_BIT, CHANNEL_KEY, CHANNELS, DELETED, GENERATION, GENERATION_KEY, GUID_KEY,
-                                 IDENT_KEY, PROFILE_KEY, account_prefix, channel_names, decode_profile, decode_uid,
-                                 encode_profile, encode_uid)
+                                 IDENT_KEY, account_prefix, channel_names, decode_profile, decode_uid, encode_profile,
+                                 encode_uid)
+from listseg.core.profile_blocks import get_record, get_records, put_records
 
 
 def records(txn, db, p, uids):
     """[(bits, guid, identity) or None] of each uid."""
-    out = []
-    for uid in uids:
-        raw = txn.get(db.profile, PROFILE_KEY.pack(p, uid))
-        out.append(decode_profile(raw) if raw is not None else None)
-    return out
+    return [decode_profile(raw) if raw is not None else None for raw in get_records(txn, db.profile, p, uids)]
 
 
 def upsert(unit, acct, fields, ends, bits_of):
@@ -145,14 +142,14 @@ def _put_one(txn, db, p, g, i, bits, new_uid):
         txn.put(db.guid, GUID_KEY.pack(p, g), encode_uid(uid))
     else:
         uid = decode_uid(old)
-        old_bits, _, old_ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
+        old_bits, _, old_ident = decode_profile(get_record(txn, db.profile, p, uid))
     if i != old_ident:
         if old_ident:
             txn.delete(db.ident, IDENT_KEY.pack(p, old_ident))
         if i:
             _take_identity(txn, db, p, i, uid)
             txn.put(db.ident, IDENT_KEY.pack(p, i), encode_uid(uid))
-    txn.put(db.profile, PROFILE_KEY.pack(p, uid), encode_profile(bits, g, i))
+    put_records(txn, db.profile, p, [(uid, encode_profile(bits, g, i))])
     return uid, old_bits
 
 
@@ -161,9 +158,8 @@ def _take_identity(txn, db, p, identity, uid):
     holder = txn.get(db.ident, IDENT_KEY.pack(p, identity))
     if holder is None or decode_uid(holder) == uid:
         return
-    key = PROFILE_KEY.pack(p, decode_uid(holder))
-    bits, guid, _ = decode_profile(txn.get(db.profile, key))
-    txn.put(db.profile, key, encode_profile(bits, guid, b""))
+    bits, guid, _ = decode_profile(get_record(txn, db.profile, p, decode_uid(holder)))
+    put_records(txn, db.profile, p, [(decode_uid(holder), encode_profile(bits, guid, b""))])
 
 
 def _update_channels(txn, db, p, adds, drops):
@@ -195,11 +191,11 @@ def delete(unit, acct, guids):
         if old is None:
             continue
         uid = decode_uid(old)
-        bits, _, ident = decode_profile(txn.get(db.profile, PROFILE_KEY.pack(p, uid)))
+        bits, _, ident = decode_profile(get_record(txn, db.profile, p, uid))
         if ident:
             txn.delete(db.ident, IDENT_KEY.pack(p, ident))
         txn.delete(db.guid, GUID_KEY.pack(p, g))
-        txn.delete(db.profile, PROFILE_KEY.pack(p, uid))
+        put_records(txn, db.profile, p, [(uid, None)])
         for name in channel_names(bits):
             drops[name].append(uid)
         gone.append(uid)

@@ -225,14 +225,27 @@ def strip_origins(value):
 LAYOUT_ROW = [layout.LAYOUT_KEY.pack().hex(), layout.LAYOUT_VERSION.pack(layout.LAYOUT).hex()]
 
 
+def in_blocks(records):
+    """Layouts 1-2's profile table [(key, record)] as layout 3 holds it: [(block key, block)], each
+    record in its uid's slot, re-encoded (a guid of 32 hex digits packed)."""
+    blocks = {}
+    for key, rec in records:
+        p, uid = layout.UID_PROFILE_KEY.parse(key)
+        block, slot = layout.profile_block(uid)
+        blocks.setdefault((p, block), [None] * layout.PROFILES_PER_BLOCK)[slot] = encode_profile(*decode_profile(rec))
+    return sorted((layout.PROFILE_KEY.pack(*at), layout.encode_block(slots)) for at, slots in blocks.items())
+
+
 def test_this_code_writes_the_bytes_c1ff166_wrote(tmp_path):
     """Byte for byte (its guids are none that layout 2 stores otherwise), but for the origins history
-    rows have since gained and the layout's number."""
+    rows have since gained, the layout's number, and profile records by blocks (layout 3)."""
     run_build(tmp_path)
     written, fixture = read_json(tmp_path / "dump.json"), read_json(os.path.join(FIXTURE, "dump.json"))
     assert all("upload" in json.loads(bytes.fromhex(v)) for _, v in written["history"])    # each has its origin
     assert LAYOUT_ROW in written["accounts"]
     written["accounts"].remove(LAYOUT_ROW)
+    fixture["profile"] = [[k.hex(), v.hex()] for k, v in
+                          in_blocks((bytes.fromhex(k), bytes.fromhex(v)) for k, v in fixture["profile"])]
     assert without_origins(written) == without_origins(fixture)
     assert strip_origins(read_json(tmp_path / "answers.json")) == read_json(os.path.join(FIXTURE, "answers.json"))
 
@@ -327,8 +340,9 @@ def test_a_layout_1_directory_is_upgraded_when_it_opens_and_answers_the_same(tmp
     assert after["guid"] == sorted((GUID_KEY.pack(k[:width], k[width:]), v) for k, v in before["guid"])
     assert sum(len(k) == width + 17 and k[width] == 0 for k, _ in after["guid"]) > 10      # packed ones
     assert len(after["guid"]) == len(before["guid"])                                      # none collided
-    assert {k: v for k, v in after.items() if k not in ("guid", "accounts")} == \
-        {k: v for k, v in before.items() if k not in ("guid", "accounts")}               # records read as before
+    assert after["profile"] == in_blocks(before["profile"])
+    assert {k: v for k, v in after.items() if k not in ("guid", "accounts", "profile")} == \
+        {k: v for k, v in before.items() if k not in ("guid", "accounts", "profile")}
 
 
 def test_an_upgrade_cut_short_leaves_layout_1_and_runs_again(tmp_path, monkeypatch):
@@ -350,6 +364,18 @@ def test_an_upgrade_cut_short_leaves_layout_1_and_runs_again(tmp_path, monkeypat
     assert len(tables(data)["guid"]) == len(before["guid"]) and tables(data)["guid"] != before["guid"]
     LmdbBackend(str(data), map_size=1 << 26).close()             # once upgraded, opening changes nothing
     assert tables(data)["guid"] == sorted((GUID_KEY.pack(k[:4], k[4:]), v) for k, v in before["guid"])
+    assert tables(data)["profile"] == in_blocks(before["profile"])
+
+
+def test_the_bytes_of_a_profile_block_are_pinned():
+    recs = [b"\x01\x02\x00g1", None, b"\x82" + bytes(16) + b"x" * 300]
+    assert layout.encode_block(recs + [None] * 13) == b"\x05\x01\x02\x00g1\x00\xff\x3d\x01" + recs[2]
+    assert layout.decode_block(layout.encode_block(recs)) == recs + [None] * 13
+    assert layout.encode_block([None] * 16) == b"" and layout.decode_block(b"") == [None] * 16
+    for broken in (b"\x05\x01\x02", b"\xff\x01", b"\x00" * 17):                    # short, or too many slots
+        with pytest.raises(ValueError):
+            layout.decode_block(broken)
+    assert layout.PROFILE_KEY.pack(account_prefix(1), 2) == b"\0\0\0\x01\0\0\0\x02" and layout.profile_block(35) == (2, 3)
 
 
 def test_a_directory_of_a_later_layout_is_refused(tmp_path):

@@ -15,14 +15,16 @@ from listseg.core.errors import HeadMoved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # At and below the seam: the interface, the backends (LMDB's bindings too), and the layout they share.
-SEAM = {"core/backend.py", "core/lmdb_backend.py", "core/lmdb_profiles.py", "core/lmdb_migrate.py", "core/store.py",
-        "core/_store_py.py", "core/redis_backend.py", "core/redis_client.py", "core/redis_profiles.py", "core/layout.py"}
+SEAM = {"core/backend.py", "core/lmdb_backend.py", "core/lmdb_profiles.py", "core/lmdb_migrate.py",
+        "core/profile_blocks.py", "core/store.py", "core/_store_py.py", "core/redis_backend.py",
+        "core/redis_client.py", "core/redis_profiles.py", "core/layout.py"}
 # Above it: every other module of the engine, the server, the dashboard and the clients.
 ABOVE = [rel for folder in ("core", "server", "dashboard", "clients")
          for rel in (f"{folder}/{name}" for name in sorted(os.listdir(os.path.join(ROOT, folder))))
          if rel.endswith(".py") and rel not in SEAM]
 BELOW = ("listseg.core.store", "listseg.core.lmdb_backend", "listseg.core.lmdb_profiles",
-         "listseg.core.lmdb_migrate", "listseg.core._store", "listseg.core._store_py", "lmdb")
+         "listseg.core.lmdb_migrate", "listseg.core.profile_blocks", "listseg.core._store",
+         "listseg.core._store_py", "lmdb")
 # What the layout holds that only a backend may use: keys, the databases, and the record codecs.
 BACKEND_ONLY = {"DATABASES", "KEYS", "account_prefix", "dumps", "loads"}
 STORAGE_NAMES = {"txn", "dbi", "database"}          # a backend's handles, as names or attributes

@@ -189,3 +189,25 @@ def test_usage_counts_the_pages_lmdb_will_use_again(tmp_path, binding):
     other = "lmdb-twin" if binding == "lmdb" else "lmdb"
     with open_engine(tmp_path / "data", backend=other) as engine:
         assert engine.backend.usage()["free"] == after["free"]
+
+
+def test_member_keys_read_each_profile_from_its_block(tmp_path, store_cls):
+    """member_guids over the profile blocks the other code writes (profile_blocks.put_records): packed
+    and raw guids, records of 255 bytes and more, empty slots, a missing block, a block that is not
+    one (skipped, never read past), uids repeated or out of order; guids or identities."""
+    from listseg.core import profile_blocks
+    from listseg.core.layout import PROFILE_KEY, encode_profile, frame_keys
+    db = Database(str(tmp_path), map_size=1 << 26, store_cls=store_cls)
+    pre = b"\x00\x00\x00\x07"
+    records = {uid: encode_profile(uid % 32, b"%032x" % (uid * 7919), b"id%d" % uid if uid % 3 else b"")
+               for uid in range(70) if uid % 5 != 2}
+    records[9] = encode_profile(1, b"G" * 200, b"i" * 250)                    # a long slot
+    records[40] = encode_profile(4, b"raw-guid", b"")
+    db.write(lambda t: profile_blocks.put_records(t, db.db.profile, pre, sorted(records.items())))
+    db.write(lambda t: t.put(db.db.profile, PROFILE_KEY.pack(pre, 3), b"\x05\x01"))   # uids 48-63: not a block
+    uids = array("I", list(range(0, 100)) + [10, 10, 64, 1, 65, 200, 5])
+    with db.read() as t:
+        for identities in (False, True):
+            want = frame_keys(((u, None if 48 <= u < 64 else records.get(u)) for u in uids), identities)
+            assert t.member_guids(db.db.profile, pre, uids, identities) == want
+    db.close()

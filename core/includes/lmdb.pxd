@@ -24,7 +24,7 @@ cdef extern from "lmdb.h" nogil:
         MDB_SET_KEY
         MDB_SET_RANGE
     int MDB_NOSUBDIR, MDB_RDONLY, MDB_NOTLS, MDB_CREATE, MDB_APPEND, MDB_RESERVE
-    int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST
+    int MDB_NOTFOUND, MDB_MAP_FULL, MDB_KEYEXIST, MDB_CORRUPTED
     int MDB_CP_COMPACT
     int mdb_env_create(MDB_env **env)
     int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, unsigned int mode)

@@ -32,7 +32,7 @@
 /*   layout: accounts: '#layout' -> layout_version (u32 BE) */
 /*   guid: guid: account + guid -> uid (u32 LE) */
 /*   ident: ident: account + identity -> uid (u32 LE) */
-/*   profile: profile: account + profile_uid -> profile */
+/*   profile: profile: account + profile_block -> profile block */
 /*   channel: channels: account + channel -> bitmap */
 /*   segment: segments: account + segment_id -> json */
 /*   segment_name: segnames: account + name -> segment_id (u32 BE) */
@@ -63,8 +63,10 @@
 #define LISTSEG_PROFILE_BITS_AT 0
 #define LISTSEG_PROFILE_GUID_LEN_AT 1
 #define LISTSEG_PROFILE_HEX_GUID 0x80u  /* ...or bits | this, the guid's 16 bytes, identity */
+#define LISTSEG_PROFILE_BLOCK_BITS 4  /* a profile block: 16 uids */
+#define LISTSEG_PROFILE_SLOT_LONG 255  /* a slot's length byte: a u16 LE length follows */
 #define LISTSEG_PROFILE_HEX_HEAD 17
-#define LISTSEG_LAYOUT 2  /* the layout written */
+#define LISTSEG_LAYOUT 3  /* the layout written */
 
 /* guids: the stored form */
 #define LISTSEG_HEX_GUID_DIGITS 32
@@ -101,9 +103,12 @@ static inline void listseg_unpack_hex_guid(uint8_t *dst, const uint8_t *packed) 
 #define LISTSEG_ACCOUNT_WIDTH 4  /* big-endian: account number: the first 4 bytes of every account's key */
 static inline void listseg_put_account(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
 static inline uint32_t listseg_get_account(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
-#define LISTSEG_PROFILE_UID_WIDTH 4  /* big-endian: uid in a profile key: big-endian, so key order is uid order */
+#define LISTSEG_PROFILE_UID_WIDTH 4  /* big-endian: uid in a layout-2 profile key: big-endian, so key order is uid order */
 static inline void listseg_put_profile_uid(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
 static inline uint32_t listseg_get_profile_uid(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
+#define LISTSEG_PROFILE_BLOCK_WIDTH 4  /* big-endian: a block of profiles (uid >> PROFILE_BLOCK_BITS): key order is uid order */
+static inline void listseg_put_profile_block(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
+static inline uint32_t listseg_get_profile_block(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
 #define LISTSEG_SEGMENT_ID_WIDTH 4  /* big-endian: segment id */
 static inline void listseg_put_segment_id(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
 static inline uint32_t listseg_get_segment_id(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
@@ -134,6 +139,9 @@ static inline uint16_t listseg_get_profile_guid_len(const uint8_t *src) { return
 #define LISTSEG_LAYOUT_VERSION_WIDTH 4  /* big-endian: the layout a data directory is written in (LAYOUT) */
 static inline void listseg_put_layout_version(uint8_t *dst, uint32_t v) { dst[0] = (uint8_t)(v >> 24); dst[1] = (uint8_t)(v >> 16); dst[2] = (uint8_t)(v >> 8); dst[3] = (uint8_t)(v >> 0); }
 static inline uint32_t listseg_get_layout_version(const uint8_t *src) { return (uint32_t)(((uint32_t)src[0] << 24) | ((uint32_t)src[1] << 16) | ((uint32_t)src[2] << 8) | ((uint32_t)src[3] << 0)); }
+#define LISTSEG_PROFILE_SLOT_LEN_WIDTH 2  /* little-endian: a long profile record's length in its block */
+static inline void listseg_put_profile_slot_len(uint8_t *dst, uint16_t v) { dst[0] = (uint8_t)(v >> 0); dst[1] = (uint8_t)(v >> 8); }
+static inline uint16_t listseg_get_profile_slot_len(const uint8_t *src) { return (uint16_t)(((uint16_t)src[0] << 0) | ((uint16_t)src[1] << 8)); }
 
 /* key builders: listseg_key_K writes key K at dst (LISTSEG_KEY_K_FIXED bytes, plus a tail's length)
    and returns its length; the account is the account prefix (LISTSEG_ACCOUNT_WIDTH bytes) */
@@ -183,9 +191,9 @@ static inline size_t listseg_key_ident(uint8_t *dst, const uint8_t *account, con
   return 4 + identity_len;
 }
 #define LISTSEG_KEY_PROFILE_FIXED 8
-static inline size_t listseg_key_profile(uint8_t *dst, const uint8_t *account, uint32_t profile_uid) {
+static inline size_t listseg_key_profile(uint8_t *dst, const uint8_t *account, uint32_t profile_block) {
   memcpy(dst + 0, account, 4);
-  listseg_put_profile_uid(dst + 4, profile_uid);
+  listseg_put_profile_block(dst + 4, profile_block);
   return 8;
 }
 #define LISTSEG_KEY_CHANNEL_FIXED 4
