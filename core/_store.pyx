@@ -505,9 +505,10 @@ cdef class Txn:
         guid_uids, ident_uids: resolve() of columns 0 and 1. Row r's channel bits are
         chan_bits[chan_gids[r]]; 0xFF skips the row (the caller reports it). The first occurrence of
         each guid not stored yet takes next_uid, next_uid + 1, ... in row order. A row whose guid is
-        new and not repeated, and whose identity is empty or new and not repeated, touches nothing any
-        other row touches: it is written here (guid -> uid, identity -> uid, uid -> profile record, in
-        key order). The caller writes the other rows one at a time, in row order.
+        new and not repeated, and whose identity is empty or new and not repeated, touches no key any
+        other row touches but its profile block: it is written here (guid -> uid, identity -> uid, in
+        key order; its record in its uid's slot, blocks in uid order, the other rows' slots empty).
+        The caller writes the other rows one at a time, in row order, each into its block.
 
         Returns (slow_rows, slow_uids, adds, next_uid): the other rows and, for each, the uid its guid
         takes if still unknown when the row comes up (UNKNOWN if stored), native uint32 bytes; adds[b]
@@ -900,7 +901,7 @@ cdef class Txn:
 cdef struct Blocks:
     # layout.py's profile blocks, written in uid order: the block being built, then put (put_appending)
     MDB_cursor *cur
-    uint8_t key[16]                                 # the account prefix, then the block number
+    uint8_t key[KEY_ROOM]                           # the account prefix, then the block number
     size_t plen
     uint32_t block                                  # the block in buf (LAYOUT_UNKNOWN: none yet)
     uint32_t slots                                  # its slots so far

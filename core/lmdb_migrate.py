@@ -23,8 +23,11 @@ PAGE = 10_000
 
 
 def layout_of(database):
+    """The directory's layout; None for a new one (nothing in it yet)."""
     with database.read() as txn:
         raw = txn.get(database.db.accounts, LAYOUT_KEY.pack())
+        if raw is None and not txn.scan(database.db.accounts, b"", b"\xff" * database.max_key_size, 1):
+            return None
     return LAYOUT_VERSION.unpack(raw) if raw is not None else 1
 
 
@@ -34,9 +37,14 @@ def upgrade(database):
     found = layout_of(database)
     if found == LAYOUT:
         return
+    if found is None:
+        database.write(lambda txn: txn.put(database.db.accounts, LAYOUT_KEY.pack(), LAYOUT_VERSION.pack(LAYOUT)))
+        return
     if found > LAYOUT:
         raise ValueError(f"{database.path} holds data of layout {found}; this listseg reads layout {LAYOUT} "
                          "and older: upgrade listseg")
+    log.info("upgrading %s from layout %d to %d: one transaction; minutes for 100M profiles", database.path,
+             found, LAYOUT)
 
     def run(txn):
         moved = _escape_marked(txn, database) + _pack_hex(txn, database) if found < 2 else 0
@@ -44,9 +52,8 @@ def upgrade(database):
         txn.put(database.db.accounts, LAYOUT_KEY.pack(), LAYOUT_VERSION.pack(LAYOUT))
         return moved, blocked
     moved, blocked = database.write(run)
-    if moved or blocked:
-        log.info("upgraded %s from layout %d to %d: %d guid keys rewritten, %d profiles put in blocks",
-                 database.path, found, LAYOUT, moved, blocked)
+    log.info("upgraded %s to layout %d: %d guid keys rewritten, %d profiles put in blocks", database.path, LAYOUT,
+             moved, blocked)
 
 
 def _scan(txn, dbi, lo, hi):

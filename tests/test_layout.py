@@ -378,6 +378,17 @@ def test_the_bytes_of_a_profile_block_are_pinned():
     assert layout.PROFILE_KEY.pack(account_prefix(1), 2) == b"\0\0\0\x01\0\0\0\x02" and layout.profile_block(35) == (2, 3)
 
 
+def test_a_new_directory_is_written_in_this_layout_without_an_upgrade(tmp_path, caplog):
+    from listseg.core.lmdb_backend import LmdbBackend
+    caplog.set_level("INFO", logger="listseg.store")
+    LmdbBackend(str(tmp_path), map_size=1 << 26).close()
+    assert tables(tmp_path)["accounts"] == [(layout.LAYOUT_KEY.pack(), layout.LAYOUT_VERSION.pack(layout.LAYOUT))]
+    assert "upgrad" not in caplog.text
+    data = hex_data(tmp_path / "old")
+    LmdbBackend(str(data), map_size=1 << 26).close()
+    assert "upgrading" in caplog.text and "to layout %d" % layout.LAYOUT in caplog.text
+
+
 def test_a_directory_of_a_later_layout_is_refused(tmp_path):
     from listseg.core.lmdb_backend import LmdbBackend
     LmdbBackend(str(tmp_path), map_size=1 << 26).close()
