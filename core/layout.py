@@ -131,22 +131,21 @@ def unpack_guid(stored):
 
 # The same rule in C, for the Cython store (_layout.pxi) and the front (layout.h). tests/test_store.py
 # checks that both bindings store the same keys.
+_HEX_DIGITS = b"0123456789abcdef"
 GUID_C = """\
+/* each byte's value as a lowercase hex digit, or 0x80: not one (a table: no branch a digit) */
+static const uint8_t listseg_hex_value[256] = {%s};
 /* layout.py's pack_guid: writes guid's stored form at dst (up to n + 1 bytes), returns its length */
-static inline int listseg_hex_digit(uint8_t c) {
-  if ((uint8_t)(c - '0') < 10) return c - '0';
-  if ((uint8_t)(c - 'a') < 6) return c - 'a' + 10;
-  return -1;
-}
 static inline size_t listseg_pack_guid(uint8_t *dst, const uint8_t *guid, size_t n) {
   size_t i;
   if (n == LISTSEG_HEX_GUID_DIGITS) {
+    uint8_t seen = 0;
     for (i = 0; i < n; i += 2) {
-      int hi = listseg_hex_digit(guid[i]), lo = listseg_hex_digit(guid[i + 1]);
-      if (hi < 0 || lo < 0) break;
+      uint8_t hi = listseg_hex_value[guid[i]], lo = listseg_hex_value[guid[i + 1]];
+      seen |= hi | lo;
       dst[1 + i / 2] = (uint8_t)(hi << 4 | lo);
     }
-    if (i == n) { dst[0] = LISTSEG_PACKED_GUID_MARK; return 1 + n / 2; }
+    if (!(seen & 0x80)) { dst[0] = LISTSEG_PACKED_GUID_MARK; return 1 + n / 2; }
   }
   if (n && guid[0] <= LISTSEG_ESCAPED_GUID_MARK) { dst[0] = LISTSEG_ESCAPED_GUID_MARK; memcpy(dst + 1, guid, n); return n + 1; }
   memcpy(dst, guid, n);
@@ -154,11 +153,11 @@ static inline size_t listseg_pack_guid(uint8_t *dst, const uint8_t *guid, size_t
 }
 /* the 32 hex digits of a packed guid's 16 bytes, at dst */
 static inline void listseg_unpack_hex_guid(uint8_t *dst, const uint8_t *packed) {
-  static const char digits[] = "0123456789abcdef";
+  static const char digits[] = "%s";
   size_t i;
   for (i = 0; i < LISTSEG_HEX_GUID_DIGITS / 2; i++) { dst[2 * i] = digits[packed[i] >> 4]; dst[2 * i + 1] = digits[packed[i] & 15]; }
 }
-"""
+""" % (",".join(str(_HEX_DIGITS.index(b)) if b in _HEX_DIGITS else "0x80" for b in range(256)), _HEX_DIGITS.decode())
 
 
 # The profile record: bits (1 byte), guid length (uint16 LE), guid, identity (the rest; may be empty);
