@@ -254,10 +254,10 @@ class Txn:
             if naming[i] in kept:
                 _wrap(txn.put, IDENT_KEY.pack(prefix, i), encode_uid(uid[rows[naming[i]][0]]), db=ident_dbi)
         adds = [array("I") for _ in range(8)]
+        by_uid = sorted(first, key=first.get)
         profile_blocks.put_records(self, profile_dbi, prefix, [
-            (uid[g], encode_profile(rows[last[g]][2], g, rows[last[g]][1] if last[g] in kept else b""))
-            for g in sorted(first, key=first.get)])
-        for g in sorted(first, key=first.get):
+            (uid[g], encode_profile(rows[last[g]][2], g, rows[last[g]][1] if last[g] in kept else b"")) for g in by_uid])
+        for g in by_uid:
             bits = rows[last[g]][2]
             for b in range(8):
                 if bits >> b & 1:

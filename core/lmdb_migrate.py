@@ -12,8 +12,9 @@ another layout (server/native/lmdb_source.cc).
 import logging
 
 from listseg.core.layout import (ACCOUNT, ESCAPED_GUID_MARK, GUID_KEY, LAYOUT, LAYOUT_KEY, LAYOUT_VERSION,
-                                 PACKED_GUID_MARK, PROFILE_KEY, PROFILES_PER_BLOCK, UID_PROFILE_KEY, decode_profile, encode_block,
-                                 encode_profile, is_hex_guid, is_profile, profile_block)
+                                 PACKED_GUID_MARK, UID_PROFILE_KEY, decode_profile, encode_profile, is_hex_guid,
+                                 is_profile, profile_block)
+from listseg.core.profile_blocks import put_records
 from listseg.core.store import next_key
 
 log = logging.getLogger("listseg.store")
@@ -99,20 +100,16 @@ def _block_profiles(txn, database):
     """Each uid's profile record moved into its block. The scan goes up the uid keys, and a block's
     key (its first uid >> PROFILE_BLOCK_BITS, or 0) is never past the uid just read: the scan never
     meets a key it wrote, and a block is put only once every uid key it could overwrite is read."""
-    dbi, moved, at, slots = database.db.profile, 0, None, None
+    dbi, moved, at, block = database.db.profile, 0, None, []
     for key, raw in _scan(txn, dbi, b"", b"\xff" * database.max_key_size):
         p, uid = UID_PROFILE_KEY.parse(key)
-        block, slot = profile_block(uid)
-        if (p, block) != at:
-            _put_block(txn, dbi, at, slots)
-            at, slots = (p, block), [None] * PROFILES_PER_BLOCK
-        slots[slot] = encode_profile(*decode_profile(raw)) if is_profile(raw) else raw
+        if (p, profile_block(uid)[0]) != at:
+            if block:
+                put_records(txn, dbi, at[0], block)
+            at, block = (p, profile_block(uid)[0]), []
+        block.append((uid, encode_profile(*decode_profile(raw)) if is_profile(raw) else raw))
         txn.delete(dbi, key)
         moved += 1
-    _put_block(txn, dbi, at, slots)
+    if block:
+        put_records(txn, dbi, at[0], block)
     return moved
-
-
-def _put_block(txn, dbi, at, slots):
-    if at is not None:
-        txn.put(dbi, PROFILE_KEY.pack(*at), encode_block(slots))

@@ -158,8 +158,9 @@ def _take_identity(txn, db, p, identity, uid):
     holder = txn.get(db.ident, IDENT_KEY.pack(p, identity))
     if holder is None or decode_uid(holder) == uid:
         return
-    bits, guid, _ = decode_profile(get_record(txn, db.profile, p, decode_uid(holder)))
-    put_records(txn, db.profile, p, [(decode_uid(holder), encode_profile(bits, guid, b""))])
+    other = decode_uid(holder)
+    bits, guid, _ = decode_profile(get_record(txn, db.profile, p, other))
+    put_records(txn, db.profile, p, [(other, encode_profile(bits, guid, b""))])
 
 
 def _update_channels(txn, db, p, adds, drops):
