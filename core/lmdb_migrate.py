@@ -15,11 +15,12 @@ from listseg.core.layout import (ACCOUNT, ESCAPED_GUID_MARK, GUID_KEY, LAYOUT, L
                                  PACKED_GUID_MARK, UID_PROFILE_KEY, decode_profile, encode_profile, is_hex_guid,
                                  is_profile, profile_block)
 from listseg.core.profile_blocks import put_records
-from listseg.core.store import next_key
+from listseg.core.store import Database, next_key
 
 log = logging.getLogger("listseg.store")
 
-#: Keys read per scan call.
+#: Keys read per scan call (Database.scan reads a page before it hands any out: the upgrade writes
+#: behind the last key it was given).
 PAGE = 10_000
 
 
@@ -57,17 +58,6 @@ def upgrade(database):
              moved, blocked)
 
 
-def _scan(txn, dbi, lo, hi):
-    """Every (key, value) from lo to hi, a page read before any of it is handed out: the caller may
-    write behind the last key it was given."""
-    while True:
-        items = txn.scan(dbi, lo, hi, PAGE)
-        yield from items
-        if len(items) < PAGE:
-            return
-        lo = items[-1][0] + b"\x00"
-
-
 def _escape_marked(txn, database):
     """The guids that start with a mark byte, escaped, all read before any is written: the escaped
     form of one may be the bytes of another as layout 1 stored it."""
@@ -75,7 +65,8 @@ def _escape_marked(txn, database):
     first = txn.scan(dbi, b"", b"\xff" * database.max_key_size, 1)
     while first:
         account = first[0][0][:width]             # each account's keys, from its first one on
-        marked += _scan(txn, dbi, account + bytes((PACKED_GUID_MARK,)), account + bytes((ESCAPED_GUID_MARK + 1,)))
+        for mark in (PACKED_GUID_MARK, ESCAPED_GUID_MARK):
+            marked += Database.scan(txn, dbi, account + bytes((mark,)), page=PAGE)
         first = txn.scan(dbi, next_key(account), b"\xff" * database.max_key_size, 1)
     for key, _ in marked:
         txn.delete(dbi, key)
@@ -88,7 +79,7 @@ def _pack_hex(txn, database):
     """Each 32-hex-digit guid's key packed. The packed key sorts before every hex one of its
     account (its first byte is PACKED_GUID_MARK), so the scan never meets a key it wrote."""
     dbi, width, moved = database.db.guid, ACCOUNT.width, 0
-    for key, value in _scan(txn, dbi, b"", b"\xff" * database.max_key_size):
+    for key, value in Database.scan(txn, dbi, b"", page=PAGE):
         if is_hex_guid(key[width:]):
             txn.delete(dbi, key)
             txn.put(dbi, GUID_KEY.pack(key[:width], key[width:]), value)
@@ -101,7 +92,7 @@ def _block_profiles(txn, database):
     key (its first uid >> PROFILE_BLOCK_BITS, or 0) is never past the uid just read: the scan never
     meets a key it wrote, and a block is put only once every uid key it could overwrite is read."""
     dbi, moved, at, block = database.db.profile, 0, None, []
-    for key, raw in _scan(txn, dbi, b"", b"\xff" * database.max_key_size):
+    for key, raw in Database.scan(txn, dbi, b"", page=PAGE):
         p, uid = UID_PROFILE_KEY.parse(key)
         if (p, profile_block(uid)[0]) != at:
             if block:

@@ -184,10 +184,11 @@ def run_build(*args):
     subprocess.run([sys.executable, BUILD, *map(str, args)], check=True, cwd=ROOT)
 
 
-def old_data(tmp_path):
+def old_data(tmp_path, fixture=FIXTURE):
+    """A copy of a fixture's data directory, as tmp_path/data."""
     data = tmp_path / "data"
     os.makedirs(data)
-    shutil.copy(os.path.join(FIXTURE, "data", "data.mdb"), data / "data.mdb")
+    shutil.copy(os.path.join(fixture, "data", "data.mdb"), data / "data.mdb")
     return data
 
 
@@ -306,10 +307,7 @@ def test_no_two_guids_are_stored_alike(guids):
 
 
 def hex_data(tmp_path):
-    data = tmp_path / "data"
-    os.makedirs(data)
-    shutil.copy(os.path.join(HEX_FIXTURE, "data", "data.mdb"), data / "data.mdb")
-    return data
+    return old_data(tmp_path, HEX_FIXTURE)
 
 
 def tables(data):
