@@ -129,8 +129,8 @@ def unpack_guid(stored):
     return stored[1:] if stored[:1] == _ESCAPED else stored
 
 
-# The same rule in C, for the Cython store (_layout.pxi) and the front (layout.h). tests/test_store.py
-# checks that both bindings store the same keys.
+# The same rule in C, for the Cython store (_layout.pxi) and the front (layout.h). tests/test_profiles_bulk.py
+# checks that both bindings store the same keys; tests/test_layout.py, that an upgrade stores pack_guid's.
 _HEX_DIGITS = b"0123456789abcdef"
 GUID_C = """\
 /* each byte's value as a lowercase hex digit, or 0x80: not one (a table: no branch a digit) */
@@ -200,8 +200,8 @@ def is_profile(raw):
 
 
 # The profile block (LMDB's profile table; layout 3): the records of PROFILES_PER_BLOCK consecutive
-# uids under one key. A key costs LMDB ~18 bytes beside its value: one a profile was a fifth of
-# the table (issue 16). Each slot, in uid order: the record's length, then the record. The length is
+# uids under one key. A key costs LMDB ~18 bytes beside its value (node header, pointer, the key):
+# 18 of the 45 bytes a profile took in layout 2's table (issue 16). Each slot, in uid order: the record's length, then the record. The length is
 # a byte: 0 for no profile, PROFILE_SLOT_LONG and then PROFILE_SLOT_LEN for a record that long or
 # longer, else the length itself. Slots after the last profile are left out.
 PROFILE_BLOCK_BITS = 4

@@ -45,7 +45,7 @@ def upgrade(database):
     if found > LAYOUT:
         raise ValueError(f"{database.path} holds data of layout {found}; this listseg reads layout {LAYOUT} "
                          "and older: upgrade listseg")
-    log.info("upgrading %s from layout %d to %d: one transaction; minutes for 100M profiles", database.path,
+    log.info("upgrading %s from layout %d to %d: one transaction, ~5 s a million profiles", database.path,
              found, LAYOUT)
 
     def run(txn):
