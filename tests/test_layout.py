@@ -348,12 +348,12 @@ def test_an_upgrade_cut_short_leaves_layout_1_and_runs_again(tmp_path, monkeypat
     from listseg.core.lmdb_backend import LmdbBackend
     data = hex_data(tmp_path)
     before = tables(data)
-    pack_hex = lmdb_migrate._pack_hex
+    block_profiles = lmdb_migrate._block_profiles            # the upgrade's last pass
 
     def cut_short(txn, database):
-        pack_hex(txn, database)              # every key rewritten, then the power goes
+        block_profiles(txn, database)        # every key rewritten, then the power goes
         raise OSError("power cut")
-    monkeypatch.setattr(lmdb_migrate, "_pack_hex", cut_short)
+    monkeypatch.setattr(lmdb_migrate, "_block_profiles", cut_short)
     with pytest.raises(OSError, match="power cut"):
         LmdbBackend(str(data), map_size=1 << 26)
     assert tables(data) == before
