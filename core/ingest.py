@@ -39,8 +39,10 @@ FIRST_BATCH_ROWS = 1 << 18
 # max_resolve_rows, is resolved after the stream ends, with nothing else to do.
 RESOLVE_PARTS = min(4, os.cpu_count() or 1)
 # The parser and the resolver (and the threads of its parts) run this much nicer than the server: on
-# a busy machine, membership checks (the front, IsMember) take a core from them at once.
-BULK_NICE = 10
+# a busy machine, membership checks (the front, IsMember) take a core from them at once. 19, the most
+# Linux gives: 150M-row uploads, IsMember p99 4.46 and 4.44 ms against 4.70-5.21 ms at 10, the upload
+# as fast (docs/performance.md).
+BULK_NICE = 19
 FOLD_SLICE = 1 << 14            # uids counted into the members bitmap per GIL-holding call (~0.5 ms)
 MAX_FILE_NAME = 255             # bytes, as a file name on Linux; kept in every upload record and email
 # How long a failed upload whose record the store could not take (a failover) keeps trying to write
