@@ -188,10 +188,6 @@ def decode_profile(raw):
     return bits, raw[PROFILE_HEAD:PROFILE_HEAD + glen], raw[PROFILE_HEAD + glen:]
 
 
-def profile_bits(raw):
-    return raw[0] & ~PROFILE_HEX_GUID
-
-
 def is_profile(raw):
     """Whether raw is long enough for the profile record its head describes."""
     if raw[:1] and raw[0] & PROFILE_HEX_GUID:

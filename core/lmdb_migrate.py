@@ -94,10 +94,11 @@ def _block_profiles(txn, database):
     dbi, moved, at, block = database.db.profile, 0, None, []
     for key, raw in Database.scan(txn, dbi, b"", page=PAGE):
         p, uid = UID_PROFILE_KEY.parse(key)
-        if (p, profile_block(uid)[0]) != at:
+        here = (p, profile_block(uid)[0])
+        if here != at:
             if block:
                 put_records(txn, dbi, at[0], block)
-            at, block = (p, profile_block(uid)[0]), []
+            at, block = here, []
         block.append((uid, encode_profile(*decode_profile(raw)) if is_profile(raw) else raw))
         txn.delete(dbi, key)
         moved += 1
