@@ -6,7 +6,6 @@
 `listseg serve --http HOST:PORT` runs one beside the gRPC server; `listseg dashboard` runs one alone.
 """
 import logging
-import signal
 import threading
 import time
 
@@ -17,6 +16,7 @@ from listseg.clients.client import CallError
 from listseg.dashboard import web
 from listseg.dashboard.views.auth import dev_mode
 from listseg.server.addresses import is_loopback, split_address
+from listseg.server.stopping import StopSignals
 from listseg.server.logs import setup_logging
 
 log = logging.getLogger("listseg.dashboard")
@@ -99,10 +99,8 @@ class Dashboard:
 def run(target, address, tls_ca=None):
     """`listseg dashboard`: serve until SIGTERM or SIGINT."""
     setup_logging()
+    stop = StopSignals()
     dash = Dashboard(target, address, tls_ca=tls_ca).start()
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    stop.wait()
     dash.stop()
     return 0

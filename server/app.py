@@ -20,6 +20,7 @@ from listseg.server import front, introspection, metrics, servicers, uploads
 from listseg.server.addresses import is_loopback, local_host, split_address
 from listseg.server.decoding import MAX_TRANSPORT_MESSAGE, add_servicer
 from listseg.server.logs import setup_logging
+from listseg.server.stopping import StopSignals
 from listseg.v1 import listseg_pb2 as pb
 from listseg.v1 import listseg_pb2_grpc as pb_grpc
 
@@ -253,6 +254,7 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     """One server process. With `helpers` it runs them too; a worker instead mirrors `front_up`, the
     parent's view of the front (a shared flag), into its health service."""
     from listseg.server.mail import Mailer
+    stop = StopSignals()
     limits = dict(limits)
     engine = Engine(data, profile_index=limits.pop("profile_index", True),   # after the fork, in each worker
                     profile_index_max=limits.pop("profile_index_max", MAX_PROFILES),
@@ -272,10 +274,7 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
         server.stop(0)
         engine.close()
         raise
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    stop.wait()
     log.info("draining", extra={"fields": {"grace_s": grace}})
     if helpers:
         helpers.stop()
@@ -292,6 +291,7 @@ def _without_password(url):
 
 
 def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None):
+    stop = StopSignals()
     ctx = multiprocessing.get_context("spawn")       # no gRPC or LMDB state crosses into a worker
     front_up = ctx.Value("b", 0) if helpers.membership_listen else None
     procs = [ctx.Process(target=_worker, args=(data, listen, grace, tls, limits, mail, front_up), daemon=False)
@@ -306,18 +306,14 @@ def _serve_workers(data, listen, workers, grace, tls, limits, helpers, mail=None
             os.kill(p.pid, signal.SIGTERM)
             p.join()
         raise
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    while not done.is_set() and all(p.is_alive() for p in procs):
-        done.wait(0.5)
+    signalled = stop.wait(unless=lambda: not all(p.is_alive() for p in procs))
     helpers.stop()
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
     for p in procs:
         p.join()
-    return 0 if done.is_set() else 1
+    return 0 if signalled else 1
 
 
 def _wait_listening(listen, procs, timeout=60.0):

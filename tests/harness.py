@@ -105,6 +105,19 @@ def start_server(data, *args, port=None):
     return proc, f"{LOOPBACK}:{port}"
 
 
+# tgkill(2): a signal to one thread of another process (os.kill lets the kernel pick the thread)
+TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
+
+
+def signal_a_worker_thread(pid, sig):
+    """Send sig to a thread of process pid other than its main thread, as the kernel may when it
+    delivers a process's signal to whichever thread runs."""
+    import ctypes
+    tid = next(int(t) for t in sorted(os.listdir(f"/proc/{pid}/task")) if int(t) != pid)
+    if ctypes.CDLL(None, use_errno=True).syscall(TGKILL, pid, tid, int(sig)) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {sig})")
+
+
 def front_failures(log):
     """The lines of a `listseg serve` JSON log (a binary file object) that say a front crashed or
     had to be killed."""

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import upload_state, wait_until
-from harness import InProcess, start_server
+from harness import TGKILL, InProcess, signal_a_worker_thread, start_server
 from harness import free_port as _free_port
 from listseg import CallError, Client
 from listseg.core.accounts import Credentials
@@ -619,6 +619,20 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
         assert proc.wait(30) == 0
         logs = proc.stderr.read().decode()
         assert '"msg": "draining"' in logs and '"msg": "stopped"' in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(TGKILL is None, reason="tgkill's number is known for x86_64 and aarch64 only")
+def test_sigterm_handed_to_another_thread_stops_the_server(tmp_path):
+    """The kernel hands a process's SIGTERM to any of its threads; Python runs the handler in the main
+    thread only when that thread runs, so a main thread asleep for good would never drain."""
+    proc, target = start_server(str(tmp_path / "data"), "--grace", "5")
+    try:
+        signal_a_worker_thread(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert '"msg": "stopped"' in proc.stderr.read().decode()
     finally:
         if proc.poll() is None:
             proc.kill()
