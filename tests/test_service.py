@@ -599,10 +599,11 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
     proc, target = start_server(data, "--grace", "20")
     try:
         with Client(target, timeout=30) as c:
-            signalled = threading.Event()
+            taken, signalled = threading.Event(), threading.Event()
 
             def slow():
                 yield b"Type,Identity\ng,g1\n"
+                assert taken.wait(30)         # the server holds the call: a draining server refuses new ones
                 proc.send_signal(signal.SIGTERM)
                 signalled.set()
                 time.sleep(1.0)
@@ -614,11 +615,11 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
 
                 def read(self, n):
                     return next(self.parts, b"")
-            up = c.upload(Chunks(), name="drained")
+            up = c.upload(Chunks(), name="drained", on_stream=lambda *_: taken.set())
             assert signalled.is_set() and up.state == pb.UPLOAD_STATE_SUCCEEDED and up.report.size == 2
         assert proc.wait(30) == 0
         logs = proc.stderr.read().decode()
-        assert '"msg": "draining"' in logs and '"msg": "stopped"' in logs
+        assert '"msg": "draining"' in logs and '"msg": "stopped"' in logs, logs
     finally:
         if proc.poll() is None:
             proc.kill()
