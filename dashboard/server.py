@@ -16,8 +16,8 @@ from listseg.clients.client import CallError
 from listseg.dashboard import web
 from listseg.dashboard.views.auth import dev_mode
 from listseg.server.addresses import is_loopback, split_address
-from listseg.server.stopping import StopSignals
 from listseg.server.logs import setup_logging
+from listseg.server.stopping import StopSignals
 
 log = logging.getLogger("listseg.dashboard")
 

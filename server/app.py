@@ -254,11 +254,11 @@ def _serve_one(data, listen, grace, tls, limits, reuse_port, helpers=None, mail=
     """One server process. With `helpers` it runs them too; a worker instead mirrors `front_up`, the
     parent's view of the front (a shared flag), into its health service."""
     from listseg.server.mail import Mailer
-    stop = StopSignals()
     limits = dict(limits)
     engine = Engine(data, profile_index=limits.pop("profile_index", True),   # after the fork, in each worker
                     profile_index_max=limits.pop("profile_index_max", MAX_PROFILES),
                     keep_versions=limits.pop("keep_versions", DEFAULT_KEEP_VERSIONS))
+    stop = StopSignals()                    # after the engine: a signal during an upgrade still ends it at once
     server = Server(engine, listen, tls=tls, reuse_port=reuse_port, mailer=Mailer(**mail) if mail else None,
                     **limits).start()
     store = engine.backend.lmdb_path and os.path.abspath(engine.backend.lmdb_path) or _without_password(data)
