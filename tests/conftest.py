@@ -184,6 +184,10 @@ def serve_process():
         harness.stop_server(proc)
 
 
+# for tests that send a signal to one thread of a process (harness.signal_a_worker_thread)
+needs_tgkill = pytest.mark.skipif(harness.TGKILL is None, reason="tgkill's number is known for x86_64 and aarch64 only")
+
+
 def wait_until(condition, timeout=30):
     """Poll condition() until it is true; fail the test after timeout seconds."""
     deadline = time.time() + timeout

@@ -15,7 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from harness import TGKILL, InProcess, free_port, signal_a_worker_thread, start_server, stop_server
+from conftest import needs_tgkill
+from harness import InProcess, free_port, signal_a_worker_thread, start_server, stop_server
 from listseg import CallError, Client
 from listseg.clients import cli
 from listseg.core.engine import Engine
@@ -223,8 +224,7 @@ def test_serve_wires_http_smtp_and_cli_notify(tmp_path, smtp, capsys):
         stop_server(proc)
 
 
-@pytest.mark.parametrize("to_thread", [False, pytest.param(True, marks=pytest.mark.skipif(
-    TGKILL is None, reason="tgkill's number is known for x86_64 and aarch64 only"))])
+@pytest.mark.parametrize("to_thread", [False, pytest.param(True, marks=needs_tgkill)])
 def test_listseg_dashboard_command(tmp_path, to_thread):
     """It serves, and stops on SIGTERM, whichever of its threads the signal is handed to."""
     served = InProcess(tmp_path / "data", map_size=1 << 26)
@@ -240,7 +240,10 @@ def test_listseg_dashboard_command(tmp_path, to_thread):
             except OSError:
                 return False
         wait_for(up, timeout=20)
-        signal_a_worker_thread(proc.pid, signal.SIGTERM) if to_thread else proc.terminate()
+        if to_thread:
+            signal_a_worker_thread(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
         assert proc.wait(20) == 0
         assert b'"msg": "dashboard"' in proc.stderr.read()
     finally:

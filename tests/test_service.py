@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import upload_state, wait_until
-from harness import TGKILL, InProcess, signal_a_worker_thread, start_server
+from conftest import needs_tgkill, upload_state, wait_until
+from harness import InProcess, signal_a_worker_thread, start_server
 from harness import free_port as _free_port
 from listseg import CallError, Client
 from listseg.core.accounts import Credentials
@@ -625,11 +625,11 @@ def test_sigterm_drains_an_upload_in_flight(tmp_path):
             proc.kill()
 
 
-@pytest.mark.skipif(TGKILL is None, reason="tgkill's number is known for x86_64 and aarch64 only")
+@needs_tgkill
 def test_sigterm_handed_to_another_thread_stops_the_server(tmp_path):
     """The kernel hands a process's SIGTERM to any of its threads; Python runs the handler in the main
     thread only when that thread runs, so a main thread asleep for good would never drain."""
-    proc, target = start_server(str(tmp_path / "data"), "--grace", "5")
+    proc, _ = start_server(str(tmp_path / "data"), "--grace", "5")
     try:
         signal_a_worker_thread(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 0
